@@ -1,0 +1,174 @@
+"""Jobs and what is known about them: settings, inputs, key, provider handle, status, states.
+
+Everything here is a frozen value; the state store (:mod:`pipeline.state`) owns their history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["std", "pro"]
+Orientation = Literal["image", "video"]
+
+
+@dataclass(frozen=True)
+class Trim:
+    """An explicit window of the driving clip, in seconds; ``end=None`` means to the end."""
+
+    start: float = 0.0
+    end: float | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.start == 0 and self.end is None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Every generation setting of one job, after defaults and matrix values were applied."""
+
+    mode: Mode = "std"
+    character_orientation: Orientation = "video"
+    keep_original_sound: bool = True
+    prompt: str = ""
+    trim: Trim = field(default_factory=Trim)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One image or video input as the manifest named it.
+
+    Exactly one of ``path`` (absolute, resolved against the manifest) or ``url`` is set.
+    """
+
+    raw: str
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def is_url(self) -> bool:
+        return self.url is not None
+
+    @property
+    def stem(self) -> str:
+        if self.path is not None:
+            return self.path.stem
+        tail = (self.url or self.raw).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return tail.rsplit(".", 1)[0] if "." in tail else tail
+
+    def __str__(self) -> str:
+        return self.url if self.url is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation: a character image, a driving video and settings, for one provider."""
+
+    id: str
+    image: InputRef
+    video: InputRef
+    settings: JobSettings
+    provider: str
+    model: str
+    line: int = 0
+    """Manifest line the job came from (a ``jobs`` entry or the ``matrix`` block)."""
+
+
+def job_key(
+    job: Job,
+    *,
+    image_sha256: str,
+    video_sha256: str,
+    recipe: str = "",
+) -> str:
+    """The identity of a generation: same key, same paid result, never bought twice.
+
+    ``video_sha256`` is the content hash of the *source* driving clip and ``recipe`` names the
+    deterministic preparation applied to it (trim window, scale, audio strip), so the key stays
+    stable when ffmpeg's encoder output changes between versions.
+    """
+    doc = {
+        "v": 1,
+        "provider": job.provider,
+        "model": job.model,
+        "settings": job.settings.as_dict(),
+        "image_sha256": image_sha256,
+        "video_sha256": video_sha256,
+        "recipe": recipe,
+    }
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- provider side
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What a provider gave back for an accepted create: enough to poll it forever after."""
+
+    provider: str
+    task_id: str
+    client_id: str | None = None
+
+
+TaskPhase = Literal["running", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One poll answer, normalised. Unknown provider states are ``running``."""
+
+    task_id: str
+    phase: TaskPhase
+    result_url: str | None = None
+    reason: str | None = None
+    """The provider's own failure reason (e.g. its moderation message), redacted."""
+    provider_state: str = ""
+    duration: float | None = None
+    progress: float | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.phase != "running"
+
+
+# --------------------------------------------------------------------------- job states
+
+
+class State(StrEnum):
+    """The closed set of job states shown to users."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    DONE = "done"
+    FAILED = "failed"
+    NEEDS_ATTENTION = "needs_attention"
+
+
+#: Allowed transitions; the state store refuses any other.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.SUBMITTING, State.FAILED, State.DONE}),
+    State.SUBMITTING: frozenset(
+        {State.RUNNING, State.FAILED, State.NEEDS_ATTENTION, State.PENDING}
+    ),
+    State.RUNNING: frozenset({State.DOWNLOADING, State.FAILED, State.RUNNING}),
+    State.DOWNLOADING: frozenset({State.DONE, State.FAILED, State.RUNNING, State.DOWNLOADING}),
+    State.DONE: frozenset({State.PENDING}),
+    State.FAILED: frozenset({State.PENDING, State.RUNNING, State.SUBMITTING}),
+    State.NEEDS_ATTENTION: frozenset({State.RUNNING, State.PENDING, State.FAILED}),
+}
+
+
+def can_transition(old: State, new: State) -> bool:
+    return new in TRANSITIONS[old]
