@@ -1,0 +1,712 @@
+"""The state store: one SQLite file per output directory that survives any crash.
+
+``<output_dir>/state.sqlite`` holds one row per job (``jobs``), the append-only history of every
+change (``events``, written in the same transaction as the change) and the upload cache
+(``uploads``). It runs in WAL mode with ``synchronous=FULL``: a committed transaction is on disk
+when the commit returns, a killed writer leaves the file consistent, and readers (``status``)
+never wait for a running batch.
+
+Transitions are checked against :data:`pipeline.jobs.TRANSITIONS`. Every write is one
+transaction, except inside :meth:`StateStore.batch`, where many writes share one commit (one
+fsync) — how the runner commits the intents of many jobs at once. A write that records a
+``task_id`` commits before it returns, even inside a batch: a task id is paid for.
+
+The schema evolves by appending a function to :data:`MIGRATIONS`; a file written by a newer
+version is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from pipeline.errors import StateError
+from pipeline.jobs import TRANSITIONS, State
+
+STATE_FILE = "state.sqlite"
+_APPLICATION_ID = 0x4D504C31  # "MPL1": marks the file as ours for `file` and for open()
+
+
+def state_path(output_dir: Path) -> Path:
+    return Path(output_dir) / STATE_FILE
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    states = ", ".join(f"'{s.value}'" for s in State)
+    conn.execute(f"""
+        CREATE TABLE jobs (
+            id             TEXT PRIMARY KEY,
+            key            TEXT NOT NULL,
+            state          TEXT NOT NULL CHECK (state IN ({states})),
+            spec           TEXT NOT NULL,
+            client_id      TEXT,
+            attempt        INTEGER NOT NULL DEFAULT 0,
+            task_id        TEXT,
+            result_url     TEXT,
+            output         TEXT,
+            output_sha256  TEXT,
+            billed_seconds REAL,
+            duration       REAL,
+            error          TEXT,
+            created_at     TEXT NOT NULL,
+            updated_at     TEXT NOT NULL,
+            submitted_at   TEXT,
+            finished_at    TEXT
+        )""")
+    conn.execute("CREATE INDEX jobs_key ON jobs(key)")
+    conn.execute("CREATE INDEX jobs_state ON jobs(state)")
+    conn.execute("""
+        CREATE TABLE events (
+            id         INTEGER PRIMARY KEY,
+            job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            at         TEXT NOT NULL,
+            from_state TEXT,
+            to_state   TEXT NOT NULL,
+            detail     TEXT NOT NULL DEFAULT '{}'
+        )""")
+    conn.execute("CREATE INDEX events_job ON events(job_id, id)")
+    conn.execute("""
+        CREATE TABLE uploads (
+            provider    TEXT NOT NULL,
+            endpoint    TEXT NOT NULL,
+            sha256      TEXT NOT NULL,
+            url         TEXT NOT NULL,
+            uploaded_at REAL NOT NULL,
+            PRIMARY KEY (provider, endpoint, sha256)
+        ) WITHOUT ROWID""")
+
+
+#: Applied in order on open; ``schema_version`` is how many have run. Append, never edit.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Columns a caller may set through :meth:`StateStore.transition` / :meth:`StateStore.set_fields`.
+FIELDS = frozenset(
+    {
+        "client_id",
+        "attempt",
+        "task_id",
+        "result_url",
+        "output",
+        "output_sha256",
+        "billed_seconds",
+        "duration",
+        "error",
+        "submitted_at",
+        "finished_at",
+    }
+)
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A manifest job as :meth:`StateStore.sync_jobs` registers it."""
+
+    id: str
+    key: str
+    spec: Mapping[str, Any]
+    """What the runner needs to rebuild the job: inputs, settings, provider, model (JSON)."""
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """A registered job whose manifest key no longer matches the stored one."""
+
+    job_id: str
+    old_key: str
+    new_key: str
+    state: State
+    task_id: str | None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    inserted: int
+    changed: tuple[KeyChange, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    key: str
+    state: State
+    spec_json: str
+    client_id: str | None
+    attempt: int
+    task_id: str | None
+    result_url: str | None
+    output: str | None
+    output_sha256: str | None
+    billed_seconds: float | None
+    duration: float | None
+    error: str | None
+    created_at: str
+    updated_at: str
+    submitted_at: str | None
+    finished_at: str | None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """Parsed on use: a 100,000-row status listing should not decode every spec."""
+        value: dict[str, Any] = json.loads(self.spec_json)
+        return value
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The columns ``status`` shows for one job."""
+
+    id: str
+    state: State
+    task_id: str | None
+    error: str | None
+    output: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    job_id: str
+    at: str
+    from_state: State | None
+    to_state: State
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class StaleStateError(StateError):
+    """``transition(expect=...)`` found the job in another state (someone else moved it)."""
+
+    def __init__(self, message: str, *, actual: State) -> None:
+        super().__init__(message)
+        self.actual = actual
+
+
+_SELECT_JOBS = (
+    "SELECT id, key, state, spec, client_id, attempt, task_id, result_url, output, output_sha256, "
+    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at FROM jobs"
+)
+
+
+_STATES = {s.value: s for s in State}  # a dict lookup is ~5x cheaper than State(value)
+
+
+def _row(r: tuple[Any, ...]) -> JobRow:
+    return JobRow(r[0], r[1], _STATES[r[2]], *r[3:])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds")
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+_dumps = _ENCODER.encode
+
+
+# --------------------------------------------------------------------------- store
+
+
+class StateStore:
+    """The SQLite state of one output directory. Open with :meth:`open`; usable as a context.
+
+    One connection, guarded by a lock so worker threads (``asyncio.to_thread``) may share it.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, *, readonly: bool, clock: Callable[[], datetime]
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._clock = clock
+        self._mutex = threading.RLock()
+        self._in_batch = False
+        self.uploads = UploadTable(self)
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        output_dir: Path,
+        *,
+        readonly: bool = False,
+        busy_timeout: float = 10.0,
+        clock: Callable[[], datetime] = _now,
+    ) -> StateStore:
+        """Open (and for writers create and migrate) ``<output_dir>/state.sqlite``.
+
+        ``readonly`` opens with ``mode=ro`` and a short busy timeout: for ``status`` while a
+        batch runs. It never creates or migrates anything.
+        """
+        path = state_path(output_dir)
+        try:
+            if readonly:
+                if not path.exists():
+                    raise StateError(f"no state at {path}: nothing has run in {output_dir} yet")
+                uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+                conn = sqlite3.connect(
+                    uri,
+                    uri=True,
+                    timeout=min(busy_timeout, 2.0),
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state {path}: {exc}") from exc
+        try:
+            if not readonly:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StateError(f"state {path}: cannot switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            _check_and_migrate(conn, path, readonly=readonly)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateError(f"state {path} is unreadable: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, readonly=readonly, clock=clock)
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        """``"ok"`` or SQLite's list of problems."""
+        with self._mutex:
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+    @property
+    def schema_version(self) -> int:
+        with self._mutex:
+            return _read_version(self._conn)
+
+    # ----------------------------------------------------------------------- transactions
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many writes, one commit (one fsync). Rolled back (to the last task-id flush) on error.
+
+        Holds the write lock for its duration: keep it short and do no network I/O inside.
+        """
+        self._require_writable()
+        with self._mutex:
+            if self._in_batch:  # nested: the outer batch commits
+                yield
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_batch = True
+            try:
+                yield
+            except BaseException:
+                self._in_batch = False
+                self._conn.execute("ROLLBACK")
+                raise
+            self._in_batch = False
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._require_writable()
+        with self._mutex:
+            if self._in_batch:
+                # A savepoint keeps each write all-or-nothing inside the shared transaction.
+                self._conn.execute("SAVEPOINT write")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO write")
+                    self._conn.execute("RELEASE write")
+                    raise
+                self._conn.execute("RELEASE write")
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _flush(self) -> None:
+        """Inside a batch, make everything so far durable now (and keep batching)."""
+        with self._mutex:
+            if self._in_batch:
+                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+
+    def _require_writable(self) -> None:
+        if self.readonly:
+            raise StateError(f"state {self.path} is open read-only")
+
+    # ----------------------------------------------------------------------- jobs
+
+    def sync_jobs(self, records: Iterable[JobRecord]) -> SyncResult:
+        """Register the manifest's jobs: new ids become ``pending``; existing rows are untouched.
+
+        Returns the ids whose key changed, so the runner can refuse to overwrite a paid result.
+        """
+        now = _stamp(self._clock())
+        new: list[tuple[Any, ...]] = []
+        changed: list[KeyChange] = []
+        seen: set[str] = set()
+        with self._write() as conn:
+            known = {
+                r[0]: (r[1], r[2], r[3])
+                for r in conn.execute("SELECT id, key, state, task_id FROM jobs")
+            }
+            for rec in records:
+                if rec.id in seen:
+                    raise StateError(f"job {rec.id}: listed twice")
+                seen.add(rec.id)
+                old = known.get(rec.id)
+                if old is None:
+                    new.append((rec.id, rec.key, State.PENDING.value, _dumps(rec.spec), now, now))
+                elif old[0] != rec.key:
+                    changed.append(KeyChange(rec.id, old[0], rec.key, State(old[1]), old[2]))
+            conn.executemany(
+                "INSERT INTO jobs (id, key, state, spec, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                new,
+            )
+            conn.executemany(
+                "INSERT INTO events (job_id, at, from_state, to_state, detail) "
+                "VALUES (?, ?, NULL, ?, ?)",
+                ((r[0], now, State.PENDING.value, '{"op":"create"}') for r in new),
+            )
+        return SyncResult(inserted=len(new), changed=tuple(changed))
+
+    def replace_job(self, record: JobRecord, *, reason: str = "replaced") -> JobRow:
+        """Reset a job to ``pending`` under a new key and spec (the user's explicit replace).
+
+        The old key, task id and output are kept in the event, so nothing paid for is forgotten.
+        """
+        with self._write() as conn:
+            old = self._get(conn, record.id)
+            now = _stamp(self._clock())
+            conn.execute(
+                "UPDATE jobs SET key=?, spec=?, state=?, client_id=NULL, attempt=0, task_id=NULL, "
+                "result_url=NULL, output=NULL, output_sha256=NULL, billed_seconds=NULL, "
+                "duration=NULL, error=NULL, submitted_at=NULL, finished_at=NULL, updated_at=? "
+                "WHERE id=?",
+                (record.key, _dumps(record.spec), State.PENDING.value, now, record.id),
+            )
+            detail = {
+                "op": "replace",
+                "reason": reason,
+                "old": {"key": old.key, "task_id": old.task_id, "output": old.output},
+                "key": record.key,
+            }
+            self._event(conn, record.id, now, old.state, State.PENDING, detail)
+            return self._get(conn, record.id)
+
+    def get(self, job_id: str) -> JobRow:
+        with self._mutex:
+            return self._get(self._conn, job_id)
+
+    def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
+        """Jobs in id order, optionally only those in ``states`` (served by the state index)."""
+        sql = _SELECT_JOBS
+        args = [] if states is None else [State(s).value for s in states]
+        if states is not None:
+            sql += f" WHERE state IN ({', '.join('?' * len(args))})"
+        with self._mutex:
+            found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        return map(_row, found)
+
+    def summaries(self, states: Iterable[State] | None = None) -> list[JobSummary]:
+        """What ``status`` lists per job, without decoding specs: cheap for 100,000 rows."""
+        sql = "SELECT id, state, task_id, error, output FROM jobs"
+        args = [] if states is None else [State(s).value for s in states]
+        if states is not None:
+            sql += f" WHERE state IN ({', '.join('?' * len(args))})"
+        with self._mutex:
+            found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [JobSummary(r[0], _STATES[r[1]], r[2], r[3], r[4]) for r in found]
+
+    def counts(self) -> dict[State, int]:
+        """Jobs per state; every state is present (zero when none)."""
+        out = dict.fromkeys(State, 0)
+        with self._mutex:
+            for state, n in self._conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+                out[State(state)] = n
+        return out
+
+    def find_done_by_key(self, key: str) -> JobRow | None:
+        """A finished job with this key (an earlier id of the same generation), if any."""
+        with self._mutex:
+            r = self._conn.execute(
+                _SELECT_JOBS + " WHERE key=? AND state=? ORDER BY id LIMIT 1",
+                (key, State.DONE.value),
+            ).fetchone()
+        return None if r is None else _row(r)
+
+    def transition(
+        self,
+        job_id: str,
+        to: State,
+        *,
+        expect: State | Iterable[State] | None = None,
+        detail: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> JobRow:
+        """Move a job to ``to`` and set ``fields``, with its event, in one transaction.
+
+        Refuses a move :data:`~pipeline.jobs.TRANSITIONS` forbids (:class:`StateError`) and, when
+        ``expect`` is given, a job not in (one of) ``expect`` (:class:`StaleStateError`).
+        """
+        to = State(to)
+        _check_fields(fields)
+        with self._write() as conn:
+            old = self._get(conn, job_id)
+            if expect is not None:
+                allowed = {State(expect)} if isinstance(expect, str) else set(map(State, expect))
+                if old.state not in allowed:
+                    names = "/".join(sorted(allowed))
+                    raise StaleStateError(
+                        f"job {job_id}: expected {names}, found {old.state}", actual=old.state
+                    )
+            if to not in TRANSITIONS[old.state]:
+                raise StateError(f"job {job_id}: illegal transition {old.state} -> {to}")
+            now = _stamp(self._clock())
+            if to is State.SUBMITTING:
+                fields.setdefault("submitted_at", now)
+            if to in (State.DONE, State.FAILED):
+                fields.setdefault("finished_at", now)
+            self._update(conn, job_id, now, to, fields)
+            self._event(
+                conn,
+                job_id,
+                now,
+                old.state,
+                to,
+                {"op": "transition", **_changes(fields), **(detail or {})},
+            )
+            row = self._get(conn, job_id)
+        if "task_id" in fields:
+            self._flush()
+        return row
+
+    def set_fields(
+        self, job_id: str, *, detail: Mapping[str, Any] | None = None, **fields: Any
+    ) -> JobRow:
+        """Update columns without a state change (e.g. a refreshed result URL), with an event."""
+        _check_fields(fields)
+        if not fields:
+            return self.get(job_id)
+        with self._write() as conn:
+            old = self._get(conn, job_id)
+            now = _stamp(self._clock())
+            self._update(conn, job_id, now, None, fields)
+            self._event(
+                conn,
+                job_id,
+                now,
+                old.state,
+                old.state,
+                {"op": "set", **_changes(fields), **(detail or {})},
+            )
+            row = self._get(conn, job_id)
+        if "task_id" in fields:
+            self._flush()
+        return row
+
+    def events(self, job_id: str) -> list[Event]:
+        with self._mutex:
+            found = self._conn.execute(
+                "SELECT id, job_id, at, from_state, to_state, detail FROM events "
+                "WHERE job_id=? ORDER BY id",
+                (job_id,),
+            ).fetchall()
+        return [
+            Event(
+                r[0],
+                r[1],
+                r[2],
+                None if r[3] is None else State(r[3]),
+                State(r[4]),
+                json.loads(r[5]),
+            )
+            for r in found
+        ]
+
+    # ----------------------------------------------------------------------- internals
+
+    def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRow:
+        r = conn.execute(_SELECT_JOBS + " WHERE id=?", (job_id,)).fetchone()
+        if r is None:
+            raise StateError(f"job {job_id}: not in state {self.path}")
+        return _row(r)
+
+    def _update(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        now: str,
+        to: State | None,
+        fields: Mapping[str, Any],
+    ) -> None:
+        values = dict(fields)
+        if to is not None:
+            values["state"] = to.value
+        values["updated_at"] = now
+        # Column names come from the FIELDS whitelist (checked above), never from user text.
+        assignments = ", ".join(f"{name}=?" for name in values)
+        conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=?",  # noqa: S608 - whitelisted column names
+            (*values.values(), job_id),
+        )
+
+    def _event(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        at: str,
+        from_state: State | None,
+        to_state: State,
+        detail: Mapping[str, Any],
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
+            (
+                job_id,
+                at,
+                None if from_state is None else from_state.value,
+                to_state.value,
+                _dumps(detail),
+            ),
+        )
+
+    # ----------------------------------------------------------------------- uploads
+
+    def _upload_get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
+        with self._mutex:
+            r = self._conn.execute(
+                "SELECT url, uploaded_at FROM uploads WHERE provider=? AND endpoint=? AND sha256=?",
+                (provider, endpoint, sha256),
+            ).fetchone()
+        return None if r is None else (str(r[0]), float(r[1]))
+
+    def _upload_put(
+        self, provider: str, endpoint: str, sha256: str, url: str, uploaded_at: float
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO uploads (provider, endpoint, sha256, url, uploaded_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, endpoint, sha256) "
+                "DO UPDATE SET url=excluded.url, uploaded_at=excluded.uploaded_at",
+                (provider, endpoint, sha256, url, float(uploaded_at)),
+            )
+
+
+class UploadTable:
+    """The ``uploads`` table as the UploadCache of :mod:`pipeline.storage`.
+
+    ``uploaded_at`` is a Unix timestamp (seconds); the cache decides freshness against the
+    provider's ``upload_ttl``.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
+        return self._store._upload_get(provider, endpoint, sha256)
+
+    def put(self, provider: str, endpoint: str, sha256: str, url: str, uploaded_at: float) -> None:
+        self._store._upload_put(provider, endpoint, sha256, url, uploaded_at)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    unknown = sorted(set(fields) - FIELDS)
+    if unknown:
+        raise StateError(f"unknown job field(s): {', '.join(unknown)}")
+
+
+def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {"set": dict(fields)} if fields else {}
+
+
+def _read_version(conn: sqlite3.Connection) -> int:
+    r = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(r[0]) if r else 0
+
+
+def _check_and_migrate(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and "meta" not in tables:
+        raise StateError(f"{path} is not a motion-pipeline state file (tables: {sorted(tables)})")
+    version = _read_version(conn) if "meta" in tables else 0
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state {path} has schema version {version}, newer than this motion-pipeline "
+            f"understands ({SCHEMA_VERSION}); upgrade motion-pipeline to use it"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if readonly:
+        raise StateError(
+            f"state {path} has schema version {version}, older than {SCHEMA_VERSION}; "
+            "`run` upgrades it"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        version = _read_version(conn)
+        for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+            migrate(conn)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (str(number),),
+            )
+        if version == 0:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (_stamp(_now()),)
+            )
+            conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
