@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/motion-pipeline run manifests/demo.yaml --report
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench manifests
+	$(BIN)/ruff format --check pipeline tests bench manifests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
