@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +115,8 @@ def main() -> int:
     peak = max(rows[1][2], rows[3][2])
     verdict = "PASS" if total < 2.0 and peak < 200 else "FAIL"
     print(
-        f"validate + warm plan --json: {total:.3f} s, peak {peak:.1f} MB (target < 2 s, < 200 MB): {verdict}"
+        f"validate + warm plan --json: {total:.3f} s, peak {peak:.1f} MB "
+        f"(target < 2 s, < 200 MB): {verdict}"
     )
     print(f"above the interpreter floor: {total - 2 * floor:.3f} s")
     return 0 if verdict == "PASS" else 1
