@@ -118,11 +118,20 @@ def classify(
     return RefusedError(text, **kw)
 
 
+def _require_object(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
+    """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong."""
+    if reply.is_json and isinstance(reply.body, dict):
+        return
+    if 400 <= reply.status < 500:
+        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
+        raise classify("", message, what=what, purpose=purpose, reply=reply)
+    raise garbage_error(what, reply, purpose, secrets)
+
+
 def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str:
     """The task id of an accepted async create, or the classified error."""
     secrets = list(secrets)
-    if not reply.is_json or not isinstance(reply.body, dict):
-        raise garbage_error(what, reply, "create", secrets)
+    _require_object(reply, what, "create", secrets)
     err = error_of(reply, secrets)
     if err is not None:
         raise classify(*err, what=what, purpose="create", reply=reply)
@@ -195,12 +204,12 @@ def _seconds(value: Any) -> float | None:
 
 
 def _checked_body(reply: Reply, what: str, secrets: list[str]) -> dict[str, Any]:
-    if not reply.is_json or not isinstance(reply.body, dict):
-        raise garbage_error(what, reply, "query", secrets)
+    _require_object(reply, what, "query", secrets)
     err = error_of(reply, secrets)
     if err is not None:
         raise classify(*err, what=what, purpose="query", reply=reply)
-    return reply.body
+    body: dict[str, Any] = reply.body
+    return body
 
 
 def parse_query(

@@ -123,11 +123,20 @@ def classify(
     return RefusedError(text, **kwargs)
 
 
+def _require_envelope(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
+    """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong."""
+    if reply.is_json and isinstance(reply.body, dict):
+        return
+    if 400 <= reply.status < 500:
+        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
+        raise classify(reply.status, message, what=what, purpose=purpose, reply=reply)
+    raise garbage_error(what, reply, purpose, secrets)
+
+
 def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str:
     """The task id of an accepted createTask, or the classified error."""
     secrets = list(secrets)
-    if not reply.is_json or not isinstance(reply.body, dict):
-        raise garbage_error(what, reply, "create", secrets)
+    _require_envelope(reply, what, "create", secrets)
     code = envelope_code(reply)
     if code != 200:
         raise classify(
@@ -222,8 +231,7 @@ def parse_query(
 ) -> TaskStatus:
     """A whole recordInfo reply: envelope errors classified, the record parsed."""
     secrets = list(secrets)
-    if not reply.is_json or not isinstance(reply.body, dict):
-        raise garbage_error(what, reply, "query", secrets)
+    _require_envelope(reply, what, "query", secrets)
     code = envelope_code(reply)
     data = reply.body.get("data")
     if code == 501:
@@ -247,8 +255,7 @@ def parse_query(
 def parse_download_url(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str | None:
     """A fresh link from download-url; None when Kie cannot give one (422 not a Kie URL, 404)."""
     secrets = list(secrets)
-    if not reply.is_json or not isinstance(reply.body, dict):
-        raise garbage_error(what, reply, "query", secrets)
+    _require_envelope(reply, what, "query", secrets)
     code = envelope_code(reply)
     if code in (404, 422):
         return None
@@ -270,9 +277,8 @@ def parse_upload(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
     Uploads are free and carry a unique file name, so every doubt is a TransientError.
     """
     secrets = list(secrets)
+    _require_envelope(reply, what, "query", secrets)
     body = reply.body
-    if not reply.is_json or not isinstance(body, dict):
-        raise garbage_error(what, reply, "query", secrets)
     code = envelope_code(reply)
     flag = body.get("success")
     if flag is False or reply.status >= 400 or (code != 200 and flag is not True):

@@ -193,11 +193,20 @@ def _task_id(data: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _require_object(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
+    """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong."""
+    if reply.is_json and isinstance(reply.body, dict):
+        return
+    if 400 <= reply.status < 500:
+        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
+        raise classify(None, message, what=what, purpose=purpose, reply=reply)
+    raise garbage_error(what, reply, purpose, secrets)
+
+
 def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str:
     """The task id of an accepted create, or the classified error."""
     secrets = list(secrets)
-    if not reply.is_json or not isinstance(reply.body, dict):
-        raise garbage_error(what, reply, "create", secrets)
+    _require_object(reply, what, "create", secrets)
     code = envelope_code(reply)
     if code != 0 or reply.status >= 400:
         raise classify(
@@ -259,10 +268,7 @@ def parse_query(
     An unknown task id (HTTP 404, code 1202/1203) is ``RefusedError`` with that code.
     """
     secrets = list(secrets)
-    if not reply.is_json or not isinstance(reply.body, dict):
-        if reply.status == 404:
-            raise RefusedError(f"{what}: no such task (HTTP 404)", code="404", http_status=404)
-        raise garbage_error(what, reply, "query", secrets)
+    _require_object(reply, what, "query", secrets)
     code = envelope_code(reply)
     if code != 0 or reply.status >= 400:
         raise classify(
