@@ -30,6 +30,7 @@ REPORT_NAME = "report.html"
 THUMBS_DIR = Path("report") / "thumbs"
 THUMB_HEIGHT = 160
 STRIP_FRAMES = 4
+STRIP_GAP = 4
 _FFMPEG_TIMEOUT = 60.0
 
 
@@ -194,7 +195,11 @@ def _extract_one(tools: MediaTools, e: _Extraction) -> str | None:
         for i in range(count):
             at = duration * (i + 0.5) / count if count > 1 else duration * 0.3
             inputs += ["-ss", f"{at:.3f}", "-i", str(e.source)]
-        scaled = ";".join(f"[{i}:v]{scale},setsar=1[s{i}]" for i in range(count))
+        # A white gap after each frame but the last, so the strip reads as separate moments.
+        gap = f",pad=iw+{STRIP_GAP}:ih:0:0:white"
+        scaled = ";".join(
+            f"[{i}:v]{scale},setsar=1{gap if i < count - 1 else ''}[s{i}]" for i in range(count)
+        )
         joined = "".join(f"[s{i}]" for i in range(count))
         graph = f"{scaled};{joined}hstack=inputs={count}[v]" if count > 1 else f"[0:v]{scale}[v]"
     tmp = e.target.with_name(f".{e.target.name}.{os.getpid()}.tmp")

@@ -16,7 +16,7 @@ from mediagen import ffprobe, make_image, make_video
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
 from pipeline.media import MediaTools, find_tools
-from pipeline.report import THUMB_HEIGHT, ReportJob, ReportTotals, write_report
+from pipeline.report import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
 
 HOSTILE = [
     "<script>alert(1)</script>",
@@ -240,7 +240,7 @@ def test_thumbnails_are_extracted_from_real_media(
     assert image[1] == driving[1] == strip[1] == THUMB_HEIGHT
     assert abs(image[0] - 320 * THUMB_HEIGHT / 480) <= 2
     assert driving[0] == 120
-    assert strip[0] == 4 * 120  # four frames side by side
+    assert strip[0] == 4 * 120 + 3 * STRIP_GAP  # four frames side by side
     assert all(img.get("loading") == "lazy" for img in parse(page.read_text()).named("img"))
     assert 'href="videos/alice.mp4"' in page.read_text()
 
