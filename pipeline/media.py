@@ -114,6 +114,12 @@ ANALYZE_DURATION = 30_000_000
 #: Nothing we could ever prepare is this large; bigger (often sparse or hostile) files are
 #: rejected from ``stat`` without reading a byte.
 MAX_INPUT_BYTES = 4 * 1024**3
+#: Demuxers a real input can need. Playlists (hls, concat, dash) and exotic demuxers are
+#: refused: they open other files or URLs, and an HLS playlist makes ffprobe hang.
+FORMAT_WHITELIST = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,asf,ogg,gif,apng,image2,"
+    "jpeg_pipe,png_pipe,webp_pipe,bmp_pipe,tiff_pipe,gif_pipe,qoi_pipe,pam_pipe,ppm_pipe"
+)
 FILE_PROTOCOLS = "file,pipe"
 URL_PROTOCOLS = "http,https,tcp,tls,crypto"
 
@@ -153,9 +159,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def last_error_line(stderr: bytes) -> str:
-    """The last non-empty line ffmpeg wrote, which names the actual problem."""
+    """The line of ffmpeg's stderr that names the actual problem (usually the last one)."""
     lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
     lines = [line for line in lines if line]
+    refused = [line for line in lines if "not on whitelist" in line]
+    if refused:  # "[hls @ 0x..] Format not on whitelist '...'": name what was refused, not the list
+        what = refused[0].split("]", 1)[-1].split("'", 1)[0].strip()
+        kind = refused[0].split(" @", 1)[0].lstrip("[")
+        return f"refused: {what} ({kind})"
     return lines[-1][:300] if lines else "no error message"
 
 
@@ -272,6 +283,7 @@ def ffprobe_argv(
         "-probesize", str(PROBE_SIZE),
         "-analyzeduration", str(ANALYZE_DURATION),
         "-protocol_whitelist", URL_PROTOCOLS if url else FILE_PROTOCOLS,
+        "-format_whitelist", FORMAT_WHITELIST,
         *extra,
         "-show_format", "-show_streams",
         "-of", "json",

@@ -26,6 +26,7 @@ from pipeline.jobs import Job
 from pipeline.media import (
     ANALYZE_DURATION,
     FILE_PROTOCOLS,
+    FORMAT_WHITELIST,
     PROBE_SIZE,
     Limits,
     MediaInfo,
@@ -482,7 +483,11 @@ def _prepare_image(
     final = cached_path(cache_dir, source_sha256(source), recipe.text, ext)
 
     def write(tmp: Path) -> None:
-        stream = ffmpeg.input(f"file:{source.resolve()}", protocol_whitelist=FILE_PROTOCOLS)
+        stream = ffmpeg.input(
+            f"file:{source.resolve()}",
+            protocol_whitelist=FILE_PROTOCOLS,
+            format_whitelist=FORMAT_WHITELIST,
+        )
         video = stream["v:0"]
         if recipe.width is not None:
             video = video.filter("scale", recipe.width, recipe.height)
@@ -539,6 +544,7 @@ def _video_output(recipe: VideoRecipe, info: MediaInfo, tmp: Path, *, copy: bool
     source = Path(info.source)
     args: dict[str, Any] = {
         "protocol_whitelist": FILE_PROTOCOLS,
+        "format_whitelist": FORMAT_WHITELIST,
         "probesize": PROBE_SIZE,
         "analyzeduration": ANALYZE_DURATION,
     }

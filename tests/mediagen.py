@@ -58,3 +58,29 @@ def make_video(
     args += [*(extra or []), "-shortest", str(path)]
     _run(args)
     return path
+
+
+def make_alpha_image(path: Path, width: int = 400, height: int = 500) -> Path:
+    """A half-transparent still (webp/png keep the alpha plane)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = f"color=c=red@0.4:size={width}x{height}:rate=1,format=rgba"
+    pix = ["-pix_fmt", "yuva420p"] if path.suffix == ".webp" else ["-pix_fmt", "rgba"]
+    _run(["-f", "lavfi", "-i", src, "-frames:v", "1", *pix, str(path)])
+    return path
+
+
+def drop_mp4_box(src: Path, dst: Path, box: bytes = b"moov") -> Path:
+    """Copy an mp4 without one top-level box (a moov-less file is what a crashed recorder leaves)."""
+    data = src.read_bytes()
+    out = bytearray()
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if size < 8:
+            break
+        if kind != box:
+            out += data[pos : pos + size]
+        pos += size
+    dst.write_bytes(bytes(out))
+    return dst
