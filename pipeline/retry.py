@@ -1,0 +1,405 @@
+"""When to try again and how long to wait: pure policy plus small async helpers.
+
+The decisions are pure functions of their arguments (attempt number, Retry-After header, an
+injected ``random.Random``, an injected clock), so tests assert exact wait sequences with a seeded
+generator. Waiting goes through a :class:`Sleeper`: the real one awaits ``asyncio.sleep``; the
+:class:`RecordingSleeper` (selected by ``Settings.no_sleep``, env ``MOTION_PIPELINE_NO_SLEEP=1``)
+records each wait, returns at once and advances a fake clock that :class:`PauseGate`,
+:class:`RateLimiter` and :class:`CircuitBreaker` read.
+
+- :func:`backoff` — full-jitter exponential backoff; :func:`next_wait` — Retry-After as a floor.
+- :class:`PauseGate` — one shared pause after a 429 instead of a herd of retries.
+- :class:`CircuitBreaker` — stop calling a provider that keeps answering 5xx, probe after a rest.
+- :class:`RateLimiter` — creates obey ``rate_limit`` in every sliding window.
+- :func:`poll_delay` — adaptive, jittered polling interval.
+- :func:`decide` / :func:`call_with_retries` — the policy for one classified error, and a loop
+  that applies it to an idempotent call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Protocol, TypeVar
+
+from pipeline.errors import AmbiguousError, ProviderError, RateLimitedError, TransientError
+from pipeline.settings import Settings
+
+T = TypeVar("T")
+
+#: Retry-After values are clamped to this: an hour is the longest a batch should sit idle on
+#: one server's say-so (a bogus "retry in a year" must not stall a night's run).
+MAX_RETRY_AFTER = 3600.0
+
+
+# --------------------------------------------------------------------------- sleeping
+
+
+class Sleeper(Protocol):
+    """Where waits go: a clock and a sleep that agree with each other."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealSleeper:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class RecordingSleeper:
+    """Records every requested wait and returns at once, advancing a fake clock instead.
+
+    Waits that start in the same event-loop turn overlap, as real concurrent sleeps would: the
+    clock moves to the latest end, not to the sum.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.waits.append(seconds)
+        started = self.now
+        await asyncio.sleep(0)  # still a suspension point, so other tasks run
+        self.now = max(self.now, started + seconds)
+
+
+def sleeper_for(settings: Settings) -> Sleeper:
+    return RecordingSleeper() if settings.no_sleep else RealSleeper()
+
+
+# --------------------------------------------------------------------------- waits
+
+
+def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempt)).
+
+    ``attempt`` counts failures so far, from 0. Full jitter spreads a crowd of retries evenly
+    over the window instead of letting them collide again at its end.
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    ceiling = cap if attempt >= 64 else min(cap, base * 2.0**attempt)  # 2**1024 overflows
+    return rng.uniform(0.0, ceiling)
+
+
+_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), clamped to
+    [0, :data:`MAX_RETRY_AFTER`]; None when absent or unparseable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if _SECONDS.fullmatch(text):
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" means UTC with unknown origin (RFC 5322)
+            when = when.replace(tzinfo=UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
+
+def next_wait(
+    attempt: int,
+    retry_after: float | None,
+    *,
+    base: float = 1.0,
+    cap: float = 300.0,
+    rng: random.Random,
+) -> float:
+    """The jittered backoff, but never less than what the server asked for (Retry-After)."""
+    jittered = backoff(attempt, base=base, cap=cap, rng=rng)  # always drawn: stable sequences
+    return jittered if retry_after is None else max(jittered, retry_after)
+
+
+def poll_delay(
+    polls_so_far: int,
+    *,
+    base_interval: float,
+    elapsed: float,
+    rng: random.Random,
+    first_delay: float | None = None,
+    max_factor: float = 4.0,
+    growth: float = 20.0,
+) -> float:
+    """Seconds until the next poll of a task that has been running for ``elapsed`` seconds.
+
+    The first poll comes after ``first_delay`` (default ``base_interval``): a task is never done
+    at once. After that the interval grows linearly with the task's age, doubling after
+    ``growth`` base intervals and bounded at ``max_factor`` times the base, so long tasks cost
+    few polls. Every delay is jittered by ±20 % so tasks created together do not poll together.
+    """
+    if polls_so_far == 0:
+        interval = base_interval if first_delay is None else first_delay
+    else:
+        factor = min(max_factor, 1.0 + max(0.0, elapsed) / (growth * base_interval))
+        interval = base_interval * factor
+    return interval * rng.uniform(0.8, 1.2)
+
+
+# --------------------------------------------------------------------------- shared pause
+
+
+class PauseGate:
+    """One pause shared by every caller: after a 429 all creates wait, then resume together.
+
+    :meth:`pause_for` only ever extends the pause, so a short Retry-After arriving after a long
+    one cannot cut the long one short.
+    """
+
+    def __init__(self, sleeper: Sleeper) -> None:
+        self._sleeper = sleeper
+        self._resume_at = -math.inf
+
+    def pause_for(self, seconds: float) -> None:
+        self._resume_at = max(self._resume_at, self._sleeper.monotonic() + max(0.0, seconds))
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self._resume_at - self._sleeper.monotonic())
+
+    async def wait(self) -> None:
+        # Loop: the pause may be extended while we sleep.
+        while (left := self.remaining) > 0:
+            await self._sleeper.sleep(left)
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures, rests ``cooldown`` seconds, then lets one
+    probe through (half-open): success closes it, failure opens it for another cool-down.
+
+    A pure state machine over an injected clock; a probe that never reports back (cancelled)
+    expires after a cool-down so the breaker cannot stick half-open.
+    """
+
+    def __init__(self, *, threshold: int = 5, cooldown: float = 60.0, clock: Callable[[], float]):
+        if threshold < 1:
+            raise ValueError(f"threshold must be >= 1, got {threshold}")
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._since = -math.inf  # when it opened, or when the current probe started
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    def allow(self) -> bool:
+        """May a call go out now? In half-open state, True for exactly one probe."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        now = self._clock()
+        if now < self._since + self.cooldown:
+            return False
+        self._state = BreakerState.HALF_OPEN
+        self._since = now
+        return True
+
+    def retry_in(self) -> float:
+        """Seconds until :meth:`allow` could next say yes (0 when closed)."""
+        if self._state is BreakerState.CLOSED:
+            return 0.0
+        return max(0.0, self._since + self.cooldown - self._clock())
+
+    def record_success(self) -> None:
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or (
+            self._state is BreakerState.CLOSED and self._failures >= self.threshold
+        ):
+            self._state = BreakerState.OPEN
+            self._since = self._clock()
+        # Already open: a straggler that started before the opening does not extend the rest.
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+def next_slot(history: Sequence[float], now: float, *, requests: int, per_seconds: float) -> float:
+    """The earliest time >= ``now`` at which one more call keeps every window of
+    ``per_seconds`` at or under ``requests`` calls.
+
+    ``history`` holds the times of earlier calls (and reservations), sorted. A window is
+    half-open, ``[t, t + per_seconds)``, so a call exactly ``per_seconds`` after another is in
+    the next window.
+    """
+    if len(history) < requests:
+        return now
+    return max(now, history[-requests] + per_seconds)
+
+
+class RateLimiter:
+    """``requests`` calls per ``per_seconds``, in every sliding window, served first come first
+    served: each caller reserves the next free slot, then sleeps until it."""
+
+    def __init__(self, requests: int, per_seconds: float, *, sleeper: Sleeper) -> None:
+        if requests < 1 or per_seconds <= 0:
+            raise ValueError(f"rate limit must be >= 1 per > 0 s, got {requests}/{per_seconds}")
+        self.requests = requests
+        self.per_seconds = per_seconds
+        self._sleeper = sleeper
+        self._history: list[float] = []
+
+    @property
+    def history(self) -> tuple[float, ...]:
+        return tuple(self._history)
+
+    async def acquire(self) -> float:
+        """Wait for the next free slot; returns the slot's time on the sleeper's clock."""
+        now = self._sleeper.monotonic()
+        # Slots older than one window cannot constrain any future slot: forget them.
+        stale = 0
+        while stale < len(self._history) and self._history[stale] <= now - self.per_seconds:
+            stale += 1
+        del self._history[:stale]
+        slot = next_slot(self._history, now, requests=self.requests, per_seconds=self.per_seconds)
+        # Reserved before sleeping, and kept even if the caller is cancelled: removing it could
+        # let a later reservation land out of order and overfill a window. A lost slot is cheap.
+        self._history.append(slot)
+        if slot > now:
+            await self._sleeper.sleep(slot - now)
+        return slot
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 1.0
+    cap: float = 300.0
+    max_attempts: int = 8
+    """Tries of one call, the first included."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    retry: bool
+    wait: float = 0.0
+    pause_all: bool = False
+    """A 429: pause every caller through the :class:`PauseGate` for ``wait``, not just this one."""
+    breaker_failure: bool = False
+    """Counts towards the :class:`CircuitBreaker` (5xx, timeouts, resets; not 429)."""
+
+
+def is_breaker_failure(error: BaseException) -> bool:
+    """Server trouble: transient failures except 429 (the server is fine, just busy) and
+    ambiguous creates (a 5xx or reset after sending)."""
+    if isinstance(error, RateLimitedError):
+        return False
+    return isinstance(error, TransientError | AmbiguousError)
+
+
+def decide(
+    error: BaseException, attempt: int, policy: RetryPolicy, *, rng: random.Random
+) -> Decision:
+    """What to do after the ``attempt``-th failure (from 0) of a call failed with ``error``.
+
+    Only :class:`TransientError` is retried: an ambiguous create is reconciled, never re-sent,
+    and refusals, failures and batch-fatal errors are final for this call.
+    """
+    failure = is_breaker_failure(error)
+    if not isinstance(error, TransientError):
+        return Decision(retry=False, breaker_failure=failure)
+    wait = next_wait(attempt, error.retry_after, base=policy.base, cap=policy.cap, rng=rng)
+    return Decision(
+        retry=attempt + 1 < policy.max_attempts,
+        wait=wait,
+        pause_all=isinstance(error, RateLimitedError),
+        breaker_failure=failure,
+    )
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    sleeper: Sleeper,
+    rng: random.Random,
+    gate: PauseGate | None = None,
+    breaker: CircuitBreaker | None = None,
+    limiter: RateLimiter | None = None,
+) -> T:
+    """Run ``call`` until it returns or :func:`decide` says stop (then its error propagates).
+
+    Before each try: wait out the shared pause, the open breaker and a rate-limit slot. Use it
+    for calls that are safe to repeat: polls, uploads, downloads, and creates whose failure was
+    a :class:`TransientError` (the create certainly did not happen).
+    """
+    attempt = 0
+    while True:
+        if gate is not None:
+            await gate.wait()
+        while breaker is not None and not breaker.allow():
+            # Open: rest until the cool-down ends. Half-open: someone's probe is out; look again.
+            rest = breaker.retry_in() if breaker.state is BreakerState.OPEN else policy.base
+            await sleeper.sleep(max(rest, 0.001))
+        if limiter is not None:
+            await limiter.acquire()
+            if gate is not None:  # a 429 may have paused everyone while we waited for a slot
+                await gate.wait()
+        try:
+            result = await call()
+        except ProviderError as exc:
+            decision = decide(exc, attempt, policy, rng=rng)
+            if breaker is not None:
+                if decision.breaker_failure:
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()  # the server answered, if only to say no
+            if not decision.retry:
+                raise
+            if decision.pause_all and gate is not None:
+                gate.pause_for(decision.wait)
+            else:
+                await sleeper.sleep(decision.wait)
+            attempt += 1
+            continue
+        if breaker is not None:
+            breaker.record_success()
+        return result
