@@ -1,0 +1,66 @@
+"""A local HTTP server that speaks the Kie.ai, AceData Cloud and Kling wire protocols.
+
+It is the project's test double, the embedded provider behind ``provider: sandbox`` and
+``make demo``, and a free rehearsal target (``motion-pipeline sandbox``). It follows
+``shared/providers.md`` sections 1-3 and 7: endpoints, auth, envelopes, error shapes, states.
+
+Public API::
+
+    from pipeline.sandbox import SandboxServer, FaultProfile, SandboxKeys, serve
+
+    # None fields accept any non-empty credential (Kling: any token; a JWT's exp/nbf still count)
+    keys = SandboxKeys(kie="k-test", acedata="a-test", kling_access="ak", kling_secret="sk")
+    profile = FaultProfile.load("manifests/faults/flaky.yaml")   # or FaultProfile()
+    with SandboxServer(host="127.0.0.1", port=0, keys=keys, faults=profile,
+                       protocols=("kie", "acedata", "kling"), data_dir=tmp_path) as srv:
+        srv.base_url         # "http://127.0.0.1:PORT": every protocol, and Kie's upload host too
+        srv.ledger           # thread-safe list of accepted creates:
+                             #   LedgerEntry(protocol, task_id, client_id, body, at)
+        srv.file_url(path)   # an http URL on the sandbox serving a local file (URL inputs)
+        srv.expire_results() # every result URL issued so far now answers 404 (Kling: 403);
+                             #   a new status query of the task issues a fresh URL
+        srv.render_count     # ffmpeg renders actually run (renders are cached)
+
+    serve(host, port, protocols, faults_path)  # blocks; first prints
+                                               # "sandbox listening on http://HOST:PORT";
+                                               # stops on SIGINT/SIGTERM
+
+``data_dir`` (default: a temporary directory removed at stop) holds uploads, fetched inputs and
+renders. ``tools`` (default :func:`pipeline.media.find_tools`) names ffmpeg/ffprobe.
+
+Routes (paths do not collide, so one server serves all enabled protocols):
+
+- Kie: ``POST /api/v1/jobs/createTask``, ``GET /api/v1/jobs/recordInfo?taskId=``,
+  ``GET /api/v1/chat/credit``, ``POST /api/v1/common/download-url``,
+  ``POST /api/file-stream-upload`` | ``/api/file-base64-upload`` | ``/api/file-url-upload``
+  (answer ``data.downloadUrl`` on this server).
+- AceData: ``POST /kling/motion`` (sync unless ``async``/``callback_url``), ``POST /kling/tasks``.
+- Kling: ``POST /v1/videos/motion-control``,
+  ``GET /v1/videos/motion-control/{task_id or external_task_id}``.
+- Sandbox: ``GET /files/...`` (``file_url``), ``/tempfile/...`` (uploads),
+  ``/results/...`` (result videos).
+
+A task fetches its inputs (the sandbox's own URLs straight from disk, other http URLs only on
+loopback), probes them with ffprobe and fails like the real service when they break the model
+rules (:mod:`.rules`); otherwise it renders a real mp4 (:mod:`.render`): the image beside the
+driving clip, same duration, its sound unless ``keep_original_sound`` is "no". Latency and
+faults come from a profile (schema in :mod:`.faults`). Callbacks are not sent: poll.
+"""
+
+from __future__ import annotations
+
+from pipeline.sandbox.app import SandboxKeys
+from pipeline.sandbox.faults import FaultProfile, FaultRule, Latency
+from pipeline.sandbox.ledger import Ledger, LedgerEntry
+from pipeline.sandbox.server import SandboxServer, serve
+
+__all__ = [
+    "FaultProfile",
+    "FaultRule",
+    "Latency",
+    "Ledger",
+    "LedgerEntry",
+    "SandboxKeys",
+    "SandboxServer",
+    "serve",
+]

@@ -1,0 +1,323 @@
+"""The sandbox's HTTP server: stdlib ThreadingHTTPServer, HTTP/1.1 keep-alive, loopback default."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TextIO
+
+from pipeline.errors import ConfigError
+from pipeline.media import MediaTools, find_tools
+from pipeline.sandbox.app import SandboxApp, SandboxKeys
+from pipeline.sandbox.faults import PROTOCOLS, FaultProfile
+from pipeline.sandbox.ledger import Ledger
+from pipeline.sandbox.wire import Reply, Request, json_reply
+
+log = logging.getLogger("pipeline.sandbox")
+
+MAX_BODY = 256 * 1024 * 1024
+_CHUNK = 256 * 1024
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # bursts of a benchmark at concurrency 64 must not be refused
+    app: SandboxApp
+    base_url: str
+    connections: set[socket.socket]
+    connections_lock: threading.Lock
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "motion-pipeline-sandbox"
+    timeout = 120  # an idle keep-alive connection ends after this, freeing its thread
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError as exc:
+            self._send(json_reply(400, {"code": 400, "msg": str(exc)}))
+            self.close_connection = True
+            return
+        host = self.headers.get("Host")
+        base = f"http://{host}" if host else self.server.base_url
+        req = Request.parse(self.command, self.path, dict(self.headers.items()), body, base)
+        try:
+            reply = self.server.app.handle(req)
+        except Exception:  # a sandbox bug must answer 500 and keep serving, like a real server
+            log.exception("sandbox: unexpected error answering %s %s", self.command, req.path)
+            reply = json_reply(500, {"code": 500, "msg": "sandbox internal error"})
+        if reply.reset:
+            self._reset()
+            return
+        self._send(reply)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0 or length > MAX_BODY:
+            raise ValueError(f"request body of {length} bytes is over the sandbox's limit")
+        return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self) -> bytes:
+        data = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(data)
+            data += self.rfile.read(size)
+            self.rfile.readline()
+            if len(data) > MAX_BODY:
+                raise ValueError("request body is over the sandbox's limit")
+
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN: the client sees
+        # "connection reset by peer" with no answer byte, as when a proxy dies mid-request.
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            os.close(self.connection.detach())
+
+    def _send(self, reply: Reply) -> None:
+        length, start, status = len(reply.body), 0, reply.status
+        headers = dict(reply.headers)
+        if reply.file is not None:
+            size = reply.file.stat().st_size
+            start, length, status, extra = _range(self.headers.get("Range"), size)
+            headers.update(extra)
+            headers["Accept-Ranges"] = "bytes"
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command == "HEAD" or status == 416:
+            return
+        if reply.file is None:
+            self.wfile.write(reply.body)
+            return
+        with reply.file.open("rb") as handle:
+            handle.seek(start)
+            remaining = length
+            while remaining > 0:
+                block = handle.read(min(_CHUNK, remaining))
+                if not block:
+                    break
+                self.wfile.write(block)
+                remaining -= len(block)
+
+
+def _range(header: str | None, size: int) -> tuple[int, int, int, dict[str, str]]:
+    """(start, length, status, headers) for an optional single ``Range: bytes=`` request."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return 0, size, 200, {}
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if first:
+            start = int(first)
+            end = int(last) if last else size - 1
+        else:
+            start, end = max(0, size - int(last)), size - 1
+    except ValueError:
+        return 0, size, 200, {}
+    end = min(end, size - 1)
+    if start >= size or start > end:
+        return 0, 0, 416, {"Content-Range": f"bytes */{size}"}
+    return start, end - start + 1, 206, {"Content-Range": f"bytes {start}-{end}/{size}"}
+
+
+class SandboxServer:
+    """A running sandbox on ``host:port`` (0 = a free port); use as a context manager."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        keys: SandboxKeys | None = None,
+        faults: FaultProfile | None = None,
+        protocols: tuple[str, ...] | list[str] = PROTOCOLS,
+        data_dir: Path | str | None = None,
+        tools: MediaTools | None = None,
+    ) -> None:
+        unknown = [p for p in protocols if p not in PROTOCOLS]
+        if unknown or not protocols:
+            raise ConfigError(
+                f"sandbox protocol {unknown[0] if unknown else '(none)'!r} is not one of "
+                f"{', '.join(PROTOCOLS)}"
+            )
+        self.host = host
+        self._port = port
+        self._own_dir = data_dir is None
+        self.data_dir = Path(
+            tempfile.mkdtemp(prefix="mp-sandbox-") if data_dir is None else data_dir
+        )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.app = SandboxApp(
+            keys=keys or SandboxKeys(),
+            profile=faults or FaultProfile(),
+            protocols=tuple(protocols),
+            data_dir=self.data_dir,
+            tools=tools or find_tools(),
+        )
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.app.ledger
+
+    @property
+    def port(self) -> int:
+        return self.app.port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def render_count(self) -> int:
+        """ffmpeg renders actually run (identical jobs share one)."""
+        return self.app.renderer.render_count
+
+    def file_url(self, path: Path | str) -> str:
+        """An http URL on the sandbox that serves a local file (input URLs for tests)."""
+        return self.app.file_url(self.base_url, Path(path))
+
+    def expire_results(self) -> int:
+        """Expire every result URL issued so far; a new status query issues fresh ones."""
+        return self.app.store.expire()
+
+    def start(self) -> SandboxServer:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_class = type("_Server", (_HTTPServer,), {"address_family": family})
+        try:
+            httpd = server_class((self.host, self._port), _Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"sandbox cannot listen on {self.host}:{self._port}: {exc.strerror}"
+            ) from None
+        self.app.port = httpd.server_address[1]
+        httpd.app = self.app
+        httpd.base_url = self.base_url
+        httpd.connections = set()
+        httpd.connections_lock = threading.Lock()
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+            name=f"sandbox-{self.port}", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+            with httpd.connections_lock:
+                open_connections = list(httpd.connections)
+            for conn in open_connections:  # idle keep-alive connections would linger otherwise
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.app.close()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SandboxServer({self.base_url}, protocols={self.app.protocols})"
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    protocols: tuple[str, ...] | list[str] = PROTOCOLS,
+    faults_path: Path | str | None = None,
+    *,
+    keys: SandboxKeys | None = None,
+    data_dir: Path | str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Run a sandbox until SIGINT/SIGTERM; the first line on ``out`` is its base URL."""
+    profile = FaultProfile.load(faults_path) if faults_path else FaultProfile()
+    stream = out or sys.stdout
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        with SandboxServer(host, port, keys=keys, faults=profile, protocols=protocols,
+                           data_dir=data_dir) as server:  # fmt: skip
+            print(f"sandbox listening on {server.base_url}", file=stream, flush=True)
+            print(f"protocols: {', '.join(server.app.protocols)}", file=stream, flush=True)
+            while not stop.wait(0.5):
+                pass
+            print(f"sandbox stopped; {len(server.ledger)} tasks accepted", file=stream, flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

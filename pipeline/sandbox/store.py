@@ -1,0 +1,173 @@
+"""Tasks the sandbox accepted, what each status query shows of them, and the URLs it serves.
+
+A task becomes terminal on a status query when its work is done (media checked, video rendered
+or a failure decided), it was queried more than ``latency.polls`` times and it is at least
+``latency.seconds`` old. Once shown terminal it stays terminal.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.sandbox.faults import Latency
+from pipeline.sandbox.render import Rendered
+
+Phase = Literal["queued", "running", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every protocol's create boils down to."""
+
+    model: str
+    image_url: str
+    video_url: str
+    orientation: str
+    mode: str
+    """std | pro (Kie's 720p/1080p are mapped)."""
+    sound: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a task's work: a render, or a failure reason (with the service's code)."""
+
+    rendered: Rendered | None = None
+    reason: str | None = None
+    code: str = "500"
+
+
+@dataclass
+class Task:
+    """One accepted task; mutated only under the store's lock."""
+
+    protocol: str
+    task_id: str
+    client_id: str | None
+    body: dict[str, Any]
+    spec: TaskSpec
+    created: float
+    fate: Literal["normal", "fail", "never"] = "normal"
+    fate_reason: str | None = None
+    outcome: Outcome | None = None
+    polls: int = 0
+    shown_terminal: bool = False
+    finished: float | None = None
+    token: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Protocol-specific constant facts (ids, trace ids) fixed at create time."""
+
+
+@dataclass
+class ResultLink:
+    task_id: str
+    protocol: str
+    path: Path
+    expired: bool = False
+
+
+class TaskStore:
+    """Tasks by id and by client id, result links and served input files; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._tasks: dict[str, Task] = {}
+        self._by_client: dict[tuple[str, str], Task] = {}
+        self._links: dict[str, ResultLink] = {}
+        self._files: dict[str, Path] = {}
+
+    def add(self, task: Task) -> None:
+        with self._lock:
+            self._tasks[task.task_id] = task
+            if task.client_id is not None:
+                self._by_client[(task.protocol, task.client_id)] = task
+
+    def get(self, protocol: str, task_id: str) -> Task | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return task if task is not None and task.protocol == protocol else None
+
+    def by_client_id(self, protocol: str, client_id: str) -> Task | None:
+        with self._lock:
+            return self._by_client.get((protocol, client_id))
+
+    def running_count(self) -> int:
+        with self._lock:
+            return sum(1 for t in self._tasks.values() if not t.shown_terminal)
+
+    def finish(self, task: Task, outcome: Outcome) -> None:
+        with self._lock:
+            task.outcome = outcome
+            task.finished = time.time()
+        task.done.set()
+
+    def observe(self, task: Task, latency: Latency, now: float | None = None) -> Phase:
+        """Count one status query of ``task`` and say what it shows."""
+        now = time.time() if now is None else now
+        with self._lock:
+            task.polls += 1
+            return self._phase(task, latency, now, counted=task.polls)
+
+    def peek(self, task: Task, latency: Latency, now: float | None = None) -> Phase:
+        """What a query would show, without counting one (synchronous answers, callbacks)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._phase(task, latency, now, counted=latency.polls + 1)
+
+    def _phase(self, task: Task, latency: Latency, now: float, counted: int) -> Phase:
+        ready = (
+            task.outcome is not None
+            and task.fate != "never"
+            and counted > latency.polls
+            and now - task.created >= latency.seconds
+        )
+        if task.shown_terminal or ready:
+            task.shown_terminal = True
+            assert task.outcome is not None  # ready implies it; shown_terminal was ready once
+            return "failed" if task.outcome.rendered is None else "succeeded"
+        return "queued" if counted <= 1 else "running"
+
+    # ------------------------------------------------------------------ served URLs
+
+    def result_url(self, task: Task, base_url: str, *, fresh: bool = False) -> str:
+        """The task's current result URL; a new one when the last expired or ``fresh``."""
+        assert task.outcome is not None and task.outcome.rendered is not None
+        with self._lock:
+            link = self._links.get(task.token or "")
+            if link is None or link.expired or fresh:
+                task.token = secrets.token_hex(12)
+                self._links[task.token] = ResultLink(
+                    task.task_id, task.protocol, task.outcome.rendered.path
+                )
+            return f"{base_url}/results/{task.token}.mp4"
+
+    def link(self, token: str) -> ResultLink | None:
+        with self._lock:
+            return self._links.get(token)
+
+    def expire(self, token: str | None = None) -> int:
+        """Expire one result link, or every link issued so far; returns how many."""
+        with self._lock:
+            links = [self._links[token]] if token in self._links else []
+            if token is None:
+                links = list(self._links.values())
+            for link in links:
+                link.expired = True
+            return len(links)
+
+    def add_file(self, path: Path) -> str:
+        """Register a local file to serve; returns its token."""
+        token = secrets.token_hex(8)
+        with self._lock:
+            self._files[token] = path
+        return token
+
+    def file(self, token: str) -> Path | None:
+        with self._lock:
+            return self._files.get(token)
