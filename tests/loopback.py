@@ -1,0 +1,158 @@
+"""A scripted HTTP/1.1 server on 127.0.0.1 for provider-client tests: real sockets, real faults.
+
+Each accepted connection reads one request, records it, and performs the next scripted action:
+answer, close without answering, reset (RST), send half a body, or hang. It is deliberately
+dumb so a test can produce exactly the byte-level fault it is about.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    body: bytes | str | dict[str, Any] | list[Any] = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        body = self.body
+        content_type = "application/json"
+        if isinstance(body, dict | list):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+            content_type = "text/html"
+        lines = [f"HTTP/1.1 {self.status} X", f"Content-Length: {len(body)}", "Connection: close"]
+        lines.append(f"Content-Type: {content_type}")
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def ok(body: dict[str, Any] | list[Any] | str | bytes, **headers: str) -> Answer:
+    return Answer(200, body, headers)
+
+
+# Faults, as scripted actions.
+CLOSE = "close"  # read the request, close without a byte of response
+RESET = "reset"  # read the request, then RST the connection
+PARTIAL = "partial"  # headers promise a body, half of it arrives, then close
+HANG = "hang"  # read the request, never answer (client read timeout)
+
+Action = Answer | str
+
+
+class Loopback:
+    """``with Loopback() as srv: srv.push(ok({...})); ... srv.requests``."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self._script: deque[Action] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def push(self, *actions: Action) -> Loopback:
+        with self._lock:
+            self._script.extend(actions)
+        return self
+
+    def __enter__(self) -> Loopback:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        # Wake the blocked accept() with one last connection instead of polling with timeouts.
+        with socket.create_connection(("127.0.0.1", self.port)):
+            pass
+        self._thread.join(5)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            if self._stop.is_set():
+                conn.close()
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            request = _read_request(conn)
+            if request is None:
+                return
+            with self._lock:
+                self.requests.append(request)
+                action: Action = (
+                    self._script.popleft() if self._script else Answer(599, b"unscripted")
+                )
+            if isinstance(action, Answer):
+                conn.sendall(action.encode())
+            elif action == RESET:
+                # SO_LINGER with a zero timeout turns close() into a TCP RST.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif action == PARTIAL:
+                conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"code": 2')
+            elif action == HANG:
+                self._stop.wait(10)
+            # CLOSE: fall through and close.
+
+
+def _read_request(conn: socket.socket) -> Recorded | None:
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return Recorded(method, target, headers, body)
+
+
+def refused_url() -> str:
+    """A loopback URL nothing listens on (connection refused)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
