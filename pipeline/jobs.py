@@ -87,6 +87,8 @@ class Job:
     model: str
     line: int = 0
     """Manifest line the job came from (a ``jobs`` entry or the ``matrix`` block)."""
+    where: str = "$"
+    """JSON path of that manifest entry (``$.jobs[3]`` or ``$.matrix``), for diagnostics."""
 
 
 def job_key(

@@ -425,6 +425,7 @@ class _Checker:
                     provider=config.name,
                     model=config.model,
                     line=spec.line,
+                    where=format_path(spec.where),
                 )
             )
         return jobs

@@ -6,14 +6,25 @@ never calls a provider.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline import providers
+from pipeline.errors import MediaError
 from pipeline.hashing import FileHasher, sha256_text
 from pipeline.jobs import InputRef, Job, job_key
 from pipeline.manifest import Manifest
+from pipeline.media import MediaInfo, MediaTools, find_tools, limits_for, probe_many
+from pipeline.mediaprep import MediaPlan, plan_media
+from pipeline.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -27,8 +38,7 @@ class PlannedJob:
     billed_seconds: float | None = None
     estimated_cost: float | None = None
     error: str | None = None
-    image_info: dict[str, Any] | None = None
-    video_info: dict[str, Any] | None = None
+    media: MediaPlan | None = None
 
     def as_dict(self) -> dict[str, Any]:
         job = self.job
@@ -44,8 +54,6 @@ class PlannedJob:
             "billed_seconds": self.billed_seconds,
             "estimated_cost": self.estimated_cost,
             "error": self.error,
-            "image_info": self.image_info,
-            "video_info": self.video_info,
         }
 
 
@@ -64,8 +72,22 @@ class Plan:
             "provider": m.provider.name,
             "model": m.provider.model,
             "jobs": [pj.as_dict() for pj in self.jobs],
+            "inputs": self.inputs(),
             "totals": self.totals,
         }
+
+    def inputs(self) -> dict[str, dict[str, Any] | None]:
+        """Probe facts per input (as jobs name them), listed once however many jobs share it."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for pj in self.jobs:
+            media = pj.media
+            for ref, info in (
+                (pj.job.image, media.image_info if media else None),
+                (pj.job.video, media.video_info if media else None),
+            ):
+                if str(ref) not in out or out[str(ref)] is None:
+                    out[str(ref)] = _facts(info)
+        return out
 
 
 def input_hash(ref: InputRef, hashes: dict[str, str]) -> str:
@@ -87,15 +109,133 @@ def hash_inputs(manifest: Manifest, hasher: FileHasher | None = None) -> dict[st
     return hashes
 
 
-def make_plan(manifest: Manifest, *, hasher: FileHasher | None = None) -> Plan:
+def make_plan(
+    manifest: Manifest,
+    settings: Settings | None = None,
+    *,
+    hasher: FileHasher | None = None,
+    tools: MediaTools | None = None,
+    done_keys: Sequence[str] = (),
+) -> Plan:
+    """Hash, probe and plan every job. ``done_keys``: keys already generated (action ``done``)."""
     hashes = hash_inputs(manifest, hasher)
+    tools = tools or find_tools(settings)
+    facts = probe_inputs(manifest, hashes, tools)
+    provider_cls = providers.get(manifest.provider.name)
+    done = set(done_keys)
     planned = []
     for job in manifest.jobs:
         image_sha = input_hash(job.image, hashes)
         video_sha = input_hash(job.video, hashes)
-        key = job_key(job, image_sha256=image_sha, video_sha256=video_sha)
-        planned.append(PlannedJob(job=job, key=key, image_sha256=image_sha, video_sha256=video_sha))
+        limits = limits_for(manifest.provider.name, job.model, job.settings.character_orientation)
+        media = plan_media(
+            job,
+            facts[image_sha],
+            facts[video_sha],
+            limits,
+            has_sound_field=provider_cls.has_sound_field,
+        )
+        media = _check_url_inputs(job, media)
+        key = job_key(job, image_sha256=image_sha, video_sha256=video_sha, recipe=media.key_recipe)
+        action = "done" if key in done and media.action != "reject" else media.action
+        billed = media.billed_seconds if action not in {"reject", "done"} else 0.0
+        planned.append(
+            PlannedJob(
+                job=job,
+                key=key,
+                image_sha256=image_sha,
+                video_sha256=video_sha,
+                action=action,
+                steps=media.steps,
+                billed_seconds=billed,
+                estimated_cost=manifest.budget.cost(job.settings.mode, billed),
+                error=media.error,
+                media=media,
+            )
+        )
     return Plan(manifest=manifest, jobs=tuple(planned), totals=totals(manifest, planned))
+
+
+def _check_url_inputs(job: Job, media: MediaPlan) -> MediaPlan:
+    """A URL is sent as it is; one that would need preparation is rejected (not downloaded)."""
+    if media.error is not None:
+        return media
+    for ref, identity, what in (
+        (job.video, media.video.is_identity, "video"),
+        (job.image, media.image.is_identity, "image"),
+    ):
+        if ref.is_url and not identity:
+            steps = ", ".join(media.steps)
+            return replace(
+                media,
+                action="reject",
+                steps=("reject",),
+                billed_seconds=0.0,
+                error=f"{what} URL needs preparation ({steps}); download it and use a local file",
+                error_path=str(ref),
+            )
+    return media
+
+
+def probe_inputs(
+    manifest: Manifest, hashes: dict[str, str], tools: MediaTools
+) -> dict[str, MediaInfo | MediaError]:
+    """Probe facts per input hash; local files are probed once per content, cached on disk."""
+    sources: dict[str, Path | str] = {}
+    for job in manifest.jobs:
+        for ref in (job.image, job.video):
+            sources.setdefault(input_hash(ref, hashes), ref.path or ref.url or ref.raw)
+    cache_file = cache_dir(manifest) / "probes.json"
+    cached = _load_probe_cache(cache_file)
+    facts: dict[str, MediaInfo | MediaError] = {}
+    todo: list[str] = []
+    for sha, source in sources.items():
+        hit = cached.get(sha) if not sha.startswith("url:") else None
+        if hit is not None:
+            facts[sha] = MediaInfo(**{**hit, "source": str(source)})
+        else:
+            todo.append(sha)
+    if todo:
+        results = asyncio.run(probe_many([sources[sha] for sha in todo], tools))
+        fresh = False
+        for sha, result in zip(todo, results, strict=True):
+            facts[sha] = result
+            if isinstance(result, MediaInfo) and not sha.startswith("url:"):
+                cached[sha] = result.facts()
+                fresh = True
+        if fresh:
+            _save_json(cache_file, {"version": 1, "probes": cached})
+    return facts
+
+
+def _load_probe_cache(path: Path) -> dict[str, dict[str, Any]]:
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads(path.read_text("utf-8"))
+        if doc.get("version") == 1:
+            probes: dict[str, dict[str, Any]] = doc["probes"]
+            return probes
+    return {}
+
+
+def _save_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _facts(info: MediaInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    facts = info.facts()
+    facts.pop("source", None)
+    return facts
 
 
 def totals(manifest: Manifest, planned: list[PlannedJob]) -> dict[str, Any]:
