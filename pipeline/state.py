@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pipeline.errors import StateError
+from pipeline.errors import BatchStopped, PipelineError, StateError
 from pipeline.jobs import TRANSITIONS, State
+
+if TYPE_CHECKING:
+    from pipeline.storage import UploadCache
 
 STATE_FILE = "state.sqlite"
 _APPLICATION_ID = 0x4D504C31  # "MPL1": marks the file as ours for `file` and for open()
@@ -294,7 +297,7 @@ class StateStore:
         return cls(conn, path, readonly=readonly, clock=clock)
 
     def close(self) -> None:
-        with self._mutex:
+        with self._locked():
             self._conn.close()
 
     def __enter__(self) -> StateStore:
@@ -310,13 +313,13 @@ class StateStore:
 
     def integrity_check(self) -> str:
         """``"ok"`` or SQLite's list of problems."""
-        with self._mutex:
+        with self._locked():
             rows = self._conn.execute("PRAGMA integrity_check").fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
     @property
     def schema_version(self) -> int:
-        with self._mutex:
+        with self._locked():
             return _read_version(self._conn)
 
     # ----------------------------------------------------------------------- transactions
@@ -328,7 +331,7 @@ class StateStore:
         Holds the write lock for its duration: keep it short and do no network I/O inside.
         """
         self._require_writable()
-        with self._mutex:
+        with self._locked():
             if self._in_batch:  # nested: the outer batch commits
                 yield
                 return
@@ -336,39 +339,55 @@ class StateStore:
             self._in_batch = True
             try:
                 yield
+                self._in_batch = False
+                self._conn.execute("COMMIT")
             except BaseException:
                 self._in_batch = False
-                self._conn.execute("ROLLBACK")
+                self._rollback("ROLLBACK")
                 raise
-            self._in_batch = False
-            self._conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         self._require_writable()
-        with self._mutex:
+        with self._locked():
             if self._in_batch:
                 # A savepoint keeps each write all-or-nothing inside the shared transaction.
                 self._conn.execute("SAVEPOINT write")
                 try:
                     yield self._conn
                 except BaseException:
-                    self._conn.execute("ROLLBACK TO write")
-                    self._conn.execute("RELEASE write")
+                    self._rollback("ROLLBACK TO write")
                     raise
                 self._conn.execute("RELEASE write")
                 return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+
+    def _rollback(self, statement: str) -> None:
+        # SQLite rolls back by itself after some failures (disk full): then there is nothing
+        # left to undo, and trying would raise over the error that matters.
+        if self._conn.in_transaction:
+            self._conn.execute(statement)
+            if statement.startswith("ROLLBACK TO"):
+                self._conn.execute("RELEASE write")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The connection's mutex, with SQLite failures turned into the pipeline's errors."""
+        with self._mutex:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
 
     def _flush(self) -> None:
         """Inside a batch, make everything so far durable now (and keep batching)."""
-        with self._mutex:
+        with self._locked():
             if self._in_batch:
                 self._conn.execute("COMMIT")
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -439,7 +458,7 @@ class StateStore:
             return self._get(conn, record.id)
 
     def get(self, job_id: str) -> JobRow:
-        with self._mutex:
+        with self._locked():
             return self._get(self._conn, job_id)
 
     def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
@@ -448,7 +467,7 @@ class StateStore:
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        with self._mutex:
+        with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
         return map(_row, found)
 
@@ -458,21 +477,21 @@ class StateStore:
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        with self._mutex:
+        with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
         return [JobSummary(r[0], _STATES[r[1]], r[2], r[3], r[4]) for r in found]
 
     def counts(self) -> dict[State, int]:
         """Jobs per state; every state is present (zero when none)."""
         out = dict.fromkeys(State, 0)
-        with self._mutex:
+        with self._locked():
             for state, n in self._conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
                 out[State(state)] = n
         return out
 
     def find_done_by_key(self, key: str) -> JobRow | None:
         """A finished job with this key (an earlier id of the same generation), if any."""
-        with self._mutex:
+        with self._locked():
             r = self._conn.execute(
                 _SELECT_JOBS + " WHERE key=? AND state=? ORDER BY id LIMIT 1",
                 (key, State.DONE.value),
@@ -550,7 +569,7 @@ class StateStore:
         return row
 
     def events(self, job_id: str) -> list[Event]:
-        with self._mutex:
+        with self._locked():
             found = self._conn.execute(
                 "SELECT id, job_id, at, from_state, to_state, detail FROM events "
                 "WHERE job_id=? ORDER BY id",
@@ -618,7 +637,7 @@ class StateStore:
     # ----------------------------------------------------------------------- uploads
 
     def _upload_get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
-        with self._mutex:
+        with self._locked():
             r = self._conn.execute(
                 "SELECT url, uploaded_at FROM uploads WHERE provider=? AND endpoint=? AND sha256=?",
                 (provider, endpoint, sha256),
@@ -667,6 +686,15 @@ def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"set": dict(fields)} if fields else {}
 
 
+def _translate(exc: sqlite3.Error, path: Path) -> PipelineError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return BatchStopped(f"disk full: cannot write the state {path} ({exc})")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StateError(f"state {path} is busy: another process holds it ({exc})")
+    return StateError(f"state {path}: {exc}")
+
+
 def _read_version(conn: sqlite3.Connection) -> int:
     r = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     return int(r[0]) if r else 0
@@ -710,3 +738,9 @@ def _check_and_migrate(conn: sqlite3.Connection, path: Path, *, readonly: bool) 
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+if TYPE_CHECKING:  # mypy proves the uploads table is the cache pipeline.storage expects
+
+    def _is_upload_cache(table: UploadTable) -> UploadCache:
+        return table

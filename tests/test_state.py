@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.state as state_module
-from pipeline.errors import StateError
+from pipeline.errors import BatchStopped, StateError
 from pipeline.jobs import TRANSITIONS, State
 from pipeline.state import (
     MIGRATIONS,
@@ -428,3 +428,19 @@ def test_sigkill_at_an_arbitrary_moment_leaves_rows_and_events_consistent(tmp_pa
             assert events[-1].to_state is row.state
             if len(events) > 1:
                 assert events[-1].detail["set"].get("task_id", row.task_id) == row.task_id
+
+
+def test_disk_full_is_a_batch_stop_and_leaves_the_store_usable(tmp_path: Path) -> None:
+    with open_store(tmp_path, 1) as store:
+        # SQLite's page cap gives the same SQLITE_FULL a full disk gives, without filling one.
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        big = [JobRecord(f"big-{i}", "k", {"pad": "x" * 2000}) for i in range(50)]
+        with pytest.raises(BatchStopped, match="disk full") as info:
+            store.sync_jobs(big)
+        assert info.value.exit_code == 3
+        with pytest.raises(BatchStopped), store.batch():
+            store.sync_jobs(big)
+        assert sum(store.counts().values()) == 1
+        store.transition("job-000", State.SUBMITTING)  # small writes still fit
+        assert store.integrity_check() == "ok"
