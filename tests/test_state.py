@@ -71,6 +71,11 @@ def test_new_store_has_schema_wal_and_pending_jobs(tmp_path: Path) -> None:
         assert row.spec == SPEC
         [created] = store.events("job-001")
         assert (created.from_state, created.to_state) == (None, State.PENDING)
+        pragmas = [
+            store._conn.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("synchronous", "foreign_keys")
+        ]
+        assert pragmas == [2, 1]  # FULL: a commit is on disk when it returns
     conn = sqlite3.connect(state_path(tmp_path))
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
