@@ -12,13 +12,16 @@ It is shaped by what the runner decides, not by where an error came from::
     ├── ProviderError                  anything a provider said or failed to say
     │   ├── RefusedError               the API refused this request: the job fails, no retry
     │   ├── TransientError             try the same call again later (429, 5xx, timeouts)
-    │   │   └── RateLimitedError       429 / "too fast": one shared pause for everyone
+    │   │   ├── RateLimitedError       429 / "too fast": one shared pause for everyone
+    │   │   └── ResultExpiredError     result URL gone (403/404/410): re-query the task
     │   ├── AmbiguousError             a create may or may not have happened
     │   ├── TaskFailedError            the job was accepted, ran, and failed (moderation...)
+    │   ├── ResultInvalidError         the served result is not a usable video
     │   └── BatchFatalError            stop all new submissions                3
     │       ├── AuthError              the key was rejected
     │       └── OutOfCreditsError      balance used up
     ├── BatchStopped                   budget reached, disk full               3
+    ├── OutputConflictError            another video holds the output path     1
     ├── LockedError                    another run holds the output lock       4
     └── StateError                     the state store is damaged or too new   1
 
@@ -143,12 +146,20 @@ class RateLimitedError(TransientError):
     """The provider said slow down: pause every create, not just this one."""
 
 
+class ResultExpiredError(TransientError):
+    """The result URL answered 401/403/404/410: re-query the task for a fresh URL, then retry."""
+
+
 class AmbiguousError(ProviderError):
     """A create was sent but its outcome is unknown (timeout after send, reset, 5xx, garbage)."""
 
 
 class TaskFailedError(ProviderError):
     """The task was accepted and ran, then failed; ``message`` is the provider's reason."""
+
+
+class ResultInvalidError(ProviderError):
+    """The result was served but is not a usable video (garbage, truncated, too long, too big)."""
 
 
 class BatchFatalError(ProviderError):
@@ -172,6 +183,12 @@ class BatchStopped(PipelineError):
     """A batch-wide limit stopped new submissions (budget reached, disk full)."""
 
     exit_code = 3
+
+
+class OutputConflictError(PipelineError):
+    """``videos/<job_id>.mp4`` already holds a different video and no replace was asked for."""
+
+    exit_code = 1
 
 
 class LockedError(PipelineError):
