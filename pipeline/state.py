@@ -66,7 +66,8 @@ def _v1(conn: sqlite3.Connection) -> None:
             created_at     TEXT NOT NULL,
             updated_at     TEXT NOT NULL,
             submitted_at   TEXT,
-            finished_at    TEXT
+            finished_at    TEXT,
+            result         TEXT
         )""")
     conn.execute("CREATE INDEX jobs_key ON jobs(key)")
     conn.execute("CREATE INDEX jobs_state ON jobs(state)")
@@ -109,6 +110,7 @@ FIELDS = frozenset(
         "error",
         "submitted_at",
         "finished_at",
+        "result",
     }
 )
 
@@ -162,6 +164,8 @@ class JobRow:
     updated_at: str
     submitted_at: str | None
     finished_at: str | None
+    result: str | None
+    """JSON facts about the downloaded result (width, height, fps, codec, size) for metadata."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -201,7 +205,8 @@ class StaleStateError(StateError):
 
 _SELECT_JOBS = (
     "SELECT id, key, state, spec, client_id, attempt, task_id, result_url, output, output_sha256, "
-    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at FROM jobs"
+    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at, result "
+    "FROM jobs"
 )
 
 
@@ -444,6 +449,7 @@ class StateStore:
             conn.execute(
                 "UPDATE jobs SET key=?, spec=?, state=?, client_id=NULL, attempt=0, task_id=NULL, "
                 "result_url=NULL, output=NULL, output_sha256=NULL, billed_seconds=NULL, "
+                "result=NULL, "
                 "duration=NULL, error=NULL, submitted_at=NULL, finished_at=NULL, updated_at=? "
                 "WHERE id=?",
                 (record.key, _dumps(record.spec), State.PENDING.value, now, record.id),
