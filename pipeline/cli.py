@@ -13,8 +13,20 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from pipeline.errors import Diagnostic, ManifestError, PipelineError
+from pipeline.jobs import State
 from pipeline.manifest import load_manifest
+from pipeline.operations import (
+    batch_status,
+    done_keys,
+    dumps,
+    output_dir_of,
+    report_batch,
+    resolve_job,
+    run_batch,
+)
 from pipeline.planning import Plan, make_plan
+from pipeline.reporting import choose_reporter
+from pipeline.runner import RunOptions
 from pipeline.settings import Settings, redact
 
 EXIT_OK = 0
@@ -53,7 +65,8 @@ def media_diagnostics(shown: str, plan: Plan) -> list[Diagnostic]:
 
 
 def _cmd_plan(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    plan = make_plan(load_manifest(args.manifest), settings)
+    manifest = load_manifest(args.manifest)
+    plan = make_plan(manifest, settings, done_keys=done_keys(manifest.output_dir))
     if args.json:
         # Compact and in one write: indent= switches json to its slow pure-Python encoder and
         # json.dump streams hundreds of thousands of tiny writes for a 10,000-job plan.
@@ -98,6 +111,73 @@ def _print_plan(plan: Plan, out: TextIO) -> None:
         print(f"  {mode}: {entry['jobs']} jobs, {entry['billed_seconds']:.2f} s{mcost}", file=out)
 
 
+def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    manifest = load_manifest(args.manifest)
+    options = RunOptions(
+        concurrency=args.concurrency,
+        max_jobs=args.max_jobs,
+        retry_failed=args.retry_failed,
+        replace=frozenset(args.replace or ()),
+    )
+    reporter = choose_reporter(
+        no_progress=args.no_progress, stream=sys.stderr, secrets=settings.secrets()
+    )
+    summary = run_batch(manifest, settings, options, reporter)
+    out_dir = manifest.output_dir
+    counts = ", ".join(f"{s.value} {n}" for s, n in summary.counts.items() if n)
+    print(
+        f"{manifest.name}: {counts or 'no jobs'}; {summary.seconds_billed:.2f} s billed", file=out
+    )
+    if summary.stop_reason:
+        print(f"stopped: {summary.stop_reason}", file=out)
+    print(f"videos:   {out_dir / 'videos'}", file=out)
+    print(f"metadata: {out_dir / 'metadata.jsonl'}", file=out)
+    print(
+        f"state:    {out_dir / 'state.sqlite'}  (motion-pipeline status {args.manifest})", file=out
+    )
+    if args.report and summary.exit_code != EXIT_INTERRUPTED:
+        print(f"report:   {report_batch(manifest, settings)}", file=out)
+    return summary.exit_code
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    report = batch_status(output_dir_of(args.target, settings))
+    if args.json:
+        out.write(dumps(report.as_dict()) + "\n")
+    else:
+        counts = ", ".join(f"{s.value} {n}" for s, n in report.counts.items() if n)
+        print(f"{sum(report.counts.values())} jobs: {counts or 'none'}", file=out)
+        for job in report.jobs:
+            if job["state"] in ("failed", "needs_attention"):
+                task = f" task {job['task_id']}" if job["task_id"] else ""
+                print(f"  {job['state']:<15} {job['id']}{task}: {job['error']}", file=out)
+    bad = report.counts[State.FAILED] + report.counts[State.NEEDS_ATTENTION]
+    return 1 if bad else EXIT_OK
+
+
+def _cmd_resolve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    manifest = load_manifest(args.manifest, check_files=False)
+    message = resolve_job(
+        manifest, args.job, adopt=args.adopt, resubmit=args.resubmit, abandon=args.abandon
+    )
+    print(message, file=out)
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    path = report_batch(load_manifest(args.manifest, check_files=False), settings)
+    print(f"report: {path}", file=out)
+    return EXIT_OK
+
+
+def _cmd_sandbox(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pipeline.sandbox import serve  # imported only for this command
+
+    protocols = tuple(args.protocol) if args.protocol else ("kie", "acedata", "kling")
+    serve(args.host, args.port, protocols, args.faults, out=out)
+    return EXIT_OK
+
+
 Command = Callable[[argparse.Namespace, Settings, TextIO], int]
 
 
@@ -118,7 +198,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("run", help="run or resume the batch (spends money)")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--concurrency", type=_positive, metavar="N", help="tasks in flight at once")
+    p.add_argument("--max-jobs", type=_positive, metavar="N", help="submit at most N new jobs")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="re-check timed-out tasks, resubmit failed jobs"
+    )
+    p.add_argument(
+        "--replace",
+        action="append",
+        metavar="JOB",
+        help="allow re-generating a paid job whose inputs changed",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines)")
+    p.add_argument("--report", action="store_true", help="write report.html at the end")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="jobs per state, failures with reasons (no cost)")
+    p.add_argument("target", metavar="MANIFEST_OR_OUTPUT_DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("resolve", help="settle a job whose submission is ambiguous")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("job", metavar="JOB")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--adopt", metavar="TASK_ID", help="the provider's task id for this job")
+    how.add_argument("--resubmit", action="store_true", help="submit again (pays again)")
+    how.add_argument("--abandon", action="store_true", help="give the job up (failed)")
+    p.set_defaults(func=_cmd_resolve)
+
+    p = sub.add_parser("report", help="write report.html, a contact sheet of the batch")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("sandbox", help="run the local fake provider (no cost)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--protocol", action="append", choices=["kie", "acedata", "kling"])
+    p.add_argument("--faults", metavar="FILE", help="fault/latency profile (YAML or JSON)")
+    p.set_defaults(func=_cmd_sandbox)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None) -> int:

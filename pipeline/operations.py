@@ -1,0 +1,281 @@
+"""The core functions behind ``run``, ``status`` and ``resolve``: one per command.
+
+Order matters for money: the run lock is taken before any HTTP request (a second ``run`` exits 4
+at once), keys are checked and every input is planned before anything is sent (exit 2 spends
+nothing), and a job whose key changed after it was paid for is refused unless replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, InputError, StateError
+from pipeline.jobs import State
+from pipeline.lock import RunLock
+from pipeline.manifest import Manifest, load_manifest
+from pipeline.media import find_tools
+from pipeline.outputs import close_run_log, open_run_log
+from pipeline.planning import Plan, PlannedJob, make_plan
+from pipeline.reporting import BatchFinished, BatchStarted, Reporter
+from pipeline.runner import Batch, RunOptions, RunSummary, credentials_for
+from pipeline.settings import Settings
+from pipeline.state import JobRecord, StateStore, state_path
+
+
+def job_spec(pj: PlannedJob) -> dict[str, Any]:
+    """What the state keeps about a job: enough for status, resolve and report."""
+    job = pj.job
+    return {
+        "image": str(job.image),
+        "video": str(job.video),
+        "image_sha256": pj.image_sha256,
+        "video_sha256": pj.video_sha256,
+        "settings": job.settings.as_dict(),
+        "provider": job.provider,
+        "model": job.model,
+        "steps": list(pj.steps),
+        "billed_seconds": pj.billed_seconds,
+        "line": job.line,
+    }
+
+
+def run_batch(
+    manifest: Manifest, settings: Settings, options: RunOptions, reporter: Reporter
+) -> RunSummary:
+    output_dir = manifest.output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock.acquire(output_dir):
+        credentials = credentials_for(manifest.provider, settings)
+        tools = find_tools(settings)
+        plan = make_plan(manifest, settings, tools=tools)
+        _refuse_rejected(plan)
+        with StateStore.open(output_dir) as store:
+            _sync(store, plan, options)
+            log = open_run_log(output_dir, [*credentials.secrets(), *settings.secrets()])
+            try:
+                reporter.emit(BatchStarted(total=len(plan.jobs), counts=store.counts()))
+                log.info(
+                    "run %s: %d jobs, provider %s",
+                    manifest.name,
+                    len(plan.jobs),
+                    manifest.provider.name,
+                )
+                batch = Batch(
+                    manifest, plan, store, settings, options, reporter, credentials, tools, log
+                )
+                summary = asyncio.run(batch.run())
+                reporter.emit(
+                    BatchFinished(
+                        counts=summary.counts,
+                        seconds_billed=summary.seconds_billed,
+                        wall_seconds=summary.wall_seconds,
+                    )
+                )
+                log.info("run finished: exit %d, %s", summary.exit_code, summary.stop_reason or "")
+            finally:
+                close_run_log(log)
+                reporter.close()
+    return summary
+
+
+def _refuse_rejected(plan: Plan) -> None:
+    rejected = [pj for pj in plan.jobs if pj.action == "reject"]
+    if rejected:
+        lines = [f"job {pj.job.id} ({pj.job.where}): {pj.error}" for pj in rejected]
+        raise InputError(
+            f"{len(rejected)} job(s) have unusable inputs; nothing was submitted:\n  "
+            + "\n  ".join(lines)
+        )
+
+
+def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
+    records = {pj.job.id: JobRecord(pj.job.id, pj.key, job_spec(pj)) for pj in plan.jobs}
+    result = store.sync_jobs(records.values())
+    refused = []
+    for change in result.changed:
+        unpaid = change.state in (State.PENDING, State.FAILED) and not change.task_id
+        if unpaid or change.job_id in options.replace:
+            store.replace_job(records[change.job_id], reason="inputs or settings changed")
+        else:
+            refused.append(
+                f"job {change.job_id}: its inputs or settings changed after it was submitted "
+                f"(state {change.state.value}, task {change.task_id or '-'}); rename the job "
+                f"to keep both, or pass --replace {change.job_id}"
+            )
+    if refused:
+        raise ConfigError("a paid result would be overwritten:\n  " + "\n  ".join(refused))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def done_keys(output_dir: Path) -> list[str]:
+    """Keys already generated in ``output_dir`` (for ``plan``'s ``done`` action)."""
+    if not state_path(output_dir).exists():
+        return []
+    with StateStore.open(output_dir, readonly=True) as store:
+        return [row.key for row in store.rows([State.DONE])]
+
+
+def output_dir_of(target: str, settings: Settings) -> Path:
+    """``status``/``report`` accept the manifest or its output directory."""
+    path = Path(target)
+    if path.is_dir():
+        return path
+    return load_manifest(path, check_files=False).output_dir
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    counts: dict[State, int]
+    jobs: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": {s.value: n for s, n in self.counts.items()}, "jobs": self.jobs}
+
+
+def batch_status(output_dir: Path) -> StatusReport:
+    if not state_path(output_dir).exists():
+        raise StateError(f"no state in {output_dir}: nothing has run there yet")
+    with StateStore.open(output_dir, readonly=True) as store:
+        counts = store.counts()
+        jobs = [
+            {
+                "id": s.id,
+                "state": s.state.value,
+                "task_id": s.task_id,
+                "error": s.error,
+                "output": s.output,
+            }
+            for s in store.summaries()
+        ]
+    return StatusReport(counts, jobs)
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def resolve_job(
+    manifest: Manifest, job_id: str, *, adopt: str | None, resubmit: bool, abandon: bool
+) -> str:
+    """Settle a job that needs attention; returns what was done, for the user."""
+    output_dir = manifest.output_dir
+    with RunLock.acquire(output_dir), StateStore.open(output_dir) as store:
+        try:
+            row = store.get(job_id)
+        except (KeyError, StateError):
+            raise ConfigError(f"job {job_id!r} is not in the state of {output_dir}") from None
+        if row.state not in (State.NEEDS_ATTENTION, State.FAILED):
+            raise ConfigError(
+                f"job {job_id} is {row.state.value}: "
+                "only needs_attention or failed jobs can be resolved"
+            )
+        if adopt:
+            store.transition(
+                job_id,
+                State.RUNNING,
+                task_id=adopt,
+                error=None,
+                detail={"op": "resolve", "adopt": adopt},
+            )
+            return f"job {job_id}: adopted task {adopt}; the next run polls and downloads it"
+        if resubmit:
+            store.transition(
+                job_id, State.PENDING, error=None, detail={"op": "resolve", "resubmit": True}
+            )
+            return f"job {job_id}: back to pending; the next run submits it again (and pays again)"
+        assert abandon
+        store.transition(
+            job_id, State.FAILED, error="abandoned by the user", detail={"op": "resolve"}
+        )
+        return f"job {job_id}: abandoned (failed)"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_batch(manifest: Manifest, settings: Settings) -> Path:
+    """Write ``report.html`` for the manifest's output directory from its state."""
+    from pipeline.report import ReportJob, ReportTotals, write_report  # only this command
+
+    output_dir = manifest.output_dir
+    if not state_path(output_dir).exists():
+        raise StateError(f"no state in {output_dir}: run the batch first")
+    budget = manifest.budget
+    jobs: list[ReportJob] = []
+    seconds = 0.0
+    cost: float | None = 0.0
+    first: str | None = None
+    last: str | None = None
+    with StateStore.open(output_dir, readonly=True) as store:
+        counts = store.counts()
+        for row in store.rows():
+            spec = row.spec
+            settings_doc = spec.get("settings", {})
+            output = output_dir / row.output if row.output else None
+            if row.state is State.DONE:
+                billed = row.billed_seconds or 0.0
+                seconds += billed
+                price = budget.cost(settings_doc.get("mode", "std"), billed)
+                cost = None if price is None or cost is None else cost + price
+            if row.submitted_at:
+                first = min(first or row.submitted_at, row.submitted_at)
+            if row.finished_at:
+                last = max(last or row.finished_at, row.finished_at)
+            jobs.append(
+                ReportJob(
+                    id=row.id,
+                    state=row.state,
+                    image=spec.get("image", ""),
+                    video=spec.get("video", ""),
+                    image_path=_local(spec.get("image", "")),
+                    video_path=_local(spec.get("video", "")),
+                    output_path=output if output and output.is_file() else None,
+                    settings=settings_doc,
+                    billed_seconds=row.billed_seconds,
+                    duration=row.duration,
+                    provider=spec.get("provider", manifest.provider.name),
+                    model=spec.get("model", manifest.provider.model),
+                    task_id=row.task_id,
+                    error=row.error,
+                )
+            )
+    totals = ReportTotals(
+        done=counts[State.DONE],
+        failed=counts[State.FAILED],
+        needs_attention=counts[State.NEEDS_ATTENTION],
+        other=sum(counts.values())
+        - counts[State.DONE]
+        - counts[State.FAILED]
+        - counts[State.NEEDS_ATTENTION],
+        seconds_billed=round(seconds, 3),
+        estimated_cost=None if cost is None or not budget.price_per_second else round(cost, 4),
+        currency=budget.currency,
+        wall_time_seconds=_span(first, last),
+    )
+    return write_report(output_dir, jobs, totals, tools=find_tools(settings), title=manifest.name)
+
+
+def _local(text: str) -> Path | None:
+    if not text or text.startswith(("http://", "https://")):
+        return None
+    return Path(text)
+
+
+def _span(first: str | None, last: str | None) -> float | None:
+    from datetime import datetime
+
+    if not first or not last:
+        return None
+    try:
+        return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    except ValueError:
+        return None
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False)
