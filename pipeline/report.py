@@ -184,7 +184,10 @@ def _extract_one(tools: MediaTools, e: _Extraction) -> str | None:
         return None
     scale = f"scale=-2:{THUMB_HEIGHT}"
     if e.kind == "image":
-        inputs, graph = ["-i", str(e.source)], f"[0:v]{scale}[v]"
+        # Character cut-outs are often transparent PNGs; JPEG has no alpha, so flatten on white
+        # (otherwise the hidden colour under the transparency shows).
+        flatten = "split[fg][bg0];[bg0]drawbox=c=white:replace=1:t=fill[bg];[bg][fg]overlay"
+        inputs, graph = ["-i", str(e.source)], f"[0:v]{scale},format=rgba,{flatten}[v]"
     else:
         duration = e.duration or _probe_duration(tools, e.source)
         if duration is None:

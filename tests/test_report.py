@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mediagen import ffprobe, make_image, make_video
+from mediagen import ffmpeg, ffprobe, make_image, make_video
 
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
@@ -243,6 +243,31 @@ def test_thumbnails_are_extracted_from_real_media(
     assert strip[0] == 4 * 120 + 3 * STRIP_GAP  # four frames side by side
     assert all(img.get("loading") == "lazy" for img in parse(page.read_text()).named("img"))
     assert 'href="videos/alice.mp4"' in page.read_text()
+
+
+def pixel(path: Path, x: int, y: int) -> tuple[int, int, int]:
+    raw = subprocess.run(
+        [ffmpeg(), "-v", "error", "-i", str(path), "-vf", f"format=rgb24,crop=1:1:{x}:{y}",
+         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    return raw[0], raw[1], raw[2]
+
+
+def test_transparent_images_are_shown_on_white(tmp_path: Path, tools: MediaTools) -> None:
+    # Fully transparent red around an opaque blue body: the red must not show.
+    cutout = tmp_path / "cutout.png"
+    src = "color=c=red@0.0:s=320x480,format=rgba,drawbox=x=80:y=80:w=160:h=320:c=blue:t=fill:replace=1"
+    subprocess.run(
+        [ffmpeg(), "-v", "error", "-f", "lavfi", "-i", src, "-frames:v", "1", str(cutout)],
+        check=True,
+    )
+    write_report(tmp_path, [job(image_path=cutout)], TOTALS, tools=tools, title="t")
+
+    (thumb,) = (tmp_path / "report" / "thumbs").iterdir()
+    assert all(c > 235 for c in pixel(thumb, 2, 2)), pixel(thumb, 2, 2)
+    r, g, b = pixel(thumb, 53, 80)
+    assert b > 200 and r < 60 and g < 60
 
 
 def test_thumbnails_are_cached_until_the_source_changes(

@@ -42,7 +42,9 @@ CHROME_FLAGS = [
 READY_WITHIN = 60.0  # seconds; a shared 2-core machine can be slow to start a browser
 
 
-def chromium_or_skip() -> tuple[str, str]:
+@pytest.fixture
+def chrome() -> tuple[str, str]:
+    """(chromium, chromedriver); asked for first, so a skip costs no media generation."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if chromium and driver:
@@ -91,8 +93,10 @@ class Browser:
 
 
 @contextmanager
-def browser(tmp_path: Path, *, javascript: bool = True) -> Iterator[Browser]:
-    chromium, driver = chromium_or_skip()
+def browser(
+    chrome: tuple[str, str], tmp_path: Path, *, javascript: bool = True
+) -> Iterator[Browser]:
+    chromium, driver = chrome
     port = free_port()
     log = (tmp_path / "chromedriver.log").open("wb")
     proc = subprocess.Popen([driver, f"--port={port}"], stdout=log, stderr=log)
@@ -187,8 +191,10 @@ return Array.prototype.filter.call(document.querySelectorAll('#cards > article')
 """
 
 
-def test_a_person_sees_totals_cards_thumbnails_and_reasons(report: Path, tmp_path: Path) -> None:
-    with browser(tmp_path) as b:
+def test_a_person_sees_totals_cards_thumbnails_and_reasons(
+    chrome: tuple[str, str], report: Path, tmp_path: Path
+) -> None:
+    with browser(chrome, tmp_path) as b:
         b.open(report)
         b.wait_for("return Array.prototype.every.call(document.images, i => i.complete);")
         shot = b.screenshot(tmp_path / "report.png")
@@ -235,8 +241,10 @@ def test_a_person_sees_totals_cards_thumbnails_and_reasons(report: Path, tmp_pat
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
 
 
-def test_the_page_reads_without_javascript(report: Path, tmp_path: Path) -> None:
-    with browser(tmp_path, javascript=False) as b:
+def test_the_page_reads_without_javascript(
+    chrome: tuple[str, str], report: Path, tmp_path: Path
+) -> None:
+    with browser(chrome, tmp_path, javascript=False) as b:
         b.open(report)
         b.screenshot(tmp_path / "report-nojs.png")
         # WebDriver's own scripts still run; the page's script does not.
