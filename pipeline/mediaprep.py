@@ -8,7 +8,6 @@ content-addressed cache, so a rerun reuses the prepared files.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -34,6 +33,7 @@ from pipeline.media import (
     ToolTimeout,
     last_error_line,
     probe_file,
+    run_bounded,
     run_tool,
     sha256_file,
 )
@@ -432,17 +432,11 @@ async def prepare_many(
     *,
     limit: int | None = None,
 ) -> list[PreparedMedia | MediaError]:
-    """Prepare many jobs off the event loop, at most ``limit`` (CPU count) ffmpeg runs at once."""
-    gate = asyncio.Semaphore(max(1, limit or os.cpu_count() or 1))
+    """Prepare many jobs off the event loop, at most ``limit`` (CPU count) ffmpeg runs at once.
 
-    async def one(plan: MediaPlan) -> PreparedMedia | MediaError:
-        async with gate:
-            try:
-                return await asyncio.to_thread(prepare, plan, tools, cache_dir)
-            except MediaError as exc:
-                return exc
-
-    return list(await asyncio.gather(*(one(p) for p in plans)))
+    Results keep the order of ``plans``; a rejected or failed job yields its MediaError.
+    """
+    return await run_bounded(plans, lambda plan: prepare(plan, tools, cache_dir), limit=limit)
 
 
 def _run_ffmpeg(stream: Any, tools: MediaTools, timeout: float, source: str) -> None:
