@@ -1,0 +1,553 @@
+"""The output directory as a dataset: verified result videos, metadata.jsonl, redacted run.log.
+
+Layout (design.md §2)::
+
+    <output_dir>/videos/<job_id>.mp4        as served: tmp -> fsync -> verify -> rename
+    <output_dir>/videos/replaced/...        earlier results moved aside by an explicit replace
+    <output_dir>/videos/conflicts/...       a paid result that found another video in its place
+    <output_dir>/metadata.jsonl             one line per result, rewritten atomically
+    <output_dir>/run.log                    redacted log
+
+A paid result is never lost and never silently overwritten: a download that finds the same bytes
+at its target adopts them, one that finds other bytes raises :class:`OutputConflictError` (keeping
+the new video under ``conflicts/``) unless the caller asked for ``replace``. Hugging Face's
+VideoFolder builds rows from ``metadata.jsonl``, so videos under ``replaced/`` and ``conflicts/``
+(which have no row) are not part of the dataset.
+
+How the runner should treat each failure of :func:`download_result`:
+
+* :class:`ResultExpiredError` (401/403/404/410): re-query the task for a fresh URL, then retry.
+* :class:`TransientError` (transport errors, timeouts, 408/429/5xx, short body): retry later.
+* :class:`ResultInvalidError` (not a video, longer than billed, too big, other statuses): the
+  provider served something unusable; refreshing the URL once is worth it, then fail the job.
+* :class:`BatchStopped` (disk full, output directory unwritable): stop the batch.
+* :class:`OutputConflictError`: the job needs attention (rename it or replace explicitly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiofiles
+import httpx
+
+from pipeline.errors import (
+    BatchStopped,
+    MediaError,
+    OutputConflictError,
+    ProviderError,
+    ResultExpiredError,
+    ResultInvalidError,
+    TransientError,
+)
+from pipeline.media import MediaInfo, MediaTools, probe_file, sha256_file
+from pipeline.settings import redact
+
+VIDEOS_DIR = "videos"
+REPLACED_DIR = "replaced"
+CONFLICTS_DIR = "conflicts"
+METADATA_FILE = "metadata.jsonl"
+RUN_LOG = "run.log"
+PART_PREFIX = ".part-"
+#: A result may be this much longer than the seconds billed (container rounding, last GOP).
+#: Shorter is fine: the model may use only part of a hard motion.
+DURATION_SLACK = 1.5
+#: A 30 s 1080p result is ~100 MB; a body past this is not a result but a runaway stream.
+MAX_RESULT_BYTES = 2 * 1024**3
+#: VideoFolder names its own columns ``video`` (from ``file_name``) and ``image``; a metadata key
+#: with one of these names would replace them.
+RESERVED_KEYS = frozenset({"video", "image"})
+
+_EXPIRED = frozenset({401, 403, 404, 410})
+_RETRYABLE = frozenset({408, 425, 429})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def video_path(output_dir: Path, job_id: str) -> Path:
+    return Path(output_dir) / VIDEOS_DIR / f"{job_id}.mp4"
+
+
+def dataset_file_name(job_id: str) -> str:
+    """``file_name`` of a metadata row: relative to metadata.jsonl, with forward slashes."""
+    return f"{VIDEOS_DIR}/{job_id}.mp4"
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A verified result video at its final path."""
+
+    path: Path
+    sha256: str
+    size: int
+    duration: float
+    width: int
+    height: int
+    fps: float | None
+    codec: str
+    adopted: bool = False
+    """The same bytes were already at ``path``; nothing was written."""
+    replaced: Path | None = None
+    """Where an earlier, different video at ``path`` was moved (``replace=True`` only)."""
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def result_problem(info: MediaInfo, *, expect_seconds: float | None) -> str | None:
+    """Why a probed result is unusable, or None when it is a good video (pure)."""
+    if info.kind != "video" or not info.video_codec:
+        return f"is not a video (ffprobe found {info.kind} {info.format or 'data'})"
+    if info.width <= 0 or info.height <= 0:
+        return "has a video stream without dimensions"
+    if info.duration is None or info.duration <= 0:
+        return "has no duration"
+    if expect_seconds is not None and info.duration > expect_seconds + DURATION_SLACK:
+        return (
+            f"is {info.duration:.2f} s long, more than the {expect_seconds:g} s billed "
+            f"+ {DURATION_SLACK:g} s"
+        )
+    return None
+
+
+def _verify(
+    path: Path, *, tools: MediaTools, expect_seconds: float | None, job_id: str
+) -> MediaInfo:
+    try:
+        info = probe_file(path, tools, job_id=job_id)
+    except MediaError as exc:
+        # exc.reason, not str(exc): the temp file's name means nothing to the user.
+        raise ResultInvalidError(
+            f"job {job_id}: result is not a readable video: {exc.reason}"
+        ) from None
+    problem = result_problem(info, expect_seconds=expect_seconds)
+    if problem:
+        raise ResultInvalidError(f"job {job_id}: result {problem}")
+    return info
+
+
+def _result(path: Path, info: MediaInfo, sha256: str, size: int) -> ResultFile:
+    return ResultFile(
+        path=path,
+        sha256=sha256,
+        size=size,
+        duration=info.duration or 0.0,
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        codec=info.video_codec,
+    )
+
+
+def verify_existing(
+    target: Path, *, tools: MediaTools, expect_seconds: float | None
+) -> ResultFile | None:
+    """The video already at ``target`` when it verifies (resume: adopt, do not download again)."""
+    target = Path(target)
+    if not target.is_file():
+        return None
+    try:
+        info = _verify(target, tools=tools, expect_seconds=expect_seconds, job_id=target.stem)
+        return _result(target, info, sha256_file(target), target.stat().st_size)
+    except (ResultInvalidError, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------- download
+
+
+def classify_status(
+    status: int, *, job_id: str, where: str, retry_after: float | None = None
+) -> ProviderError | None:
+    """The error for an HTTP status of the result URL, or None for 2xx (pure)."""
+    if 200 <= status < 300:
+        return None
+    text = f"job {job_id}: result download from {where} answered HTTP {status}"
+    if status in _EXPIRED:
+        return ResultExpiredError(text, http_status=status)
+    if status in _RETRYABLE or status >= 500:
+        return TransientError(text, http_status=status, retry_after=retry_after)
+    return ResultInvalidError(text, http_status=status)
+
+
+def display_url(url: str) -> str:
+    """Host and path only: signed result URLs carry tokens in their query."""
+    parts = urlsplit(url)
+    path = parts.path if len(parts.path) <= 80 else parts.path[:77] + "..."
+    return f"{parts.scheme}://{parts.hostname or ''}{path}"
+
+
+def disk_error(exc: OSError, path: Path) -> BatchStopped:
+    """A local write failure stops the batch: every later job would hit the same disk."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _DISK_FULL:
+        return BatchStopped(f"disk full writing {path}: {reason}")
+    return BatchStopped(f"cannot write {path}: {reason}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date: the runner's own backoff applies
+    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
+
+
+async def download_result(
+    client: httpx.AsyncClient,
+    url: str,
+    target: Path,
+    *,
+    tools: MediaTools,
+    expect_seconds: float | None,
+    job_id: str,
+    replace: bool = False,
+    chunk: int = 1 << 20,
+    max_bytes: int = MAX_RESULT_BYTES,
+) -> ResultFile:
+    """Stream ``url`` to a temp file beside ``target``, verify it, then rename it into place.
+
+    The temp file (``.part-<job_id>-<random>``) is removed on any failure, cancellation included.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, target.parent) from None
+    tmp = target.parent / f"{PART_PREFIX}{job_id}-{secrets.token_hex(6)}"
+    try:
+        sha256, size = await _fetch(
+            client, url, tmp, job_id=job_id, chunk=chunk, max_bytes=max_bytes
+        )
+        info = await asyncio.to_thread(
+            _verify, tmp, tools=tools, expect_seconds=expect_seconds, job_id=job_id
+        )
+        fresh = _result(tmp, info, sha256, size)
+        return await asyncio.to_thread(_publish, tmp, target, fresh, replace=replace, job_id=job_id)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, tmp: Path, *, job_id: str, chunk: int, max_bytes: int
+) -> tuple[str, int]:
+    where = display_url(url)
+    digest = hashlib.sha256()
+    size = 0
+    expected: int | None = None
+    try:
+        # identity: the bytes on disk are the bytes served, and Content-Length counts them.
+        headers = {"Accept-Encoding": "identity"}
+        async with client.stream("GET", url, headers=headers, follow_redirects=True) as response:
+            error = classify_status(
+                response.status_code,
+                job_id=job_id,
+                where=where,
+                retry_after=_retry_after(response.headers.get("retry-after")),
+            )
+            if error is not None:
+                raise error
+            if response.headers.get("content-encoding", "identity").lower() == "identity":
+                with contextlib.suppress(ValueError):
+                    expected = int(response.headers.get("content-length", ""))
+            if expected is not None and expected > max_bytes:
+                raise ResultInvalidError(
+                    f"job {job_id}: result from {where} is {expected} bytes, over {max_bytes}"
+                )
+            async with aiofiles.open(tmp, "xb") as fh:
+                async for block in response.aiter_bytes(chunk):
+                    size += len(block)
+                    if size > max_bytes:
+                        raise ResultInvalidError(
+                            f"job {job_id}: result from {where} is over {max_bytes} bytes"
+                        )
+                    digest.update(block)
+                    await fh.write(block)
+                await fh.flush()
+                await asyncio.to_thread(os.fsync, fh.fileno())
+    except httpx.TransportError as exc:
+        raise TransientError(
+            f"job {job_id}: result download from {where} failed after {size} bytes: "
+            f"{type(exc).__name__}"
+        ) from None
+    except httpx.DecodingError:
+        raise ResultInvalidError(
+            f"job {job_id}: result from {where} has a broken encoding"
+        ) from None
+    except OSError as exc:
+        raise disk_error(exc, tmp) from None
+    if size == 0:
+        raise ResultInvalidError(f"job {job_id}: result from {where} is empty (0 bytes)")
+    if expected is not None and size != expected:
+        raise TransientError(
+            f"job {job_id}: result from {where} ended after {size} of {expected} bytes"
+        )
+    return digest.hexdigest(), size
+
+
+def _publish(
+    tmp: Path, target: Path, fresh: ResultFile, *, replace: bool, job_id: str
+) -> ResultFile:
+    """Rename the verified temp file to ``target``; never overwrite different bytes silently.
+
+    The run lock guarantees one writer per output directory, so check-then-rename is enough.
+    """
+    moved: Path | None = None
+    try:
+        if os.path.lexists(target):
+            existing = sha256_file(target)
+            if existing == fresh.sha256:
+                tmp.unlink()
+                return dataclasses.replace(fresh, path=target, adopted=True)
+            if not replace:
+                kept = _set_aside(
+                    tmp, target.parent / CONFLICTS_DIR, f"{job_id}.{fresh.sha256[:12]}"
+                )
+                raise OutputConflictError(
+                    f"job {job_id}: {target} already holds a different video "
+                    f"(sha256 {existing[:12]}); the new result (sha256 {fresh.sha256[:12]}) "
+                    f"was kept as {kept}. Rename the job or replace explicitly."
+                )
+            moved = _set_aside(
+                target, target.parent / REPLACED_DIR, f"{target.stem}.{_utc_stamp()}"
+            )
+        tmp.replace(target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise disk_error(exc, target) from None
+    return dataclasses.replace(fresh, path=target, replaced=moved)
+
+
+def _set_aside(path: Path, folder: Path, stem: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    dest = folder / f"{stem}.mp4"
+    n = 1
+    while os.path.lexists(dest):  # two replaces within one second
+        n += 1
+        dest = folder / f"{stem}-{n}.mp4"
+    path.replace(dest)
+    fsync_dir(folder)
+    return dest
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_partials(videos_dir: Path) -> int:
+    """Delete ``.part-*`` files a killed run left behind; call under the run lock. Returns count."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in Path(videos_dir).iterdir():
+            if entry.name.startswith(PART_PREFIX) and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed += 1
+    return removed
+
+
+# --------------------------------------------------------------------------- metadata.jsonl
+
+
+@dataclass(frozen=True)
+class ResultMetadata:
+    """Everything one metadata.jsonl line says about one result (the runner maps its row here)."""
+
+    job_id: str
+    job_key: str
+    source_image: str
+    driving_video: str
+    source_image_sha256: str
+    driving_video_sha256: str
+    settings: Mapping[str, Any]
+    """:meth:`pipeline.jobs.JobSettings.as_dict` (prompt and trim included)."""
+    provider: str
+    model: str
+    task_id: str
+    output_sha256: str
+    duration: float | None
+    width: int | None
+    height: int | None
+    billed_seconds: float | None
+    submitted_at: str | None
+    finished_at: str | None
+    trim: Mapping[str, Any] | None = None
+    """The window applied to the driving video; defaults to ``settings["trim"]``."""
+    prepared_video_sha256: str | None = None
+    media_recipe: str = ""
+    """The deterministic preparation applied to the driving video (trim, scale, audio strip)."""
+    fps: float | None = None
+    codec: str | None = None
+    output_size: int | None = None
+
+
+def metadata_record(meta: ResultMetadata) -> dict[str, Any]:
+    """One metadata.jsonl line. Every row has the same keys, so the loader infers one schema."""
+    record: dict[str, Any] = {
+        "file_name": dataset_file_name(meta.job_id),
+        "job_id": meta.job_id,
+        "job_key": meta.job_key,
+        "source_image": meta.source_image,
+        "driving_video": meta.driving_video,
+        "source_image_sha256": meta.source_image_sha256,
+        "driving_video_sha256": meta.driving_video_sha256,
+        "prepared_video_sha256": meta.prepared_video_sha256,
+        "media_recipe": meta.media_recipe,
+        "trim": dict(meta.trim if meta.trim is not None else meta.settings.get("trim") or {}),
+        "settings": dict(meta.settings),
+        "provider": meta.provider,
+        "model": meta.model,
+        "task_id": meta.task_id,
+        "output_sha256": meta.output_sha256,
+        "output_size": meta.output_size,
+        "duration": meta.duration,
+        "width": meta.width,
+        "height": meta.height,
+        "fps": meta.fps,
+        "codec": meta.codec,
+        "billed_seconds": meta.billed_seconds,
+        "submitted_at": meta.submitted_at,
+        "finished_at": meta.finished_at,
+    }
+    check_record_keys(record)
+    return record
+
+
+def check_record_keys(record: Mapping[str, Any]) -> None:
+    """Refuse a row the VideoFolder loader would misread; raises ValueError (a programming error).
+
+    ``video``/``image`` would replace the loader's own columns; any other ``*_file_name(s)`` key
+    would be loaded as a second media column.
+    """
+    if not isinstance(record.get("file_name"), str):
+        raise ValueError("metadata record without a file_name")
+    for key in record:
+        if key in RESERVED_KEYS:
+            raise ValueError(f"metadata key {key!r} is reserved by the VideoFolder loader")
+        if key != "file_name" and (key.endswith("_file_name") or key.endswith("file_names")):
+            raise ValueError(f"metadata key {key!r} would be loaded as a media column")
+
+
+def write_metadata(output_dir: Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Rewrite ``<output_dir>/metadata.jsonl`` atomically, one row per result sorted by job_id."""
+    rows = sorted(records, key=lambda r: str(r["job_id"]))
+    seen: set[str] = set()
+    for row in rows:
+        check_record_keys(row)
+        if row["job_id"] in seen:
+            raise ValueError(f"two metadata records for job {row['job_id']}")
+        seen.add(row["job_id"])
+    target = Path(output_dir) / METADATA_FILE
+    tmp = target.with_name(f".{METADATA_FILE}.{secrets.token_hex(6)}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8", newline="\n") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise disk_error(exc, target) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------- run.log
+
+
+class RedactFilter(logging.Filter):
+    """Rewrites each record so message, arguments, exception and stack text are redacted.
+
+    Attach it to every handler that leaves the process; it is idempotent.
+    """
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not crash the logging call itself
+            message = f"{record.msg} (unformattable arguments {record.args!r})"
+        record.msg = redact(message, self._secrets)
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+            record.exc_info = None  # so no later formatter renders the raw exception again
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self._secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, self._secrets)
+        return True
+
+
+def open_run_log(output_dir: Path, secrets: Sequence[str]) -> logging.Logger:
+    """A logger appending to ``<output_dir>/run.log`` with UTC timestamps, every line redacted.
+
+    The logger does not propagate to the root logger (which may print unredacted elsewhere).
+    Opening the same directory again replaces the earlier handler. Close with
+    :func:`close_run_log`.
+    """
+    path = Path(output_dir) / RUN_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(
+        f"pipeline.run.{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    )
+    close_run_log(logger)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    redactor = RedactFilter(secrets)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    handler.setFormatter(formatter)
+    handler.addFilter(redactor)  # on the handler: records from child loggers skip logger filters
+    logger.addFilter(
+        redactor
+    )  # on the logger: any other handler the runner adds sees redacted text
+    logger.addHandler(handler)
+    return logger
+
+
+def close_run_log(logger: logging.Logger) -> None:
+    """Flush and close every handler of a logger from :func:`open_run_log`."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    for filt in list(logger.filters):
+        logger.removeFilter(filt)
