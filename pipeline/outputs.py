@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import aiofiles
 import httpx
 
+from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     BatchStopped,
     MediaError,
@@ -279,6 +280,7 @@ async def _fetch(
                         )
                     digest.update(block)
                     await fh.write(block)
+                    crash_point("mid-download")
                 await fh.flush()
                 await asyncio.to_thread(os.fsync, fh.fileno())
     except httpx.TransportError as exc:

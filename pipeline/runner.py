@@ -28,6 +28,7 @@ import httpx
 
 from pipeline import outputs, providers
 from pipeline.commits import GroupCommitter
+from pipeline.crashpoints import arm, crash_point
 from pipeline.errors import (
     AmbiguousError,
     BatchFatalError,
@@ -242,6 +243,7 @@ class Batch:
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
+        arm(self.settings)
         self.videos.mkdir(parents=True, exist_ok=True)
         self._count_committed()
         limits = httpx.Limits(max_connections=max(32, 2 * self.concurrency))
@@ -394,6 +396,7 @@ class Batch:
             if self.stopping or not self._within_budget(pj):
                 return
             await self.gate.wait()
+            crash_point("before-intent")
             client_id = f"mp-{pj.key[:20]}-{row.attempt + 1}"
             row = await self._move(
                 job_id,
@@ -407,10 +410,13 @@ class Batch:
             self.committed_seconds += pj.billed_seconds or 0.0
             self.committed_cost += pj.estimated_cost or 0.0
             self.submitted += 1
+            crash_point("after-intent")
             handle = await self._create(pj, urls, client_id)
             if handle is None:
                 return
+            crash_point("after-create-sent")
             await self._move(job_id, State.RUNNING, task_id=handle.task_id)
+            crash_point("after-task-id")
             await self._collect(job_id, handle, release=release)
         finally:
             await release()
@@ -610,6 +616,7 @@ class Batch:
                         job_id=job_id,
                         replace=job_id in self.options.replace,
                     )
+                    crash_point("after-rename")
                     break
                 except ResultExpiredError:
                     if attempt >= DOWNLOAD_TRIES:

@@ -33,6 +33,8 @@ class Settings:
     ffprobe: str | None = None
     no_sleep: bool = False
     """Testing switch: retry/poll waits are recorded, not slept (see :mod:`pipeline.retry`)."""
+    crash_at: str | None = None
+    """Testing switch: kill the run at a named point (see :mod:`pipeline.crashpoints`)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +44,7 @@ class Settings:
             ffmpeg=env.get("MOTION_PIPELINE_FFMPEG") or None,
             ffprobe=env.get("MOTION_PIPELINE_FFPROBE") or None,
             no_sleep=env.get("MOTION_PIPELINE_NO_SLEEP") == "1",
+            crash_at=env.get("MOTION_PIPELINE_CRASH_AT") or None,
         )
 
     def secret(self, var: str) -> str | None:
