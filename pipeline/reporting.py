@@ -178,7 +178,9 @@ class LineReporter:
                 line += f"; {event.seconds_billed:.1f} s billed before"
         elif isinstance(event, JobChanged):
             tally.change(event)
-            line = f"[{tally.settled}/{tally.total}] {event.job_id}: {event.state.value}"
+            line = f"{event.job_id}: {event.state.value}"
+            if tally.total:  # without a BatchStarted the total is unknown: no counter
+                line = f"[{tally.settled}/{tally.total}] {line}"
             if event.detail:
                 line += f": {event.detail}"
             if event.billed_seconds is not None and event.state is State.DONE:

@@ -63,6 +63,12 @@ def test_line_reporter_prints_one_clean_line_per_event() -> None:
     ]
 
 
+def test_line_reporter_without_batch_started_prints_no_counter() -> None:
+    out = io.StringIO()
+    play(LineReporter(out), [JobChanged("a", State.RUNNING, "task-9")])
+    assert out.getvalue() == "a: running: task-9\n"
+
+
 def test_line_reporter_output_has_no_control_characters() -> None:
     out = io.StringIO()
     play(LineReporter(out))
