@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
+	$(BIN)/python manifests/make_demo_media.py
 	$(BIN)/motion-pipeline run manifests/demo.yaml --report
 
 lint: $(STAMP)
