@@ -172,7 +172,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
         {State.RUNNING, State.FAILED, State.NEEDS_ATTENTION, State.PENDING}
     ),
     State.RUNNING: frozenset({State.DOWNLOADING, State.FAILED, State.RUNNING}),
-    State.DOWNLOADING: frozenset({State.DONE, State.FAILED, State.RUNNING, State.DOWNLOADING}),
+    State.DOWNLOADING: frozenset(
+        {State.DONE, State.FAILED, State.RUNNING, State.DOWNLOADING, State.NEEDS_ATTENTION}
+    ),
     State.DONE: frozenset({State.PENDING}),
     State.FAILED: frozenset({State.PENDING, State.RUNNING, State.SUBMITTING}),
     State.NEEDS_ATTENTION: frozenset({State.RUNNING, State.PENDING, State.FAILED}),

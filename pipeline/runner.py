@@ -219,11 +219,13 @@ class Batch:
         return redact(text, self.secrets)
 
     async def _move(self, job_id: str, to: State, **fields: Any) -> JobRow:
-        if fields.get("error"):
+        if "error" in fields and fields["error"]:
             fields["error"] = self._redact(str(fields["error"]))
+        previous = self.store.get(job_id).state
         row = await self.commits.transition(job_id, to, **fields)
         detail = fields.get("error") or fields.get("task_id") or ""
-        self.reporter.emit(JobChanged(job_id, to, str(detail), row.billed_seconds))
+        billed = row.billed_seconds if to is State.DONE else None
+        self.reporter.emit(JobChanged(job_id, to, str(detail), billed, previous=previous))
         self.log.info("job %s: %s%s", job_id, to.value, f" ({detail})" if detail else "")
         return row
 
@@ -245,6 +247,7 @@ class Batch:
         started = time.monotonic()
         arm(self.settings)
         self.videos.mkdir(parents=True, exist_ok=True)
+        outputs.remove_partials(self.videos)  # a killed run's half downloads; we hold the lock
         self._count_committed()
         limits = httpx.Limits(max_connections=max(32, 2 * self.concurrency))
         timeout = httpx.Timeout(60.0, connect=15.0)
