@@ -57,7 +57,7 @@ def render_argv(
         "-i", f"file:{video}",
         "-loop", "1", "-framerate", str(FPS), "-i", f"file:{image}",
         "-filter_complex", graph, "-map", "[out]", *audio,
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "30", "-pix_fmt", "yuv420p",
         "-movflags", "+faststart", "-t", f"{duration:.3f}",
         "-f", "mp4", f"file:{out}",
     ]  # fmt: skip

@@ -296,13 +296,18 @@ def serve(
     keys: SandboxKeys | None = None,
     data_dir: Path | str | None = None,
     out: TextIO | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Run a sandbox until SIGINT/SIGTERM; the first line on ``out`` is its base URL."""
+    """Run a sandbox until SIGINT/SIGTERM (or ``stop`` is set); first prints its base URL.
+
+    Signal handlers are installed only when called from the main thread, and restored after.
+    """
     profile = FaultProfile.load(faults_path) if faults_path else FaultProfile()
     stream = out or sys.stdout
-    stop = threading.Event()
+    stop = stop or threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        assert stop is not None
         stop.set()
 
     in_main = threading.current_thread() is threading.main_thread()
