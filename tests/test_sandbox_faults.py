@@ -301,3 +301,32 @@ def test_serve_prints_base_url_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0
     assert "sandbox stopped" in rest
+
+
+def test_tasks_survive_a_restart_on_the_same_data_dir(tmp_path: Path, media: Media) -> None:
+    data = tmp_path / "kept"
+
+    def upload(kie: httpx.Client, path: Path, folder: str) -> str:
+        files = {"file": (path.name, path.read_bytes())}
+        doc = kie.post("/api/file-stream-upload", files=files, data={"uploadPath": folder}).json()
+        return str(doc["data"]["downloadUrl"])
+
+    with SandboxServer(keys=KEYS, data_dir=data) as first, kie_client(first.base_url) as kie:
+        image, video = upload(kie, media.image, "images"), upload(kie, media.video, "videos")
+        task_id = kie_create(kie, image, video)
+        with kling_client(first.base_url) as kling:
+            body = {**KLING_BODY, "external_task_id": "job-9"}
+            assert kling.post("/v1/videos/motion-control", json=body).json()["code"] == 0
+    # A new server (new port, as the embedded sandbox gets every run) on the same directory.
+    with (
+        SandboxServer(keys=KEYS, data_dir=data) as second,
+        kie_client(second.base_url) as kie,
+        kling_client(second.base_url) as kling,
+    ):
+        done = kie_wait(kie, task_id)
+        assert done["state"] == "success", done
+        assert kie.get(kie_result_url(done)).status_code == 200
+        again = kling.post("/v1/videos/motion-control", json=body)
+        assert (again.status_code, again.json()["code"]) == (400, 1201)
+        assert kling.get("/v1/videos/motion-control/job-9").json()["code"] == 0
+        assert len(second.ledger) == 0  # the ledger holds this server's accepted creates only

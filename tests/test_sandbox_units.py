@@ -296,3 +296,17 @@ def test_kling_validate_decodes_raw_base64() -> None:
     spec, raw = kling.validate_create({"image_url": "iVBORw0KGgo=", "video_url": "https://a/v.mp4",
                                        "character_orientation": "video", "mode": "std"})  # fmt: skip
     assert raw == b"\x89PNG\r\n\x1a\n" and spec.sound is True
+
+
+def test_journal_round_trip_skips_a_torn_line(tmp_path: Path) -> None:
+    from pipeline.sandbox.journal import TaskJournal
+
+    journal = TaskJournal(tmp_path / "tasks.jsonl")
+    task = _task()
+    task.extra = {"trace_id": "t"}
+    journal.append(task, None)
+    journal.close()
+    with (tmp_path / "tasks.jsonl").open("a") as handle:
+        handle.write('{"protocol": "kie", "task_')  # killed mid-write
+    [(loaded, code)] = TaskJournal(tmp_path / "tasks.jsonl").load()
+    assert (loaded.task_id, loaded.spec, loaded.extra, code) == ("t1", task.spec, task.extra, None)

@@ -25,8 +25,10 @@ Public API::
                                                # "sandbox listening on http://HOST:PORT";
                                                # stops on SIGINT/SIGTERM
 
-``data_dir`` (default: a temporary directory removed at stop) holds uploads, fetched inputs and
-renders. ``tools`` (default :func:`pipeline.media.find_tools`) names ffmpeg/ffprobe.
+``data_dir`` (default: a temporary directory removed at stop) holds uploads, fetched inputs,
+renders and ``tasks.jsonl``, the journal of accepted tasks: a new server on the same directory
+still answers for them (the ledger, though, lists only the creates this server accepted).
+``tools`` (default :func:`pipeline.media.find_tools`) names ffmpeg/ffprobe.
 
 Routes (paths do not collide, so one server serves all enabled protocols):
 

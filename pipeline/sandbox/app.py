@@ -33,6 +33,7 @@ from pipeline.sandbox.faults import (
     FaultRule,
     Latency,
 )
+from pipeline.sandbox.journal import TaskJournal
 from pipeline.sandbox.ledger import Ledger, LedgerEntry
 from pipeline.sandbox.render import Renderer
 from pipeline.sandbox.rules import RULES, check_media
@@ -101,10 +102,14 @@ class SandboxApp:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-media")
         self._seq = 0
         self._seq_lock = threading.Lock()
+        self._journal = TaskJournal(data_dir / "tasks.jsonl")
+        for task, fate_code in self._journal.load():
+            self._start(task, fate_code)
         self._modules: dict[str, _ProtocolModule] = {"kie": kie, "acedata": acedata, "kling": kling}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._journal.close()
 
     def next_seq(self) -> int:
         with self._seq_lock:
@@ -179,19 +184,24 @@ class SandboxApp:
         rule = self.picker.pick(protocol, "create", TASK_KINDS)
         task = Task(protocol, task_id, client_id, body, spec, created=time.time(),
                     extra=extra or {})  # fmt: skip
+        fate_code = None
         if rule is not None and rule.kind == "never_finish":
             task.fate = "never"
         elif rule is not None:
             task.fate = "fail"
             task.fate_reason = rule.message or DEFAULT_FAIL_REASON
-        self.store.add(task)
+            fate_code = rule.code or "500"
+        self._journal.append(task, fate_code)
         self.ledger.append(LedgerEntry(protocol, task_id, client_id, body, task.created))
+        self._start(task, fate_code)
+        return task
+
+    def _start(self, task: Task, fate_code: str | None) -> None:
+        self.store.add(task)
         if task.fate == "fail":
-            code = rule.code if rule is not None and rule.code else "500"
-            self.store.finish(task, Outcome(reason=task.fate_reason, code=code))
+            self.store.finish(task, Outcome(reason=task.fate_reason, code=fate_code or "500"))
         elif task.fate == "normal":
             self._pool.submit(self._work, task)
-        return task
 
     def _work(self, task: Task) -> None:
         try:
@@ -247,9 +257,14 @@ class SandboxApp:
     def own_file(self, url: str) -> Path | None:
         """The local file behind one of the sandbox's own input or result URLs, if it is one."""
         parts = urlsplit(url)
-        if parts.scheme != "http" or parts.port != self.port or not _loopback(parts.hostname):
+        if parts.scheme != "http" or not _loopback(parts.hostname):
             return None
-        return self._path_for(unquote(parts.path))
+        path = unquote(parts.path)
+        # Uploads live on disk, so they stay ours after a restart on another port (the
+        # embedded sandbox gets a new port every run); /files/ tokens live in memory only.
+        if parts.port != self.port and not path.startswith("/tempfile/"):
+            return None
+        return self._path_for(path)
 
     def _path_for(self, path: str) -> Path | None:
         if path.startswith("/tempfile/"):

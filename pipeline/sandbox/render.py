@@ -145,6 +145,8 @@ class Renderer:
     ) -> Rendered:
         name = f"{key[0][:16]}-{key[1][:16]}-{mode}-{'sound' if sound else 'mute'}.mp4"
         out = self.out_dir / name
+        if out.is_file():  # rendered by an earlier sandbox on this data directory
+            return self._rendered(out, video_info)
         tmp = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         duration = video_info.duration or 0.0
         argv = render_argv(
@@ -158,5 +160,9 @@ class Renderer:
         tmp.replace(out)
         with self._lock:
             self.render_count += 1
+        return self._rendered(out, video_info)
+
+    def _rendered(self, out: Path, video_info: MediaInfo) -> Rendered:
         info = probe_file(out, self.tools)
-        return Rendered(out, info.duration or duration, info.width, info.height, info.size_bytes)
+        duration = info.duration or video_info.duration or 0.0
+        return Rendered(out, duration, info.width, info.height, info.size_bytes)
