@@ -206,6 +206,8 @@ class Batch:
         self.committed_seconds = 0.0
         self.committed_cost = 0.0
         self.requests = 0
+        self.resumed: set[str] = set()
+        """Jobs resumed by this run: the feed leaves them to their resume task."""
         # Set in run(): they need the event loop or the HTTP client.
         self.commits: GroupCommitter
         self.provider: Provider
@@ -325,6 +327,7 @@ class Batch:
                 continue  # no longer in the manifest: left alone, still in the state
             if row.state is not State.SUBMITTING:
                 self.slots.take() if row.state is State.RUNNING else None
+            self.resumed.add(row.id)
             tg.create_task(self._resume(row), name=f"resume:{row.id}")
         if self.options.retry_failed:
             for row in self.store.rows([State.FAILED]):
@@ -335,7 +338,7 @@ class Batch:
     def _fresh_ids(self) -> Iterator[str]:
         states = [State.PENDING] + ([State.FAILED] if self.options.retry_failed else [])
         for summary in self.store.summaries(states):
-            if summary.id not in self.planned:
+            if summary.id not in self.planned or summary.id in self.resumed:
                 continue
             if (
                 summary.state is State.FAILED
@@ -709,6 +712,8 @@ class Batch:
                 return
             if handle is None:
                 await self._unsubmit(row.id, "previous create never reached the provider")
+                if not self.stopping:  # the feed skips resumed jobs: submit it here, once
+                    await self._fresh(row.id)
                 return
             assert isinstance(handle, Handle)
             await self._move(row.id, State.RUNNING, task_id=handle.task_id)
