@@ -5,6 +5,7 @@ Everything here is a frozen value; the state store (:mod:`pipeline.state`) owns 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ Mode = Literal["std", "pro"]
 Orientation = Literal["image", "video"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Trim:
     """An explicit window of the driving clip, in seconds; ``end=None`` means to the end."""
 
@@ -28,7 +29,7 @@ class Trim:
         return self.start == 0 and self.end is None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobSettings:
     """Every generation setting of one job, after defaults and matrix values were applied."""
 
@@ -49,7 +50,7 @@ class JobSettings:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputRef:
     """One image or video input as the manifest named it.
 
@@ -75,7 +76,7 @@ class InputRef:
         return self.url if self.url is not None else str(self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """One generation: a character image, a driving video and settings, for one provider."""
 
@@ -104,23 +105,22 @@ def job_key(
     deterministic preparation applied to it (trim window, scale, audio strip), so the key stays
     stable when ffmpeg's encoder output changes between versions.
     """
-    doc = {
-        "v": 1,
-        "provider": job.provider,
-        "model": job.model,
-        "settings": job.settings.as_dict(),
-        "image_sha256": image_sha256,
-        "video_sha256": video_sha256,
-        "recipe": recipe,
-    }
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    # Fields joined by a separator no field can contain (hex, ids, JSON): cheap and unambiguous.
+    fields = ("v1", job.provider, job.model, _settings_json(job.settings), image_sha256,
+              video_sha256, recipe)  # fmt: skip
+    blob = "\x1f".join(fields).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=4096)
+def _settings_json(settings: JobSettings) -> str:
+    return json.dumps(settings.as_dict(), sort_keys=True, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- provider side
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Handle:
     """What a provider gave back for an accepted create: enough to poll it forever after."""
 
@@ -132,7 +132,7 @@ class Handle:
 TaskPhase = Literal["running", "succeeded", "failed"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskStatus:
     """One poll answer, normalised. Unknown provider states are ``running``."""
 

@@ -442,15 +442,28 @@ class _Spec:
 
 
 def _settings(values: dict[str, Any]) -> JobSettings:
+    # Interned: a 100,000-job matrix has a handful of distinct settings, not 100,000.
     trim = values.get("trim") or {}
+    return _interned_settings(
+        values.get("mode", "std"),
+        values.get("character_orientation", "video"),
+        values.get("keep_original_sound", True),
+        values.get("prompt", ""),
+        float(trim.get("start", 0)),
+        None if trim.get("end") is None else float(trim["end"]),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _interned_settings(
+    mode: Any, orientation: Any, sound: bool, prompt: str, start: float, end: float | None
+) -> JobSettings:
     return JobSettings(
-        mode=values.get("mode", "std"),
-        character_orientation=values.get("character_orientation", "video"),
-        keep_original_sound=values.get("keep_original_sound", True),
-        prompt=values.get("prompt", ""),
-        trim=Trim(
-            float(trim.get("start", 0)), None if trim.get("end") is None else float(trim["end"])
-        ),
+        mode=mode,
+        character_orientation=orientation,
+        keep_original_sound=sound,
+        prompt=prompt,
+        trim=Trim(start, end),
     )
 
 

@@ -27,7 +27,7 @@ from pipeline.mediaprep import MediaPlan, plan_media
 from pipeline.settings import Settings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedJob:
     job: Job
     key: str
