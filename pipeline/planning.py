@@ -21,9 +21,10 @@ from pipeline import providers
 from pipeline.errors import MediaError
 from pipeline.hashing import FileHasher, sha256_text
 from pipeline.jobs import InputRef, Job, job_key
+from pipeline.limits import limits_for
 from pipeline.manifest import Manifest
-from pipeline.media import MediaInfo, MediaTools, find_tools, limits_for, probe_many
-from pipeline.mediaprep import MediaPlan, plan_media
+from pipeline.media import MediaInfo, MediaTools, find_tools, probe_many
+from pipeline.mediaplan import MediaPlan, plan_media
 from pipeline.settings import Settings
 
 

@@ -18,7 +18,8 @@ import mediagen
 import pytest
 
 from pipeline.errors import ConfigError, MediaError, ToolNotFoundError
-from pipeline.media import MediaTools, find_tools, limits_for, probe_file, probe_many
+from pipeline.limits import limits_for
+from pipeline.media import MediaTools, find_tools, probe_file, probe_many
 from pipeline.settings import Settings
 
 

@@ -12,8 +12,10 @@ import pytest
 
 from pipeline.errors import MediaError
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
-from pipeline.media import Limits, MediaTools, find_tools, limits_for, probe_file
-from pipeline.mediaprep import MediaPlan, plan_media, prepare, prepare_many
+from pipeline.limits import Limits, limits_for
+from pipeline.media import MediaTools, find_tools, probe_file
+from pipeline.mediaplan import MediaPlan, plan_media
+from pipeline.mediaprep import prepare, prepare_many
 
 KIE = "kling-2.6/motion-control"
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.jobs import InputRef, Job, JobSettings
-from pipeline.media import MediaInfo, MediaTools, find_tools, limits_for, probe_file
-from pipeline.mediaprep import MediaPlan, plan_media, prepare
+from pipeline.limits import limits_for
+from pipeline.media import MediaInfo, MediaTools, find_tools, probe_file
+from pipeline.mediaplan import MediaPlan, plan_media
+from pipeline.mediaprep import prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "media"
 if not SHARED.is_dir():
