@@ -130,6 +130,12 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     if summary.stop_reason:
         print(f"stopped: {summary.stop_reason}", file=out)
+    if summary.submitted:
+        per_job = summary.http_requests / summary.submitted
+        line = f"requests: {summary.http_requests} HTTP, {per_job:.2f} per submitted job"
+        if summary.occupancy is not None:
+            line += f"; provider slots {summary.occupancy:.1%} busy while jobs waited"
+        print(line, file=out)
     print(f"videos:   {out_dir / 'videos'}", file=out)
     print(f"metadata: {out_dir / 'metadata.jsonl'}", file=out)
     print(
