@@ -11,7 +11,7 @@ transaction, except inside :meth:`StateStore.batch`, where many writes share one
 fsync) — how the runner commits the intents of many jobs at once. A write that records a
 ``task_id`` commits before it returns, even inside a batch: a task id is paid for.
 
-The schema evolves by appending a function to :data:`MIGRATIONS`; a file written by a newer
+The schema and its migrations live in :mod:`pipeline.state_schema`; a file written by a newer
 version is refused rather than misread.
 """
 
@@ -31,70 +31,17 @@ from urllib.parse import quote
 
 from pipeline.errors import BatchStopped, PipelineError, StateError
 from pipeline.jobs import TRANSITIONS, State
+from pipeline.state_schema import check_and_migrate, read_version
 
 if TYPE_CHECKING:
     from pipeline.storage import UploadCache
 
 STATE_FILE = "state.sqlite"
-_APPLICATION_ID = 0x4D504C31  # "MPL1": marks the file as ours for `file` and for open()
 
 
 def state_path(output_dir: Path) -> Path:
     return Path(output_dir) / STATE_FILE
 
-
-# --------------------------------------------------------------------------- schema
-
-
-def _v1(conn: sqlite3.Connection) -> None:
-    states = ", ".join(f"'{s.value}'" for s in State)
-    conn.execute(f"""
-        CREATE TABLE jobs (
-            id             TEXT PRIMARY KEY,
-            key            TEXT NOT NULL,
-            state          TEXT NOT NULL CHECK (state IN ({states})),
-            spec           TEXT NOT NULL,
-            client_id      TEXT,
-            attempt        INTEGER NOT NULL DEFAULT 0,
-            task_id        TEXT,
-            result_url     TEXT,
-            output         TEXT,
-            output_sha256  TEXT,
-            billed_seconds REAL,
-            duration       REAL,
-            error          TEXT,
-            created_at     TEXT NOT NULL,
-            updated_at     TEXT NOT NULL,
-            submitted_at   TEXT,
-            finished_at    TEXT,
-            result         TEXT
-        )""")
-    conn.execute("CREATE INDEX jobs_key ON jobs(key)")
-    conn.execute("CREATE INDEX jobs_state ON jobs(state)")
-    conn.execute("""
-        CREATE TABLE events (
-            id         INTEGER PRIMARY KEY,
-            job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            at         TEXT NOT NULL,
-            from_state TEXT,
-            to_state   TEXT NOT NULL,
-            detail     TEXT NOT NULL DEFAULT '{}'
-        )""")
-    conn.execute("CREATE INDEX events_job ON events(job_id, id)")
-    conn.execute("""
-        CREATE TABLE uploads (
-            provider    TEXT NOT NULL,
-            endpoint    TEXT NOT NULL,
-            sha256      TEXT NOT NULL,
-            url         TEXT NOT NULL,
-            uploaded_at REAL NOT NULL,
-            PRIMARY KEY (provider, endpoint, sha256)
-        ) WITHOUT ROWID""")
-
-
-#: Applied in order on open; ``schema_version`` is how many have run. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Columns a caller may set through :meth:`StateStore.transition` / :meth:`StateStore.set_fields`.
 FIELDS = frozenset(
@@ -292,7 +239,7 @@ class StateStore:
                     raise StateError(f"state {path}: cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            _check_and_migrate(conn, path, readonly=readonly)
+            check_and_migrate(conn, path, readonly=readonly)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StateError(f"state {path} is unreadable: {exc}") from exc
@@ -325,7 +272,7 @@ class StateStore:
     @property
     def schema_version(self) -> int:
         with self._locked():
-            return _read_version(self._conn)
+            return read_version(self._conn)
 
     # ----------------------------------------------------------------------- transactions
 
@@ -699,51 +646,6 @@ def _translate(exc: sqlite3.Error, path: Path) -> PipelineError:
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StateError(f"state {path} is busy: another process holds it ({exc})")
     return StateError(f"state {path}: {exc}")
-
-
-def _read_version(conn: sqlite3.Connection) -> int:
-    r = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    return int(r[0]) if r else 0
-
-
-def _check_and_migrate(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if tables and "meta" not in tables:
-        raise StateError(f"{path} is not a motion-pipeline state file (tables: {sorted(tables)})")
-    version = _read_version(conn) if "meta" in tables else 0
-    if version > SCHEMA_VERSION:
-        raise StateError(
-            f"state {path} has schema version {version}, newer than this motion-pipeline "
-            f"understands ({SCHEMA_VERSION}); upgrade motion-pipeline to use it"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    if readonly:
-        raise StateError(
-            f"state {path} has schema version {version}, older than {SCHEMA_VERSION}; "
-            "`run` upgrades it"
-        )
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Re-read under the write lock: another process may have migrated meanwhile.
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        version = _read_version(conn)
-        for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-            migrate(conn)
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                (str(number),),
-            )
-        if version == 0:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (_stamp(_now()),)
-            )
-            conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 if TYPE_CHECKING:  # mypy proves the uploads table is the cache pipeline.storage expects

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.state as state_module
+import pipeline.state_schema as schema_module
 from pipeline.errors import BatchStopped, StateError
 from pipeline.jobs import TRANSITIONS, State
-from pipeline.state import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    JobRecord,
-    StaleStateError,
-    StateStore,
-    state_path,
-)
+from pipeline.state import JobRecord, StaleStateError, StateStore, state_path
+from pipeline.state_schema import MIGRATIONS, SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"image": "/in/alice.png", "video": "/in/salsa.mp4", "settings": {"mode": "std"}}
@@ -301,8 +295,8 @@ def test_migrations_run_in_order_and_only_once(
         applied.append("v3")
         conn.execute("UPDATE jobs SET note = 'from v3'")  # needs v2's column: order matters
 
-    monkeypatch.setattr(state_module, "MIGRATIONS", [*MIGRATIONS, v2, v3])
-    monkeypatch.setattr(state_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema_module, "MIGRATIONS", [*MIGRATIONS, v2, v3])
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 3)
     with pytest.raises(StateError, match="schema version 1, older than 3"):
         StateStore.open(tmp_path, readonly=True)  # a reader never migrates
     assert applied == []
