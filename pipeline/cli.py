@@ -90,8 +90,15 @@ def _print_plan(plan: Plan, out: TextIO) -> None:
             f"{s.character_orientation:<5} {billed:>8}{cost}",
             file=out,
         )
+        media = pj.media
+        pad = " " * (width + 4)
+        if media is not None and media.image_info is not None:
+            print(f"{pad}image {media.image_info.summary()}", file=out)
+        if media is not None and media.video_info is not None:
+            steps = f" -> {', '.join(pj.steps)}" if pj.steps else ""
+            print(f"{pad}video {media.video_info.summary()}{steps}", file=out)
         if pj.error:
-            print(f"  {'':<{width}}  ! {pj.error}", file=out)
+            print(f"{pad}! {pj.error}", file=out)
     t = plan.totals
     cost = (
         ""
