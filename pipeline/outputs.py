@@ -1,4 +1,4 @@
-"""The output directory as a dataset: verified result videos, metadata.jsonl, redacted run.log.
+"""The output directory as a dataset: verified result videos and metadata.jsonl.
 
 Layout (design.md §2)::
 
@@ -6,7 +6,7 @@ Layout (design.md §2)::
     <output_dir>/videos/replaced/...        earlier results moved aside by an explicit replace
     <output_dir>/videos/conflicts/...       a paid result that found another video in its place
     <output_dir>/metadata.jsonl             one line per result, rewritten atomically
-    <output_dir>/run.log                    redacted log
+    <output_dir>/run.log                    redacted log (:mod:`pipeline.runlog`)
 
 A paid result is never lost and never silently overwritten: a download that finds the same bytes
 at its target adopts them, one that finds other bytes raises :class:`OutputConflictError` (keeping
@@ -32,11 +32,9 @@ import dataclasses
 import errno
 import hashlib
 import json
-import logging
 import os
 import secrets
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,13 +55,16 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.media import MediaInfo, MediaTools, probe_file, sha256_file
-from pipeline.settings import redact
+
+# Re-exported because pipeline/operations.py imports them from here; drop once it imports
+# pipeline.runlog.
+from pipeline.runlog import close_run_log as close_run_log
+from pipeline.runlog import open_run_log as open_run_log
 
 VIDEOS_DIR = "videos"
 REPLACED_DIR = "replaced"
 CONFLICTS_DIR = "conflicts"
 METADATA_FILE = "metadata.jsonl"
-RUN_LOG = "run.log"
 PART_PREFIX = ".part-"
 #: A result may be this much longer than the seconds billed (container rounding, last GOP).
 #: Shorter is fine: the model may use only part of a hard motion.
@@ -483,73 +484,3 @@ def write_metadata(output_dir: Path, records: Iterable[Mapping[str, Any]]) -> Pa
             tmp.unlink(missing_ok=True)
         raise
     return target
-
-
-# --------------------------------------------------------------------------- run.log
-
-
-class RedactFilter(logging.Filter):
-    """Rewrites each record so message, arguments, exception and stack text are redacted.
-
-    Attach it to every handler that leaves the process; it is idempotent.
-    """
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self._secrets = tuple(s for s in secrets if s)
-        self._formatter = logging.Formatter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string must not crash the logging call itself
-            message = f"{record.msg} (unformattable arguments {record.args!r})"
-        record.msg = redact(message, self._secrets)
-        record.args = None
-        if record.exc_info:
-            record.exc_text = self._formatter.formatException(record.exc_info)
-            record.exc_info = None  # so no later formatter renders the raw exception again
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text, self._secrets)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info, self._secrets)
-        return True
-
-
-def open_run_log(output_dir: Path, secrets: Sequence[str]) -> logging.Logger:
-    """A logger appending to ``<output_dir>/run.log`` with UTC timestamps, every line redacted.
-
-    The logger does not propagate to the root logger (which may print unredacted elsewhere).
-    Opening the same directory again replaces the earlier handler. Close with
-    :func:`close_run_log`.
-    """
-    path = Path(output_dir) / RUN_LOG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger(
-        f"pipeline.run.{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    )
-    close_run_log(logger)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    redactor = RedactFilter(secrets)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    formatter.converter = time.gmtime
-    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
-    formatter.default_msec_format = "%s.%03dZ"
-    handler.setFormatter(formatter)
-    handler.addFilter(redactor)  # on the handler: records from child loggers skip logger filters
-    logger.addFilter(
-        redactor
-    )  # on the logger: any other handler the runner adds sees redacted text
-    logger.addHandler(handler)
-    return logger
-
-
-def close_run_log(logger: logging.Logger) -> None:
-    """Flush and close every handler of a logger from :func:`open_run_log`."""
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    for filt in list(logger.filters):
-        logger.removeFilter(filt)

@@ -36,16 +36,15 @@ from pipeline.outputs import (
     ResultMetadata,
     check_record_keys,
     classify_status,
-    close_run_log,
     disk_error,
     display_url,
     download_result,
     metadata_record,
-    open_run_log,
     remove_partials,
     verify_existing,
     write_metadata,
 )
+from pipeline.runlog import close_run_log, open_run_log
 
 # --------------------------------------------------------------------------- loopback server
 
