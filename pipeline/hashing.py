@@ -21,6 +21,7 @@ _VERSION = 1
 
 
 def sha256_file(path: Path) -> str:
+    """Content hash of a file, read in chunks so large clips do not fill memory."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):

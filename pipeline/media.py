@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pipeline.errors import MediaError, ToolNotFoundError
+
+# Re-exported because pipeline/sandbox/render.py imports it from here; drop once it imports
+# pipeline.hashing.
+from pipeline.hashing import sha256_file as sha256_file
 from pipeline.settings import Settings
 
 T = TypeVar("T")
@@ -171,15 +174,6 @@ def last_error_line(stderr: bytes) -> str:
         kind = refused[0].split(" @", 1)[0].lstrip("[")
         return f"refused: {what} ({kind})"
     return lines[-1][:300] if lines else "no error message"
-
-
-def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
-    """Content hash of a file, read in chunks so large clips do not fill memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- probing

@@ -7,7 +7,6 @@ event loop. What to prepare is decided by :func:`pipeline.mediaplan.plan_media`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 import ffmpeg
 
 from pipeline.errors import MediaError
+from pipeline.hashing import FileHasher, sha256_text
 from pipeline.limits import Limits
 from pipeline.media import (
     ANALYZE_DURATION,
@@ -32,7 +32,6 @@ from pipeline.media import (
     probe_file,
     run_bounded,
     run_tool,
-    sha256_file,
 )
 from pipeline.mediaplan import ImageRecipe, MediaPlan, VideoRecipe
 
@@ -51,21 +50,14 @@ class PreparedMedia:
     """ffprobe's measurement of the prepared clip, when it was prepared."""
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def source_sha256(path: Path) -> str:
-    """sha256 of a source file, memoised on (path, size, mtime) so a batch hashes each once."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        _HASHES[key] = sha256_file(path)
-    return _HASHES[key]
+#: Source hashes for cache names, kept for the process and keyed on each file's stat, so a
+#: batch reads a source shared by many jobs once.
+_SOURCE_HASHES = FileHasher()
 
 
 def cached_path(cache_dir: Path, source_hash: str, recipe: str, ext: str) -> Path:
     """``<cache_dir>/<source_sha256>-<recipe_hash>.<ext>``: content plus recipe, nothing else."""
-    recipe_hash = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    recipe_hash = sha256_text(recipe)[:16]
     return cache_dir / f"{source_hash}-{recipe_hash}.{ext}"
 
 
@@ -143,7 +135,7 @@ def _prepare_image(
 ) -> Path:
     source = Path(info.source)
     ext = "png" if recipe.format == "png" else "jpg"
-    final = cached_path(cache_dir, source_sha256(source), recipe.text, ext)
+    final = cached_path(cache_dir, _SOURCE_HASHES.hash(source), recipe.text, ext)
 
     def write(tmp: Path) -> None:
         stream = ffmpeg.input(
@@ -250,7 +242,7 @@ def _prepare_video(
     timeout: float,
 ) -> tuple[Path, float | None]:
     source = Path(info.source)
-    final = cached_path(cache_dir, source_sha256(source), recipe.text, "mp4")
+    final = cached_path(cache_dir, _SOURCE_HASHES.hash(source), recipe.text, "mp4")
     # Stream copy is exact when nothing is re-encoded and the cut starts on a keyframe.
     copy = not (recipe.reencode_video or recipe.reencode_audio) and _starts_on_keyframe(
         source, recipe.start, tools, timeout

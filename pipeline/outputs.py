@@ -54,7 +54,8 @@ from pipeline.errors import (
     ResultInvalidError,
     TransientError,
 )
-from pipeline.media import MediaInfo, MediaTools, probe_file, sha256_file
+from pipeline.hashing import sha256_file
+from pipeline.media import MediaInfo, MediaTools, probe_file
 
 # Re-exported because pipeline/operations.py imports them from here; drop once it imports
 # pipeline.runlog.

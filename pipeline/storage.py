@@ -10,7 +10,6 @@ clear error asking for URLs (S3 and friends come later as storage backends).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -19,14 +18,13 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.errors import InputError
+from pipeline.hashing import sha256_file
 from pipeline.jobs import InputRef
 from pipeline.providers.base import InputURLs, Provider, ProviderConfig
 
 #: Re-upload this long before the provider deletes an upload: a job may wait in the queue, and
 #: the provider fetches the input only when the task starts.
 DEFAULT_SAFETY_MARGIN = 3600.0
-
-_CHUNK = 1 << 20
 
 
 class UploadCache(Protocol):
@@ -84,14 +82,6 @@ def source_of(ref: InputRef, content_type: str, *, sha256: str | None = None) ->
 def upload_file_name(sha256: str, path: Path) -> str:
     """A name no other upload will share: Kie overwrites files uploaded under the same name."""
     return f"{sha256[:16]}-{secrets.token_hex(4)}{path.suffix.lower()}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Storage:
@@ -154,7 +144,7 @@ class Storage:
     @staticmethod
     async def _hash(path: Path, job_id: str) -> str:
         try:
-            return await asyncio.to_thread(file_sha256, path)
+            return await asyncio.to_thread(sha256_file, path)
         except OSError as exc:
             raise InputError(
                 f"cannot read: {exc.strerror}", job_id=job_id, path=str(path)

@@ -14,6 +14,7 @@ import pytest
 from loopback import Loopback, ok
 
 from pipeline.errors import InputError, TransientError
+from pipeline.hashing import sha256_file
 from pipeline.jobs import Handle, InputRef, Job, TaskStatus
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.providers.kie import KieProvider
@@ -21,7 +22,6 @@ from pipeline.storage import (
     LocalFile,
     MemoryUploadCache,
     Storage,
-    file_sha256,
     source_of,
     upload_file_name,
 )
@@ -147,13 +147,13 @@ def test_reupload_when_the_cached_upload_nears_expiry(image: LocalFile) -> None:
     clock[0] = 23 * HOUR  # 1 h before Kie deletes it: upload again
     second = asyncio.run(store.url_for(image, job_id="j1"))
     assert second != first and len(provider.calls) == 2
-    digest = file_sha256(image.path)
+    digest = sha256_file(image.path)
     assert cache.get("fake", "https://up.fake", digest) == (second, 23 * HOUR)
 
 
 def test_cache_is_keyed_by_provider_endpoint_and_content(image: LocalFile, tmp_path: Path) -> None:
     cache = MemoryUploadCache()
-    digest = file_sha256(image.path)
+    digest = sha256_file(image.path)
     cache.put("fake", "https://other-host", digest, "https://other/x.png", 0.0)
     cache.put("kie", "https://up.fake", digest, "https://kie/x.png", 0.0)
     provider = fake()
@@ -237,4 +237,4 @@ def test_failed_upload_is_not_cached(image: LocalFile) -> None:
 
         with pytest.raises(TransientError, match="disk full"):
             asyncio.run(go())
-    assert cache.get("kie", srv.base_url, file_sha256(image.path)) is None
+    assert cache.get("kie", srv.base_url, sha256_file(image.path)) is None
