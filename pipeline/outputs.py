@@ -56,6 +56,7 @@ from pipeline.errors import (
 )
 from pipeline.hashing import sha256_file
 from pipeline.media import MediaInfo, MediaTools, probe_file
+from pipeline.retry import parse_retry_after
 
 # Re-exported because pipeline/operations.py imports them from here; drop once it imports
 # pipeline.runlog.
@@ -202,14 +203,6 @@ def disk_error(exc: OSError, path: Path) -> BatchStopped:
     return BatchStopped(f"cannot write {path}: {reason}")
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None  # an HTTP date: the runner's own backoff applies
-    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
-
-
 async def download_result(
     client: httpx.AsyncClient,
     url: str,
@@ -262,7 +255,7 @@ async def _fetch(
                 response.status_code,
                 job_id=job_id,
                 where=where,
-                retry_after=_retry_after(response.headers.get("retry-after")),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
             if error is not None:
                 raise error

@@ -103,9 +103,13 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.
 _SECONDS = re.compile(r"\d+(\.\d+)?")
 
 
-def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+def parse_retry_after(value: str | None, *, now: datetime | float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), clamped to
-    [0, :data:`MAX_RETRY_AFTER`]; None when absent or unparseable."""
+    [0, :data:`MAX_RETRY_AFTER`]; None when absent or unparseable.
+
+    ``now`` dates an HTTP-date against: a datetime (naive means UTC) or POSIX seconds (what an
+    injected ``time.time`` clock gives); the current time when omitted.
+    """
     if value is None:
         return None
     text = value.strip()
@@ -118,12 +122,18 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
             return None
         if when.tzinfo is None:  # "-0000" means UTC with unknown origin (RFC 5322)
             when = when.replace(tzinfo=UTC)
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
+        seconds = (when - _aware(now)).total_seconds()
     if not math.isfinite(seconds):
         return None
     return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
+
+def _aware(now: datetime | float | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if isinstance(now, datetime):
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(now, UTC)
 
 
 def next_wait(

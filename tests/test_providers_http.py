@@ -28,12 +28,12 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, InputRef, Job, JobSettings, TaskStatus
-from pipeline.providers._http import parse_retry_after
 from pipeline.providers.acedata import AceDataProvider
 from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderConfig
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
 from pipeline.providers.sandbox import SandboxProvider
+from pipeline.retry import parse_retry_after
 
 T = TypeVar("T")
 
@@ -110,7 +110,9 @@ def poll(kind: str, base_url: str) -> TaskStatus:
 def test_parse_retry_after() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(" 2.5 ") == 2.5
-    assert parse_retry_after("-3") == 0.0
+    # One parser now (pipeline.retry): RFC 9110 delta-seconds is 1*DIGIT, so "-3" is not a
+    # Retry-After value (test_retry pins "-5" -> None); next_wait treats None and 0.0 alike.
+    assert parse_retry_after("-3") is None
     now = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now=now) == 0.0

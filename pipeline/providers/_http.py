@@ -21,16 +21,15 @@ HTTP statuses and body codes are the provider modules' business: they receive a 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
 
 from pipeline.errors import AmbiguousError, ConfigError, ProviderError, TransientError
+from pipeline.retry import parse_retry_after
 from pipeline.settings import redact
 
 Purpose = Literal["create", "query"]
@@ -52,32 +51,6 @@ class Reply:
     @property
     def is_json(self) -> bool:
         return self.body is not None
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
-
-    Returns None when the header is absent or unreadable; a date in the past gives 0.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive result means no zone was given
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def snippet(text: str, secrets: Iterable[str]) -> str:
