@@ -208,6 +208,8 @@ class Batch:
         self.requests = 0
         self.resumed: set[str] = set()
         """Jobs resumed by this run: the feed leaves them to their resume task."""
+        self.latest: dict[str, asyncio.Task[Any]] = {}
+        """The newest task per job key: a same-key twin waits for it, then adopts its result."""
         # Set in run(): they need the event loop or the HTTP client.
         self.commits: GroupCommitter
         self.provider: Provider
@@ -328,7 +330,7 @@ class Batch:
             if row.state is not State.SUBMITTING:
                 self.slots.take() if row.state is State.RUNNING else None
             self.resumed.add(row.id)
-            tg.create_task(self._resume(row), name=f"resume:{row.id}")
+            self._track(row.key, tg.create_task(self._resume(row), name=f"resume:{row.id}"))
         if self.options.retry_failed:
             for row in self.store.rows([State.FAILED]):
                 if row.id in self.planned and row.task_id and TIMEOUT_REASON in (row.error or ""):
@@ -358,14 +360,28 @@ class Batch:
                 self.reporter.emit(Notice(f"--max-jobs {self.options.max_jobs} reached", "info"))
                 return
             await admission.acquire()
+            key = self.planned[job_id].key
+            ahead = self.latest.get(key)
 
-            async def job(job_id: str = job_id) -> None:
+            async def job(job_id: str = job_id, ahead: asyncio.Task[Any] | None = ahead) -> None:
                 try:
+                    if ahead is not None:
+                        # The same generation is already on its way: adopt it, do not pay again.
+                        await asyncio.wait([ahead])
                     await self._fresh(job_id)
                 finally:
                     admission.release()
 
-            tg.create_task(job(), name=f"job:{job_id}")
+            self._track(key, tg.create_task(job(), name=f"job:{job_id}"))
+
+    def _track(self, key: str, task: asyncio.Task[Any]) -> None:
+        self.latest[key] = task
+
+        def forget(done: asyncio.Task[Any]) -> None:
+            if self.latest.get(key) is done:
+                del self.latest[key]
+
+        task.add_done_callback(forget)
 
     # ------------------------------------------------------------------ fresh jobs
 
