@@ -20,7 +20,6 @@ from pipeline.errors import (
     AmbiguousError,
     AuthError,
     BatchFatalError,
-    ConfigError,
     OutOfCreditsError,
     ProviderError,
     RateLimitedError,
@@ -28,6 +27,13 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
+from pipeline.providers._common import (
+    float_or_none,
+    no_client_id,
+    no_upload_api,
+    requery_result_url,
+    require_object,
+)
 from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.settings import redact
@@ -120,12 +126,7 @@ def classify(
 
 def _require_object(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
     """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong."""
-    if reply.is_json and isinstance(reply.body, dict):
-        return
-    if 400 <= reply.status < 500:
-        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
-        raise classify("", message, what=what, purpose=purpose, reply=reply)
-    raise garbage_error(what, reply, purpose, secrets)
+    require_object(reply, what, purpose, secrets, classify=classify, no_code="")
 
 
 def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str:
@@ -175,7 +176,7 @@ def parse_record(
             "succeeded",
             result_url=url,
             provider_state=state or "succeed",
-            duration=_seconds(response.get("duration")),
+            duration=float_or_none(response.get("duration")),
         )
     return TaskStatus(tid, "running", provider_state=state)
 
@@ -194,13 +195,6 @@ def _fail_reason(response: Mapping[str, Any], secrets: Iterable[str]) -> str:
         return "task failed without a reason"
     text = parts[0] if len(parts) == 1 else f"{parts[0]} ({parts[1]})"
     return redact(text, secrets)
-
-
-def _seconds(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _checked_body(reply: Reply, what: str, secrets: list[str]) -> dict[str, Any]:
@@ -293,10 +287,7 @@ class AceDataProvider:
         )
 
     async def upload(self, path: Path, *, file_name: str, content_type: str) -> str:
-        raise ConfigError(
-            f"{self.name} has no upload API: {path} must be given as an http(s) URL "
-            "until a storage backend exists"
-        )
+        raise no_upload_api(self.name, path)
 
     async def submit(self, job: Job, urls: InputURLs, *, client_id: str | None) -> Handle:
         what = f"{self.name} create for job {job.id}"
@@ -323,12 +314,8 @@ class AceDataProvider:
         return parse_batch(reply, ids, what=what, secrets=self._secrets())
 
     async def reconcile(self, job: Job, client_id: str) -> Handle | None:
-        raise AmbiguousError(
-            f"{self.name}: job {job.id}: the provider has no client id, so an unanswered create "
-            "cannot be looked up; resolve it by hand (motion-pipeline resolve)"
-        )
+        raise no_client_id(self.name, job.id)
 
     async def refresh_result_url(self, handle: Handle, status: TaskStatus) -> str | None:
         """AceData has no link refresh: re-query the task and take its current URL."""
-        again = await self.poll(handle)
-        return again.result_url if again.phase == "succeeded" else None
+        return await requery_result_url(self.poll, handle)

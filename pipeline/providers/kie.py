@@ -35,6 +35,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
+from pipeline.providers._common import no_client_id, poll_each, requery_result_url, require_object
 from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.settings import redact
@@ -125,12 +126,7 @@ def classify(
 
 def _require_envelope(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
     """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong."""
-    if reply.is_json and isinstance(reply.body, dict):
-        return
-    if 400 <= reply.status < 500:
-        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
-        raise classify(reply.status, message, what=what, purpose=purpose, reply=reply)
-    raise garbage_error(what, reply, purpose, secrets)
+    require_object(reply, what, purpose, secrets, classify=classify, no_code=reply.status)
 
 
 def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str:
@@ -404,19 +400,10 @@ class KieProvider:
 
     async def poll_many(self, handles: Sequence[Handle]) -> dict[str, TaskStatus]:
         """One recordInfo per task (Kie has no batch query); transient misses are left out."""
-        found: dict[str, TaskStatus] = {}
-        for handle in handles:
-            try:
-                found[handle.task_id] = await self.poll(handle)
-            except TransientError:
-                continue
-        return found
+        return await poll_each(self.poll, handles)
 
     async def reconcile(self, job: Job, client_id: str) -> Handle | None:
-        raise AmbiguousError(
-            f"{self.name}: job {job.id}: the provider has no client id, so an unanswered create "
-            "cannot be looked up; resolve it by hand (motion-pipeline resolve)"
-        )
+        raise no_client_id(self.name, job.id)
 
     async def refresh_result_url(self, handle: Handle, status: TaskStatus) -> str | None:
         """A 20-minute link from download-url; else the URL a fresh recordInfo gives."""
@@ -429,5 +416,4 @@ class KieProvider:
             fresh = parse_download_url(reply, what=what, secrets=self._secrets())
             if fresh:
                 return fresh
-        again = await self.poll(handle)
-        return again.result_url if again.phase == "succeeded" else None
+        return await requery_result_url(self.poll, handle)

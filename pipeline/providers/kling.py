@@ -25,7 +25,6 @@ from pipeline.errors import (
     AmbiguousError,
     AuthError,
     BatchFatalError,
-    ConfigError,
     OutOfCreditsError,
     ProviderError,
     RateLimitedError,
@@ -33,6 +32,13 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
+from pipeline.providers._common import (
+    float_or_none,
+    no_upload_api,
+    poll_each,
+    requery_result_url,
+    require_object,
+)
 from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.settings import redact
@@ -195,12 +201,7 @@ def _task_id(data: Any) -> str | None:
 
 def _require_object(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
     """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong."""
-    if reply.is_json and isinstance(reply.body, dict):
-        return
-    if 400 <= reply.status < 500:
-        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
-        raise classify(None, message, what=what, purpose=purpose, reply=reply)
-    raise garbage_error(what, reply, purpose, secrets)
+    require_object(reply, what, purpose, secrets, classify=classify, no_code=None)
 
 
 def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str:
@@ -248,16 +249,9 @@ def parse_task(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] = (
             )
         duration = first.get("duration") if isinstance(first, dict) else None
         return TaskStatus(
-            tid, "succeeded", result_url=url, provider_state=state, duration=_seconds(duration)
+            tid, "succeeded", result_url=url, provider_state=state, duration=float_or_none(duration)
         )
     return TaskStatus(tid, "running", provider_state=state)
-
-
-def _seconds(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def parse_query(
@@ -358,10 +352,7 @@ class KlingProvider:
         )
 
     async def upload(self, path: Path, *, file_name: str, content_type: str) -> str:
-        raise ConfigError(
-            f"{self.name} has no upload API: {path} must be given as an http(s) URL "
-            "until a storage backend exists"
-        )
+        raise no_upload_api(self.name, path)
 
     async def submit(self, job: Job, urls: InputURLs, *, client_id: str | None) -> Handle:
         what = f"{self.name} create for job {job.id}"
@@ -379,13 +370,7 @@ class KlingProvider:
 
     async def poll_many(self, handles: Sequence[Handle]) -> dict[str, TaskStatus]:
         """One query per task (no batch endpoint); transient misses are left out."""
-        found: dict[str, TaskStatus] = {}
-        for handle in handles:
-            try:
-                found[handle.task_id] = await self.poll(handle)
-            except TransientError:
-                continue
-        return found
+        return await poll_each(self.poll, handles)
 
     async def reconcile(self, job: Job, client_id: str) -> Handle | None:
         what = f"{self.name} lookup of job {job.id} by external_task_id {client_id}"
@@ -397,5 +382,4 @@ class KlingProvider:
 
     async def refresh_result_url(self, handle: Handle, status: TaskStatus) -> str | None:
         """Kling has no link refresh: re-query the task and take its current URL."""
-        again = await self.poll(handle)
-        return again.result_url if again.phase == "succeeded" else None
+        return await requery_result_url(self.poll, handle)

@@ -1,0 +1,91 @@
+"""What the provider clients do the same way: reading a reply that is no JSON object, asking
+again for a task's result URL, polling one task at a time, and saying what a provider lacks.
+
+Each protocol module keeps its own envelope, codes and wording; only logic that is the same for
+every provider that needs it lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pipeline.errors import AmbiguousError, ConfigError, ProviderError, TransientError
+from pipeline.jobs import Handle, TaskStatus
+from pipeline.providers._http import Purpose, Reply, garbage_error, snippet
+
+C_contra = TypeVar("C_contra", contravariant=True)
+
+Poll = Callable[[Handle], Awaitable[TaskStatus]]
+
+
+class Classify(Protocol[C_contra]):
+    """A provider module's ``classify``: the error a business code (or HTTP status) means."""
+
+    def __call__(
+        self, code: C_contra, message: str, *, what: str, purpose: Purpose, reply: Reply
+    ) -> ProviderError: ...
+
+
+def require_object(
+    reply: Reply,
+    what: str,
+    purpose: Purpose,
+    secrets: Iterable[str],
+    *,
+    classify: Classify[C_contra],
+    no_code: C_contra,
+) -> None:
+    """Raise unless the body is a JSON object; a bare 4xx status still says what went wrong.
+
+    Such a 4xx goes to the provider's ``classify`` with ``no_code`` (what that classifier takes
+    for "no business code"); any other unreadable reply is :func:`garbage_error`.
+    """
+    if reply.is_json and isinstance(reply.body, dict):
+        return
+    if 400 <= reply.status < 500:
+        message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
+        raise classify(no_code, message, what=what, purpose=purpose, reply=reply)
+    raise garbage_error(what, reply, purpose, secrets)
+
+
+def float_or_none(value: Any) -> float | None:
+    """A provider's number (int, float or numeric string) as a float; None when it is not one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+async def poll_each(poll: Poll, handles: Sequence[Handle]) -> dict[str, TaskStatus]:
+    """One query per task, for providers without a batch query; transient misses are left out."""
+    found: dict[str, TaskStatus] = {}
+    for handle in handles:
+        try:
+            found[handle.task_id] = await poll(handle)
+        except TransientError:
+            continue
+    return found
+
+
+async def requery_result_url(poll: Poll, handle: Handle) -> str | None:
+    """Re-query the task and take its current result URL (None unless it still succeeded)."""
+    again = await poll(handle)
+    return again.result_url if again.phase == "succeeded" else None
+
+
+def no_upload_api(provider: str, path: Path) -> ConfigError:
+    """The error for an upload to a provider that has no upload API."""
+    return ConfigError(
+        f"{provider} has no upload API: {path} must be given as an http(s) URL "
+        "until a storage backend exists"
+    )
+
+
+def no_client_id(provider: str, job_id: str) -> AmbiguousError:
+    """The error for reconciling a create with a provider that keeps no client id."""
+    return AmbiguousError(
+        f"{provider}: job {job_id}: the provider has no client id, so an unanswered create "
+        "cannot be looked up; resolve it by hand (motion-pipeline resolve)"
+    )
