@@ -26,7 +26,6 @@ from pipeline.errors import MediaError, ToolNotFoundError
 
 # Re-exported because pipeline/sandbox/render.py imports it from here; drop once it imports
 # pipeline.hashing.
-from pipeline.hashing import sha256_file as sha256_file
 from pipeline.settings import Settings
 
 T = TypeVar("T")

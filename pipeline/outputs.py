@@ -60,8 +60,6 @@ from pipeline.retry import parse_retry_after
 
 # Re-exported because pipeline/operations.py imports them from here; drop once it imports
 # pipeline.runlog.
-from pipeline.runlog import close_run_log as close_run_log
-from pipeline.runlog import open_run_log as open_run_log
 
 VIDEOS_DIR = "videos"
 REPLACED_DIR = "replaced"

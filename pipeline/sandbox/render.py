@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.errors import MediaError
-from pipeline.media import MediaInfo, MediaTools, last_error_line, probe_file, run_tool, sha256_file
+from pipeline.hashing import sha256_file
+from pipeline.media import MediaInfo, MediaTools, last_error_line, probe_file, run_tool
 
 #: Output height per quality tier: real std/pro are 720p/1080p; the sandbox stays small.
 HEIGHTS = {"std": 320, "pro": 480}
