@@ -780,7 +780,7 @@ class Batch:
         planned = set(self.planned)
         if self.stop_code:
             code = self.stop_code
-        elif counts[State.FAILED] or counts[State.NEEDS_ATTENTION]:
+        elif counts[State.FAILED] or counts[State.NEEDS_ATTENTION] or self._unfinished(planned):
             code = 1
         else:
             code = 0
@@ -797,6 +797,13 @@ class Batch:
             submitted=self.submitted,
             occupancy=self.slots.occupancy(),
         )
+
+    def _unfinished(self, planned: set[str]) -> bool:
+        """A job of the manifest is not done yet, though nothing stopped the run (exit 1, not 0)."""
+        left = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
+        if self.options.max_jobs is None:  # --max-jobs leaves the rest pending on purpose
+            left.append(State.PENDING)
+        return any(s.id in planned for s in self.store.summaries(left))
 
     def _write_metadata(self) -> None:
         records = []
