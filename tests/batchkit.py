@@ -289,3 +289,24 @@ def probe_video(path: Path) -> dict[str, Any]:
     stream: dict[str, Any] = videos[0]
     stream["format_duration"] = float(doc["format"]["duration"])
     return stream
+
+
+def run_here(manifest: Path, *, env: dict[str, str] | None = None, **options: Any) -> Any:
+    """``run`` in this process (no interpreter start-up): the :class:`RunSummary`."""
+    from pipeline.manifest import load_manifest
+    from pipeline.operations import run_batch
+    from pipeline.reporting import RecordingReporter
+    from pipeline.runner import RunOptions
+    from pipeline.settings import Settings
+
+    settings = Settings.from_env(env or cli_env())
+    return run_batch(load_manifest(manifest), settings, RunOptions(**options), RecordingReporter())
+
+
+def fired(srv: SandboxServer) -> list[int]:
+    """How often each rule of the fault profile fired, in profile order.
+
+    The sandbox exposes no public counter for this, so it reads its picker's tally: without it a
+    fault test could pass because the fault never happened.
+    """
+    return list(srv.app.picker._fired)  # private tally: see docstring
