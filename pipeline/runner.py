@@ -209,6 +209,8 @@ class Batch:
         self.resumed: set[str] = set()
         """Jobs resumed by this run: the feed leaves them to their resume task."""
         self.latest: dict[str, asyncio.Task[Any]] = {}
+        self.unsettled: dict[str, str] = {}
+        """Job key -> a job of that key that needs attention: its twins wait, never pay again."""
         """The newest task per job key: a same-key twin waits for it, then adopts its result."""
         # Set in run(): they need the event loop or the HTTP client.
         self.commits: GroupCommitter
@@ -227,6 +229,8 @@ class Batch:
             fields["error"] = self._redact(str(fields["error"]))
         previous = self.store.get(job_id).state
         row = await self.commits.transition(job_id, to, **fields)
+        if to is State.NEEDS_ATTENTION:
+            self.unsettled.setdefault(row.key, job_id)
         detail = fields.get("error") or fields.get("task_id") or ""
         billed = row.billed_seconds if to is State.DONE else None
         self.reporter.emit(JobChanged(job_id, to, str(detail), billed, previous=previous))
@@ -253,6 +257,8 @@ class Batch:
         self.videos.mkdir(parents=True, exist_ok=True)
         outputs.remove_partials(self.videos)  # a killed run's half downloads; we hold the lock
         self._count_committed()
+        for row in self.store.rows([State.NEEDS_ATTENTION]):
+            self.unsettled.setdefault(row.key, row.id)
         limits = httpx.Limits(max_connections=max(32, 2 * self.concurrency))
         timeout = httpx.Timeout(60.0, connect=15.0)
         with self._embedded_provider() as config:
@@ -391,6 +397,13 @@ class Batch:
         if row.state is State.FAILED:
             row = await self._move(job_id, State.PENDING, error=None)
         if await self._adopt_twin(pj):
+            return
+        blocker = self.unsettled.get(pj.key)
+        if blocker is not None and blocker != job_id:
+            # Its create may have made (and billed) this very generation: resolve that first.
+            why = f"left pending: job {blocker}, the same generation, needs attention"
+            self.log.warning("job %s: %s", job_id, why)
+            self.reporter.emit(Notice(f"job {job_id} {why}", "warning"))
             return
         try:
             urls = await self._inputs(pj)
