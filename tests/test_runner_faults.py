@@ -287,3 +287,23 @@ def test_download_left_for_the_next_run_is_not_success(media: Media, tmp_path: P
         second = run_here(manifest, env=env)
         assert second.exit_code == 0
         assert_all_done(manifest, srv, ["a"])
+
+
+def test_twin_of_an_ambiguous_create_waits_for_its_resolution(media: Media, tmp_path: Path) -> None:
+    # "one" and "two" are the same generation; one's create is reset after the task was made.
+    profile = {"faults": [{"kind": "reset_after_commit", "endpoint": "create", "times": 1}]}
+    with sandbox(tmp_path / "sandbox", profile) as (srv, _log):
+        jobs = job_entries("kie", srv, media, ["one"])
+        jobs.append({**jobs[0], "id": "two"})
+        manifest = write_manifest(tmp_path / "m", provider_block("kie", srv), jobs)
+        assert run_here(manifest).exit_code == 1
+        assert len(srv.ledger) == 1  # the twin did not pay for the same generation again
+        rows = state_rows(out_dir(manifest))
+        assert rows["one"]["state"] == "needs_attention"
+        assert rows["two"]["state"] == "pending"
+        assert cli("resolve", manifest, "one", "--adopt", srv.ledger[0].task_id).returncode == 0
+        assert run_here(manifest).exit_code == 0
+        assert len(srv.ledger) == 1
+    rows = state_rows(out_dir(manifest))
+    assert rows["one"]["task_id"] == rows["two"]["task_id"] == srv.ledger[0].task_id
+    assert {r["state"] for r in rows.values()} == {"done"}
