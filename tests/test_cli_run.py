@@ -183,3 +183,25 @@ def test_no_key_or_jwt_leaks_anywhere(kind: str, media: Media, tmp_path: Path) -
     states = {r["state"] for r in state_rows(output).values()}
     assert "done" in states and "failed" in states  # the faults really happened
     assert sweep(output, texts) == []
+
+
+def test_interrupt_while_a_create_is_on_the_wire(media: Media, tmp_path: Path) -> None:
+    # The create answers 1 s late; Ctrl-C arrives meanwhile. The answer is still awaited briefly
+    # and its task id committed, so the next run collects the task instead of asking the user.
+    profile = {"faults": [{"kind": "slow", "endpoint": "create", "seconds": 1.0, "times": 1}]}
+    with sandbox(tmp_path / "sandbox", profile) as (srv, _log):
+        manifest = write_manifest(
+            tmp_path / "m",
+            provider_block("kie", srv, concurrency=1),
+            job_entries("kie", srv, media, ["a"]),
+        )
+        output = out_dir(manifest)
+        proc = start("run", manifest)
+        wait_for_states(output, ["a"], "submitting")
+        proc.send_signal(signal.SIGINT)
+        code, _out, err = finish(proc)
+        assert code == 130, err
+        row = state_rows(output)["a"]
+        assert row["state"] == "running" and row["task_id"] == srv.ledger[0].task_id
+        assert cli("run", manifest).returncode == 0
+        assert len(srv.ledger) == 1
