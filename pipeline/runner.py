@@ -225,7 +225,7 @@ class Batch:
         return redact(text, self.secrets)
 
     async def _move(self, job_id: str, to: State, **fields: Any) -> JobRow:
-        if "error" in fields and fields["error"]:
+        if fields.get("error"):
             fields["error"] = self._redact(str(fields["error"]))
         previous = self.store.get(job_id).state
         row = await self.commits.transition(job_id, to, **fields)
