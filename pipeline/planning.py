@@ -191,7 +191,9 @@ def probe_inputs(
     facts: dict[str, MediaInfo | MediaError] = {}
     todo: list[str] = []
     for sha, source in sources.items():
-        hit = cached.get(sha) if not sha.startswith("url:") else None
+        # URLs are cached by their text too: a URL's identity is its text (see input_hash), and a
+        # re-run of a finished batch must not send a single request.
+        hit = cached.get(sha)
         if hit is not None:
             facts[sha] = MediaInfo(**{**hit, "source": str(source)})
         else:
@@ -201,7 +203,7 @@ def probe_inputs(
         fresh = False
         for sha, result in zip(todo, results, strict=True):
             facts[sha] = result
-            if isinstance(result, MediaInfo) and not sha.startswith("url:"):
+            if isinstance(result, MediaInfo):
                 cached[sha] = result.facts()
                 fresh = True
         if fresh:

@@ -131,29 +131,6 @@ def test_rerun_of_a_finished_batch_sends_nothing(media: Media, tmp_path: Path) -
     assert "done 2" in again.stdout
 
 
-def test_rerun_with_url_inputs_sends_nothing_to_the_provider_api(
-    media: Media, tmp_path: Path
-) -> None:
-    kind = "kling"
-    with sandbox(tmp_path / "sandbox", LATENCY) as (srv, log):
-        manifest = write_manifest(
-            tmp_path / "m", provider_block(kind, srv), job_entries(kind, srv, media, ["a", "b"])
-        )
-        assert cli("run", manifest).returncode == 0
-        seen = len(log)
-        again = cli("run", manifest)
-        assert again.returncode == 0, again.stderr
-        new = log.snapshot()[seen:]
-        # Only the inputs are fetched again (planning probes http inputs every run).
-        assert [path for _method, path in new if not path.startswith("/files/")] == []
-        assert len(srv.ledger) == 2
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="planning re-probes http(s) inputs on every run (3 GETs of the video here), so "
-    "re-running a finished URL-input batch is not free of requests (pipeline/planning.py)",
-)
 def test_rerun_with_url_inputs_makes_no_request_at_all(media: Media, tmp_path: Path) -> None:
     with sandbox(tmp_path / "sandbox", LATENCY) as (srv, log):
         manifest = write_manifest(
