@@ -8,7 +8,6 @@ nothing), and a job whose key changed after it was paid for is refused unless re
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,7 +274,3 @@ def _span(first: str | None, last: str | None) -> float | None:
         return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
     except ValueError:
         return None
-
-
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False)
