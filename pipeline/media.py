@@ -314,6 +314,19 @@ def probe_file(
         done = run_tool(ffprobe_argv(tools, target, url=url), timeout=timeout)
     except ToolTimeout as exc:
         raise MediaError(f"unreadable: {exc}", job_id=job_id, path=name) from None
+    if done.returncode < 0:
+        hint = ""
+        if url:
+            # Seen here: the static build segfaults in getaddrinfo (static glibc has no NSS).
+            hint = (
+                "; a static ffmpeg build cannot look up host names: put ffmpeg on PATH or set "
+                "MOTION_PIPELINE_FFPROBE, or use a local file"
+            )
+        raise MediaError(
+            f"unreadable: ffprobe died with signal {-done.returncode}{hint}",
+            job_id=job_id,
+            path=name,
+        )
     if done.returncode != 0:
         reason = last_error_line(done.stderr).replace(f"{target}: ", "")
         raise MediaError(f"unreadable: {reason}", job_id=job_id, path=name)

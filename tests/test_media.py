@@ -251,3 +251,13 @@ def test_unknown_provider_or_orientation_is_a_config_error() -> None:
         limits_for("fal", "x", "video")
     with pytest.raises(ConfigError, match="sideways"):
         limits_for("kie", "kling-2.6/motion-control", "sideways")
+
+
+def test_ffprobe_killed_by_a_signal_on_a_url_names_the_likely_cause(tmp_path: Path) -> None:
+    # The bundled static ffprobe segfaults resolving host names; a stand-in dies the same way.
+    crashing = tmp_path / "ffprobe"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    tools = MediaTools(ffmpeg=str(crashing), ffprobe=str(crashing))
+    with pytest.raises(MediaError, match=r"signal 11; a static ffmpeg build cannot look up host"):
+        probe_file("https://assets.example.com/a.mp4", tools, timeout=5)
