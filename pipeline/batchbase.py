@@ -1,0 +1,168 @@
+"""What every part of a batch run shares: its values, pools and limits, and how it moves a job.
+
+:class:`BatchBase` holds the state of one run; :mod:`pipeline.collecting` (poll, download,
+resume) and :mod:`pipeline.submitting` (prepare, upload, create) build on it, and
+:class:`pipeline.runner.Batch` puts them together. Every state change goes through
+:meth:`BatchBase._move`: one group-committed transition, one progress event, one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from pipeline.commits import GroupCommitter
+from pipeline.errors import RateLimitedError, TransientError
+from pipeline.jobs import State
+from pipeline.manifest import Manifest
+from pipeline.media import MediaTools
+from pipeline.planning import Plan
+from pipeline.poller import Poller
+from pipeline.providers.base import Credentials, Provider
+from pipeline.reporting import JobChanged, Notice, Reporter
+from pipeline.retry import CircuitBreaker, PauseGate, RateLimiter, Sleeper, next_wait, sleeper_for
+from pipeline.settings import Settings, redact
+from pipeline.slots import Slots
+from pipeline.state import JobRow, StateStore
+from pipeline.storage import Storage
+
+T = TypeVar("T")
+
+TIMEOUT_REASON = "task ran past task_timeout"
+CALL_TRIES = 8
+"""Tries of one repeatable call, or of a create that certainly did not happen."""
+DOWNLOAD_TRIES = 5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    concurrency: int | None = None
+    max_jobs: int | None = None
+    retry_failed: bool = False
+    replace: frozenset[str] = frozenset()
+
+
+class BatchBase:
+    """The shared state of one run of one manifest."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        plan: Plan,
+        store: StateStore,
+        settings: Settings,
+        options: RunOptions,
+        reporter: Reporter,
+        credentials: Credentials,
+        tools: MediaTools,
+        log: Any,
+    ) -> None:
+        self.manifest = manifest
+        self.config = manifest.provider
+        self.planned = {pj.job.id: pj for pj in plan.jobs}
+        self.store = store
+        self.settings = settings
+        self.options = options
+        self.reporter = reporter
+        self.credentials = credentials
+        self.tools = tools
+        self.log = log
+        self.secrets = [*credentials.secrets(), *settings.secrets(self.config.key_envs.values())]
+        self.sleeper: Sleeper = sleeper_for(settings)
+        self.rng = random.Random()  # noqa: S311 - jitter for waits, not a secret
+        self.gate = PauseGate(self.sleeper)
+        self.breaker = CircuitBreaker(threshold=5, cooldown=30.0, clock=self.sleeper.monotonic)
+        rate = self.config.rate_limit
+        self.limiter = RateLimiter(rate.requests, rate.per_seconds, sleeper=self.sleeper)
+        self.concurrency = options.concurrency or self.config.concurrency
+        self.slots = Slots(self.concurrency, time.monotonic)
+        cpus = os.cpu_count() or 2
+        self.prep_pool = asyncio.Semaphore(cpus)
+        self.upload_pool = asyncio.Semaphore(4)
+        self.download_pool = asyncio.Semaphore(max(4, min(16, self.concurrency)))
+        self.stop_reason: str | None = None
+        self.stop_code = 0
+        self.interrupted = False
+        self.creates_in_flight = 0
+        self.submitted = 0
+        self.videos = manifest.output_dir / "videos"
+        self.committed_seconds = 0.0
+        self.committed_cost = 0.0
+        self.requests = 0
+        self.resumed: set[str] = set()
+        """Jobs resumed by this run: the feed leaves them to their resume task."""
+        self.latest: dict[str, asyncio.Task[Any]] = {}
+        """The newest task per job key: a same-key twin waits for it, then adopts its result."""
+        self.unsettled: dict[str, str] = {}
+        """Job key -> a job of that key that needs attention: its twins wait, never pay again."""
+        # Set in run(): they need the event loop or the HTTP client.
+        self.commits: GroupCommitter
+        self.provider: Provider
+        self.storage: Storage
+        self.poller: Poller
+        self.client: httpx.AsyncClient
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    async def _move(self, job_id: str, to: State, **fields: Any) -> JobRow:
+        if fields.get("error"):
+            fields["error"] = self._redact(str(fields["error"]))
+        previous = self.store.get(job_id).state
+        row = await self.commits.transition(job_id, to, **fields)
+        if to is State.NEEDS_ATTENTION:
+            self.unsettled.setdefault(row.key, job_id)
+        detail = fields.get("error") or fields.get("task_id") or ""
+        billed = row.billed_seconds if to is State.DONE else None
+        self.reporter.emit(JobChanged(job_id, to, str(detail), billed, previous=previous))
+        self.log.info("job %s: %s%s", job_id, to.value, f" ({detail})" if detail else "")
+        return row
+
+    def stop_new(self, reason: str, code: int) -> None:
+        """No new creates from now on; the first reason wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_code = code
+            self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
+            self.log.warning("stopping new submissions: %s", reason)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A repeatable call (upload, poll, refresh): retried on transient errors with backoff."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except RateLimitedError as exc:
+                self.gate.pause_for(
+                    next_wait(attempt, exc.retry_after, base=1.0, cap=60.0, rng=self.rng)
+                )
+                await self.gate.wait()
+            except TransientError as exc:
+                if attempt + 1 >= CALL_TRIES or self.stopping:
+                    raise
+                await self.sleeper.sleep(
+                    next_wait(attempt, exc.retry_after, base=1.0, cap=60.0, rng=self.rng)
+                )
+            attempt += 1
+
+
+UNKNOWN = object()
+"""A reconcile that could not tell whether the create happened."""
+
+
+def ambiguous_reason(what: str) -> str:
+    return (
+        f"{what}; the provider may have created (and billed) a task. Check its dashboard, then "
+        "`motion-pipeline resolve MANIFEST JOB --adopt TASK_ID`, `--resubmit` or `--abandon`"
+    )

@@ -1,0 +1,145 @@
+"""Collecting what is paid for: poll a task to its end, download and verify its result, resume.
+
+Nothing here sends a create. A job reaches this code with a task id; from then on every path
+ends in ``done``, ``failed`` with the provider's reason, or a state the next run picks up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from pipeline import outputs
+from pipeline.batchbase import DOWNLOAD_TRIES, BatchBase
+from pipeline.crashpoints import crash_point
+from pipeline.errors import (
+    BatchStopped,
+    OutputConflictError,
+    ProviderError,
+    ResultExpiredError,
+    TransientError,
+)
+from pipeline.jobs import Handle, State, TaskStatus
+from pipeline.poller import TaskTimeout
+from pipeline.retry import next_wait
+from pipeline.slots import Lease
+from pipeline.state import JobRow
+
+
+class Collector(BatchBase):
+    """Polls, downloads and resumes; see :class:`pipeline.submitting.Submitter` for creates."""
+
+    async def _collect(self, job_id: str, handle: Handle, lease: Lease | None = None) -> None:
+        """Poll to the end (the provider slot is given back then), then download."""
+        try:
+            status = await self.poller.wait(handle)
+        except TaskTimeout as exc:
+            await self._move(
+                job_id,
+                State.FAILED,
+                error=f"{exc}; task {handle.task_id} kept: `run --retry-failed` re-checks it",
+            )
+            return
+        except ProviderError as exc:
+            await self._move(job_id, State.FAILED, error=str(exc))
+            return
+        finally:
+            if lease is not None:
+                await lease.release()
+        if status.phase == "failed":
+            await self._move(job_id, State.FAILED, error=status.reason or "the task failed")
+            return
+        await self._move(job_id, State.DOWNLOADING, result_url=status.result_url)
+        await self._download(job_id, handle, status)
+
+    async def _download(self, job_id: str, handle: Handle, status: TaskStatus) -> None:
+        pj = self.planned[job_id]
+        target = self.videos / f"{job_id}.mp4"
+        url = status.result_url
+        attempt = 0
+        async with self.download_pool:
+            while True:
+                try:
+                    if not url:
+                        raise ResultExpiredError("no result URL")
+                    result = await outputs.download_result(
+                        self.client,
+                        url,
+                        target,
+                        tools=self.tools,
+                        expect_seconds=pj.billed_seconds,
+                        job_id=job_id,
+                        replace=job_id in self.options.replace,
+                    )
+                    crash_point("after-rename")
+                    break
+                except ResultExpiredError:
+                    if attempt >= DOWNLOAD_TRIES:
+                        await self._move(
+                            job_id,
+                            State.FAILED,
+                            error="result URL expired and could not be refreshed",
+                        )
+                        return
+                    url = await self._retrying(
+                        lambda: self.provider.refresh_result_url(handle, status)
+                    )
+                    if url:
+                        await self.commits.set_fields(job_id, result_url=url)
+                except TransientError as exc:
+                    if attempt >= DOWNLOAD_TRIES or self.stopping:
+                        self.log.warning(
+                            "job %s: download left for the next run: %s",
+                            job_id,
+                            self._redact(str(exc)),
+                        )
+                        return
+                    await self.sleeper.sleep(
+                        next_wait(attempt, None, base=1.0, cap=60.0, rng=self.rng)
+                    )
+                except BatchStopped as exc:
+                    self.stop_new(str(exc), exc.exit_code)
+                    return
+                except OutputConflictError as exc:
+                    await self._move(job_id, State.NEEDS_ATTENTION, error=str(exc))
+                    return
+                except ProviderError as exc:
+                    await self._move(job_id, State.FAILED, error=f"result unusable: {exc}")
+                    return
+                attempt += 1
+        await self._finish(job_id, result)
+
+    async def _finish(self, job_id: str, result: outputs.ResultFile) -> None:
+        facts = {"width": result.width, "height": result.height, "fps": result.fps,
+                 "codec": result.codec, "size": result.size}  # fmt: skip
+        await self._move(
+            job_id,
+            State.DONE,
+            output=str(result.path.relative_to(self.manifest.output_dir)),
+            output_sha256=result.sha256,
+            duration=result.duration,
+            result=json.dumps(facts),
+            error=None,
+        )
+
+    async def _resume(self, row: JobRow, lease: Lease | None) -> None:
+        """A job this run found running or downloading: collect it (never create it again)."""
+        assert row.task_id is not None
+        handle = Handle(self.config.name, row.task_id, row.client_id)
+        if row.state is State.DOWNLOADING:
+            target = self.videos / f"{row.id}.mp4"
+            pj = self.planned[row.id]
+            existing = await asyncio.to_thread(
+                outputs.verify_existing, target, tools=self.tools, expect_seconds=pj.billed_seconds
+            )
+            if existing is not None and (row.output_sha256 in (None, existing.sha256)):
+                await self._finish(row.id, existing)
+                return
+            await self._move(row.id, State.RUNNING, expect=State.DOWNLOADING)
+            lease = self.slots.take()
+        await self._collect(row.id, handle, lease)
+
+    async def _recheck(self, row: JobRow, lease: Lease) -> None:
+        """``--retry-failed`` on a timed-out task: ask about it again before paying again."""
+        await self._move(row.id, State.RUNNING, expect=State.FAILED, error=None)
+        await self._resume(self.store.get(row.id), lease)

@@ -1,0 +1,278 @@
+"""Spending money, carefully: prepare and upload a job's inputs, then create its task once.
+
+The create protocol of design.md §3: commit the intent (``submitting``, a client id), POST the
+create, commit the task id before anything else. A create that certainly did not happen is
+retried; one that may have happened is looked up by client id where the provider has one, and
+otherwise the job needs attention and is never re-sent automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.batchbase import CALL_TRIES, UNKNOWN, ambiguous_reason
+from pipeline.collecting import Collector
+from pipeline.crashpoints import crash_point
+from pipeline.errors import (
+    AmbiguousError,
+    BatchFatalError,
+    InputError,
+    ProviderError,
+    RateLimitedError,
+    RefusedError,
+    TransientError,
+)
+from pipeline.jobs import Handle, State
+from pipeline.mediaprep import PreparedMedia, prepare
+from pipeline.planning import PlannedJob, cache_dir
+from pipeline.providers.base import InputURLs
+from pipeline.reporting import Notice
+from pipeline.retry import next_wait
+from pipeline.state import JobRow
+from pipeline.storage import LocalFile, Source
+
+_CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "mkv": "video/x-matroska",
+}
+
+
+class Submitter(Collector):
+    """Takes a pending job to a running task (then hands it to the collector)."""
+
+    async def _fresh(self, job_id: str) -> None:
+        pj = self.planned[job_id]
+        row = self.store.get(job_id)
+        if row.state is State.FAILED:
+            row = await self._move(job_id, State.PENDING, error=None)
+        if await self._adopt_twin(pj):
+            return
+        blocker = self.unsettled.get(pj.key)
+        if blocker is not None and blocker != job_id:
+            # Its create may have made (and billed) this very generation: resolve that first.
+            why = f"left pending: job {blocker}, the same generation, needs attention"
+            self.log.warning("job %s: %s", job_id, why)
+            self.reporter.emit(Notice(f"job {job_id} {why}", "warning"))
+            return
+        try:
+            urls = await self._inputs(pj)
+        except (InputError, RefusedError) as exc:
+            await self._move(job_id, State.FAILED, error=str(exc))
+            return
+        except TransientError as exc:
+            self.log.warning(
+                "job %s: upload failed, left pending: %s", job_id, self._redact(str(exc))
+            )
+            return
+        except BatchFatalError as exc:
+            self.stop_new(self._redact(exc.message), exc.exit_code)
+            return
+        lease = await self.slots.acquire()
+        try:
+            if self.stopping or not self._within_budget(pj):
+                return
+            await self.gate.wait()
+            crash_point("before-intent")
+            client_id = f"mp-{pj.key[:20]}-{row.attempt + 1}"
+            row = await self._move(
+                job_id,
+                State.SUBMITTING,
+                expect=State.PENDING,
+                client_id=client_id,
+                attempt=row.attempt + 1,
+                billed_seconds=pj.billed_seconds,
+                error=None,
+            )
+            self.committed_seconds += pj.billed_seconds or 0.0
+            self.committed_cost += pj.estimated_cost or 0.0
+            self.submitted += 1
+            crash_point("after-intent")
+            handle = await self._create(pj, urls, client_id)
+            if handle is None:
+                return
+            crash_point("after-create-sent")
+            await self._move(job_id, State.RUNNING, task_id=handle.task_id)
+            crash_point("after-task-id")
+            await self._collect(job_id, handle, lease)
+        finally:
+            await lease.release()
+
+    def _within_budget(self, pj: PlannedJob) -> bool:
+        budget = self.manifest.budget
+        seconds = pj.billed_seconds or 0.0
+        if budget.max_seconds is not None and self.committed_seconds + seconds > budget.max_seconds:
+            used = f"{self.committed_seconds:.1f}"
+            self.stop_new(f"budget reached: {used} of {budget.max_seconds:g} s billed", 3)
+            return False
+        cost = pj.estimated_cost or 0.0
+        if budget.max_cost is not None and self.committed_cost + cost > budget.max_cost:
+            used = f"{self.committed_cost:.2f}"
+            self.stop_new(f"budget reached: {used} of {budget.max_cost:g} {budget.currency}", 3)
+            return False
+        return True
+
+    async def _adopt_twin(self, pj: PlannedJob) -> bool:
+        """Same key already done under another id: reuse that result, pay nothing."""
+        twin = self.store.find_done_by_key(pj.key)
+        if twin is None or twin.id == pj.job.id or not twin.output:
+            return False
+        source = self.manifest.output_dir / twin.output
+        target = self.videos / f"{pj.job.id}.mp4"
+        if not source.is_file():
+            return False
+        await asyncio.to_thread(_link_or_copy, source, target)
+        await self._move(
+            pj.job.id,
+            State.DONE,
+            task_id=twin.task_id,
+            output=str(target.relative_to(self.manifest.output_dir)),
+            output_sha256=twin.output_sha256,
+            duration=twin.duration,
+            billed_seconds=0.0,
+            result=twin.result,
+            detail={"adopted_from": twin.id},
+        )
+        return True
+
+    async def _inputs(self, pj: PlannedJob) -> InputURLs:
+        media = pj.media
+        assert media is not None and media.image_info is not None and media.video_info is not None
+        if media.video.is_identity and media.image.is_identity:
+            prepared = PreparedMedia(
+                image=Path(media.image_info.source), video=Path(media.video_info.source)
+            )
+        else:
+            async with self.prep_pool:
+                prepared = await asyncio.to_thread(
+                    prepare, media, self.tools, cache_dir(self.manifest) / "prepared"
+                )
+        image: Source = pj.job.image.url or LocalFile(
+            prepared.image,
+            _content_type(prepared.image, media.image_info.format),
+            pj.image_sha256 if media.image.is_identity else None,
+        )
+        video: Source = pj.job.video.url or LocalFile(
+            prepared.video,
+            _content_type(prepared.video, media.video_info.format),
+            pj.video_sha256 if media.video.is_identity else None,
+        )
+        async with self.upload_pool:
+            return await self._retrying(lambda: self.storage.input_urls(pj.job.id, image, video))
+
+    async def _create(self, pj: PlannedJob, urls: InputURLs, client_id: str) -> Handle | None:
+        """POST the create; None when the job left ``submitting`` some other way."""
+        job = pj.job
+        cls = type(self.provider)
+        attempt = 0
+        reconciles = 0
+        while True:
+            while not self.breaker.allow():
+                await self.sleeper.sleep(max(self.breaker.retry_in(), 0.05))
+            await self.limiter.acquire()
+            await self.gate.wait()
+            self.creates_in_flight += 1
+            try:
+                return await self.provider.submit(job, urls, client_id=client_id)
+            except RateLimitedError as exc:
+                self.breaker.record_success()
+                self.gate.pause_for(
+                    next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
+                )
+            except TransientError as exc:
+                self.breaker.record_failure()
+                if attempt + 1 >= CALL_TRIES or self.stopping:
+                    await self._unsubmit(job.id, f"create not accepted: {exc}")
+                    return None
+                await self.sleeper.sleep(
+                    next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
+                )
+            except AmbiguousError as exc:
+                self.breaker.record_failure()
+                found = await self._lookup(pj, client_id) if cls.has_client_id else UNKNOWN
+                if isinstance(found, Handle):
+                    return found
+                if found is UNKNOWN or reconciles >= 3 or self.stopping:
+                    reason = ambiguous_reason(str(exc))
+                    await self._move(job.id, State.NEEDS_ATTENTION, error=reason)
+                    return None
+                # The lookup says the create never happened: sending it again is safe.
+                reconciles += 1
+            except RefusedError as exc:
+                self.breaker.record_success()
+                await self._move(job.id, State.FAILED, error=f"refused by {cls.name}: {exc}")
+                return None
+            except BatchFatalError as exc:
+                self.stop_new(self._redact(exc.message), exc.exit_code)
+                await self._unsubmit(job.id, str(exc))
+                return None
+            finally:
+                self.creates_in_flight -= 1
+            attempt += 1
+
+    async def _lookup(self, pj: PlannedJob, client_id: str) -> Handle | object | None:
+        """The task an unanswered create made (Handle), None if it never happened, or UNKNOWN."""
+        try:
+            found: Handle | None = await self._retrying(
+                lambda: self.provider.reconcile(pj.job, client_id)
+            )
+        except ProviderError as exc:
+            self.log.warning("job %s: lookup by client id failed: %s", pj.job.id, exc)
+            return UNKNOWN
+        return found
+
+    async def _unsubmit(self, job_id: str, why: str) -> None:
+        """The create certainly did not happen: back to pending for a later run."""
+        await self._move(job_id, State.PENDING, error=why)
+        pj = self.planned[job_id]
+        self.committed_seconds -= pj.billed_seconds or 0.0
+        self.committed_cost -= pj.estimated_cost or 0.0
+        self.submitted -= 1
+
+    async def _resume_submitting(self, row: JobRow) -> None:
+        """A run stopped between the intent and the provider's answer."""
+        pj = self.planned[row.id]
+        cls = type(self.provider)
+        if cls.has_client_id and row.client_id:
+            handle = await self._lookup(pj, row.client_id)
+            if handle is UNKNOWN:
+                reason = ambiguous_reason("the provider could not be asked about the create")
+                await self._move(row.id, State.NEEDS_ATTENTION, error=reason)
+                return
+            if handle is None:
+                await self._unsubmit(row.id, "previous create never reached the provider")
+                if not self.stopping:  # the feed skips resumed jobs: submit it here, once
+                    await self._fresh(row.id)
+                return
+            assert isinstance(handle, Handle)
+            await self._move(row.id, State.RUNNING, task_id=handle.task_id)
+            await self._resume(self.store.get(row.id), self.slots.take())
+            return
+        await self._move(
+            row.id,
+            State.NEEDS_ATTENTION,
+            error=ambiguous_reason("the run stopped while the create was in flight"),
+        )
+
+
+def _content_type(path: Path, detected: str) -> str:
+    return _CONTENT_TYPES.get(detected) or _CONTENT_TYPES.get(
+        path.suffix.lstrip(".").lower(), "application/octet-stream"
+    )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if target.exists():
+        return
+    tmp = target.with_name(f".adopt-{target.name}")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
