@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from pipeline.errors import MediaError, ToolNotFoundError
 
@@ -133,11 +133,18 @@ class ToolTimeout(Exception):
     """ffmpeg/ffprobe ran past its deadline; its whole process group was killed."""
 
 
+STDERR_KEPT = 64 * 1024
+"""Bytes of ffmpeg's stderr kept (the tail): a looping decode error can print gigabytes."""
+STDOUT_LIMIT = 32 * 1024 * 1024
+"""ffprobe's JSON answer is small; more than this is a hostile file, cut short."""
+
+
 def run_tool(argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:
     """Run ffmpeg/ffprobe in its own session; on timeout kill the whole process group.
 
     ffmpeg may spawn helpers (and a hostile input may make it hang in a read), so killing only the
-    direct child is not enough.
+    direct child is not enough. Output is drained by threads into bounded buffers: a tool stuck
+    printing the same error for its whole timeout must not fill our memory.
     """
     proc = subprocess.Popen(
         list(argv),
@@ -146,21 +153,48 @@ def run_tool(argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProc
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    out = bytearray()
+    err = bytearray()
+
+    def drain(stream: IO[bytes], into: bytearray, *, keep_tail: bool) -> None:
+        while chunk := stream.read(65536):
+            if keep_tail:
+                into.extend(chunk)
+                if len(into) > 2 * STDERR_KEPT:
+                    del into[:-STDERR_KEPT]
+            elif len(into) < STDOUT_LIMIT:
+                into.extend(chunk[: STDOUT_LIMIT - len(into)])
+
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=drain, args=(proc.stdout, out), kwargs={"keep_tail": False}),
+        threading.Thread(target=drain, args=(proc.stderr, err), kwargs={"keep_tail": True}),
+    ]
+    for reader in readers:
+        reader.daemon = True
+        reader.start()
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise ToolTimeout(f"{Path(argv[0]).name} did not finish within {timeout:g} s") from None
     except BaseException:
         _kill_group(proc)  # KeyboardInterrupt, cancellation: never leave an orphan encoder
         raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for reader in readers:
+            reader.join(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, bytes(out), bytes(err[-STDERR_KEPT:])
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
 
 
 def last_error_line(stderr: bytes) -> str:

@@ -19,7 +19,14 @@ import pytest
 
 from pipeline.errors import ConfigError, MediaError, ToolNotFoundError
 from pipeline.limits import limits_for
-from pipeline.media import MediaTools, find_tools, probe_file, probe_many
+from pipeline.media import (
+    STDERR_KEPT,
+    MediaTools,
+    find_tools,
+    probe_file,
+    probe_many,
+    run_tool,
+)
 from pipeline.settings import Settings
 
 
@@ -261,3 +268,16 @@ def test_ffprobe_killed_by_a_signal_on_a_url_names_the_likely_cause(tmp_path: Pa
     tools = MediaTools(ffmpeg=str(crashing), ffprobe=str(crashing))
     with pytest.raises(MediaError, match=r"signal 11; a static ffmpeg build cannot look up host"):
         probe_file("https://assets.example.com/a.mp4", tools, timeout=5)
+
+
+def test_run_tool_keeps_only_the_tail_of_a_flood_of_errors(tmp_path: Path) -> None:
+    # A decoder stuck on a broken frame prints the same error until its timeout: ~50 MB here.
+    noisy = tmp_path / "noisy"
+    noisy.write_text(
+        "#!/bin/sh\nyes 'Invalid data found' | head -c 50000000 >&2\necho last words >&2\nexit 1\n"
+    )
+    noisy.chmod(0o755)
+    done = run_tool([str(noisy)], timeout=60)
+    assert done.returncode == 1
+    assert len(done.stderr) <= STDERR_KEPT
+    assert done.stderr.endswith(b"last words\n")

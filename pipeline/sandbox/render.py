@@ -49,14 +49,16 @@ def render_argv(
     """The ffmpeg command: [image | clip] side by side at ``height``, clip's length and audio."""
     graph = (
         f"[0:v]fps={FPS},scale=-2:{height},setsar=1[clip];"
-        f"[1:v]scale=-2:{height},setsar=1,format=yuv420p[char];"
+        # The image is decoded once and its frame repeated by the loop filter: `-loop 1` would
+        # re-read the file every frame, and a file with bytes after its end then never ends.
+        f"[1:v]scale=-2:{height},setsar=1,format=yuv420p,loop=loop=-1:size=1:start=0[char];"
         "[char][clip]hstack=inputs=2:shortest=1,format=yuv420p[out]"
     )
     audio = ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "64k"] if sound else ["-an"]
     return [
         tools.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
         "-i", f"file:{video}",
-        "-loop", "1", "-framerate", str(FPS), "-i", f"file:{image}",
+        "-framerate", str(FPS), "-i", f"file:{image}",
         "-filter_complex", graph, "-map", "[out]", *audio,
         "-c:v", "libx264", "-preset", "ultrafast", "-crf", "30", "-pix_fmt", "yuv420p",
         "-movflags", "+faststart", "-t", f"{duration:.3f}",
