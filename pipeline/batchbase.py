@@ -20,10 +20,11 @@ import httpx
 
 from pipeline.commits import GroupCommitter
 from pipeline.errors import RateLimitedError, TransientError
+from pipeline.hashing import FileHasher
 from pipeline.jobs import State
 from pipeline.manifest import Manifest
 from pipeline.media import MediaTools
-from pipeline.planning import Plan
+from pipeline.planning import Plan, cache_dir
 from pipeline.poller import Poller
 from pipeline.providers.base import Credentials, Provider
 from pipeline.reporting import JobChanged, Notice, Reporter
@@ -93,6 +94,8 @@ class BatchBase:
         self.creates_in_flight = 0
         self.submitted = 0
         self.videos = manifest.output_dir / "videos"
+        # Planning saved every input's hash here: preparing reads no source a second time.
+        self.hasher = FileHasher(cache_dir(manifest) / "hashes.json")
         self.committed_seconds = 0.0
         self.committed_cost = 0.0
         self.requests = 0

@@ -62,9 +62,18 @@ def cached_path(cache_dir: Path, source_hash: str, recipe: str, ext: str) -> Pat
 
 
 def prepare(
-    plan: MediaPlan, tools: MediaTools, cache_dir: Path, *, timeout: float = 900.0
+    plan: MediaPlan,
+    tools: MediaTools,
+    cache_dir: Path,
+    *,
+    timeout: float = 900.0,
+    hasher: FileHasher | None = None,
 ) -> PreparedMedia:
-    """Execute a plan's recipes into ``cache_dir`` (reused on reruns); rejected plans raise."""
+    """Execute a plan's recipes into ``cache_dir`` (reused on reruns); rejected plans raise.
+
+    ``hasher``: the run's own (whose cache already knows the sources), so no source is read twice.
+    """
+    hashes = hasher or _SOURCE_HASHES
     plan.raise_for_error()
     if plan.image_info is None or plan.video_info is None or plan.limits is None:
         raise MediaError("plan has no probe facts to prepare from", job_id=plan.job_id)
@@ -75,12 +84,14 @@ def prepare(
     try:
         if not plan.image.is_identity:
             image = _prepare_image(
-                plan.image, plan.image_info, plan.limits, tools, cache_dir, timeout
-            )
+                plan.image, plan.image_info, plan.limits, tools,
+                cache_dir, timeout, hashes.hash(image),
+            )  # fmt: skip
         if not plan.video.is_identity:
             video, duration = _prepare_video(
-                plan.video, plan.video_info, plan.limits, tools, cache_dir, timeout
-            )
+                plan.video, plan.video_info, plan.limits, tools,
+                cache_dir, timeout, hashes.hash(video),
+            )  # fmt: skip
     except MediaError as exc:
         raise MediaError(exc.reason, job_id=plan.job_id, path=exc.path) from None
     return PreparedMedia(image=image, video=video, video_duration=duration)
@@ -132,10 +143,11 @@ def _prepare_image(
     tools: MediaTools,
     cache_dir: Path,
     timeout: float,
+    source_hash: str,
 ) -> Path:
     source = Path(info.source)
     ext = "png" if recipe.format == "png" else "jpg"
-    final = cached_path(cache_dir, _SOURCE_HASHES.hash(source), recipe.text, ext)
+    final = cached_path(cache_dir, source_hash, recipe.text, ext)
 
     def write(tmp: Path) -> None:
         stream = ffmpeg.input(
@@ -240,9 +252,10 @@ def _prepare_video(
     tools: MediaTools,
     cache_dir: Path,
     timeout: float,
+    source_hash: str,
 ) -> tuple[Path, float | None]:
     source = Path(info.source)
-    final = cached_path(cache_dir, _SOURCE_HASHES.hash(source), recipe.text, "mp4")
+    final = cached_path(cache_dir, source_hash, recipe.text, "mp4")
     # Stream copy is exact when nothing is re-encoded and the cut starts on a keyframe.
     copy = not (recipe.reencode_video or recipe.reencode_audio) and _starts_on_keyframe(
         source, recipe.start, tools, timeout

@@ -92,13 +92,16 @@ def _refuse_rejected(plan: Plan) -> None:
 
 
 def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
-    records = {pj.job.id: JobRecord(pj.job.id, pj.key, job_spec(pj)) for pj in plan.jobs}
-    result = store.sync_jobs(records.values())
+    # Records are made as they are inserted: 100,000 spec dicts at once would double the peak.
+    result = store.sync_jobs(JobRecord(pj.job.id, pj.key, job_spec(pj)) for pj in plan.jobs)
+    by_id = {pj.job.id: pj for pj in plan.jobs} if result.changed else {}
     refused = []
     for change in result.changed:
         unpaid = change.state in (State.PENDING, State.FAILED) and not change.task_id
         if unpaid or change.job_id in options.replace:
-            store.replace_job(records[change.job_id], reason="inputs or settings changed")
+            pj = by_id[change.job_id]
+            record = JobRecord(pj.job.id, pj.key, job_spec(pj))
+            store.replace_job(record, reason="inputs or settings changed")
         else:
             refused.append(
                 f"job {change.job_id}: its inputs or settings changed after it was submitted "

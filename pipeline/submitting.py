@@ -151,7 +151,11 @@ class Submitter(Collector):
         else:
             async with self.prep_pool:
                 prepared = await asyncio.to_thread(
-                    prepare, media, self.tools, cache_dir(self.manifest) / "prepared"
+                    prepare,
+                    media,
+                    self.tools,
+                    cache_dir(self.manifest) / "prepared",
+                    hasher=self.hasher,
                 )
         image: Source = pj.job.image.url or LocalFile(
             prepared.image,
