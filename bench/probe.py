@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import mediagen
 
-from pipeline.media import MediaTools, find_tools, probe_file, probe_many
+from pipeline.media import probe_file, probe_many
 from pipeline.mediaplan import VideoRecipe
 from pipeline.mediaprep import _run_ffmpeg, _video_output
+from pipeline.tools import MediaTools, find_tools
 
 
 def _best(rounds: int, work: Callable[[], object]) -> float:

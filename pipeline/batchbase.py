@@ -23,7 +23,6 @@ from pipeline.errors import RateLimitedError, TransientError
 from pipeline.hashing import FileHasher
 from pipeline.jobs import State
 from pipeline.manifest import Manifest
-from pipeline.media import MediaTools
 from pipeline.planning import Plan, cache_dir
 from pipeline.poller import Poller
 from pipeline.providers.base import Credentials, Provider
@@ -33,6 +32,7 @@ from pipeline.settings import Settings, redact
 from pipeline.slots import Slots
 from pipeline.state import JobRow, StateStore
 from pipeline.storage import Storage
+from pipeline.tools import MediaTools
 
 T = TypeVar("T")
 

@@ -26,14 +26,11 @@ from pipeline.media import (
     FORMAT_WHITELIST,
     PROBE_SIZE,
     MediaInfo,
-    MediaTools,
-    ToolTimeout,
-    last_error_line,
     probe_file,
     run_bounded,
-    run_tool,
 )
 from pipeline.mediaplan import ImageRecipe, MediaPlan, VideoRecipe
+from pipeline.tools import MediaTools, ToolTimeout, last_error_line, run_tool
 
 #: x264 speed/size trade-off for prepared clips; not part of the recipe (a faster preset changes
 #: bytes, never what the clip is), so it may be tuned without changing job keys.

@@ -16,13 +16,13 @@ from pipeline.errors import ConfigError, InputError, StateError
 from pipeline.jobs import State
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, load_manifest
-from pipeline.media import find_tools
 from pipeline.planning import Plan, PlannedJob, make_plan
 from pipeline.reporting import BatchFinished, BatchStarted, Reporter
 from pipeline.runlog import close_run_log, open_run_log
 from pipeline.runner import Batch, RunOptions, RunSummary, credentials_for
 from pipeline.settings import Settings
 from pipeline.state import JobRecord, StateStore, state_path
+from pipeline.tools import find_tools
 
 
 def job_spec(pj: PlannedJob) -> dict[str, Any]:

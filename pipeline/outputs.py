@@ -55,8 +55,9 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.hashing import sha256_file
-from pipeline.media import MediaInfo, MediaTools, probe_file
+from pipeline.media import MediaInfo, probe_file
 from pipeline.retry import parse_retry_after
+from pipeline.tools import MediaTools
 
 # Re-exported because pipeline/operations.py imports them from here; drop once it imports
 # pipeline.runlog.

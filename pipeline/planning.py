@@ -23,9 +23,10 @@ from pipeline.hashing import FileHasher, sha256_text
 from pipeline.jobs import InputRef, Job, job_key
 from pipeline.limits import limits_for
 from pipeline.manifest import Manifest
-from pipeline.media import MediaInfo, MediaTools, find_tools, probe_many
+from pipeline.media import MediaInfo, probe_many
 from pipeline.mediaplan import MediaPlan, plan_media
 from pipeline.settings import Settings
+from pipeline.tools import MediaTools, find_tools
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
-from pipeline.media import MediaTools
 from pipeline.report_html import render
+from pipeline.tools import MediaTools
 
 log = logging.getLogger(__name__)
 

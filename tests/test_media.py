@@ -19,15 +19,9 @@ import pytest
 
 from pipeline.errors import ConfigError, MediaError, ToolNotFoundError
 from pipeline.limits import limits_for
-from pipeline.media import (
-    STDERR_KEPT,
-    MediaTools,
-    find_tools,
-    probe_file,
-    probe_many,
-    run_tool,
-)
+from pipeline.media import probe_file, probe_many
 from pipeline.settings import Settings
+from pipeline.tools import STDERR_KEPT, MediaTools, find_tools, run_tool
 
 
 @pytest.fixture(scope="module")

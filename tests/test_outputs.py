@@ -28,7 +28,6 @@ from pipeline.errors import (
     ResultInvalidError,
     TransientError,
 )
-from pipeline.media import MediaTools, find_tools
 from pipeline.outputs import (
     PART_PREFIX,
     RESERVED_KEYS,
@@ -45,6 +44,7 @@ from pipeline.outputs import (
     write_metadata,
 )
 from pipeline.runlog import close_run_log, open_run_log
+from pipeline.tools import MediaTools, find_tools
 
 # --------------------------------------------------------------------------- loopback server
 

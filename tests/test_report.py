@@ -15,8 +15,8 @@ from mediagen import ffmpeg, ffprobe, make_image, make_video
 
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
-from pipeline.media import MediaTools, find_tools
 from pipeline.report import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
+from pipeline.tools import MediaTools, find_tools
 
 HOSTILE = [
     "<script>alert(1)</script>",

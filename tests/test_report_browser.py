@@ -24,8 +24,8 @@ import pytest
 from mediagen import make_image, make_video
 
 from pipeline.jobs import State
-from pipeline.media import find_tools
 from pipeline.report import ReportJob, ReportTotals, write_report
+from pipeline.tools import find_tools
 
 CHROME_FLAGS = [
     "--headless",

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 from mediagen import make_image, make_video
 
-from pipeline.media import MediaInfo, find_tools, probe_file
+from pipeline.media import MediaInfo, probe_file
 from pipeline.sandbox.kling import mint_jwt
+from pipeline.tools import find_tools
 
 KIE_KEY = "kie-test-key"
 ACE_KEY = "ace-test-key"

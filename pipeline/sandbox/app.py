@@ -21,7 +21,6 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import MediaError
-from pipeline.media import MediaTools
 from pipeline.sandbox import acedata, kie, kling
 from pipeline.sandbox.faults import (
     DEFAULT_FAIL_REASON,
@@ -39,6 +38,7 @@ from pipeline.sandbox.render import Renderer
 from pipeline.sandbox.rules import RULES, check_media
 from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
 from pipeline.sandbox.wire import InputProblem, Reply, Request, json_reply, malformed
+from pipeline.tools import MediaTools
 
 Handler = Callable[["SandboxApp", Request], Reply]
 

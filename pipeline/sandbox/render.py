@@ -16,7 +16,8 @@ from typing import TypeVar
 
 from pipeline.errors import MediaError
 from pipeline.hashing import sha256_file
-from pipeline.media import MediaInfo, MediaTools, last_error_line, probe_file, run_tool
+from pipeline.media import MediaInfo, probe_file
+from pipeline.tools import MediaTools, last_error_line, run_tool
 
 #: Output height per quality tier: real std/pro are 720p/1080p; the sandbox stays small.
 HEIGHTS = {"std": 320, "pro": 480}
