@@ -3,12 +3,11 @@
 ``specs/manifest.schema.json`` is the single source of truth for the shape; this module adds
 what a schema cannot say (files exist, ids unique, globs match) and turns every problem into a
 :class:`~pipeline.errors.Diagnostic` with the manifest position, so ``validate`` can report all
-of them at once.
+of them at once. :mod:`pipeline.manifest_diagnostics` words the schema's own errors.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import glob
 import hashlib
@@ -28,8 +27,9 @@ import jsonschema
 from pipeline import providers
 from pipeline.errors import Diagnostic, ManifestError
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
+from pipeline.manifest_diagnostics import report_schema_error
 from pipeline.providers.base import ProviderConfig, RateLimit
-from pipeline.yamlsafe import YAML11_BOOLS, LoadedYaml, PathKey, YamlProblem, load_file
+from pipeline.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
 
 SETTING_KEYS = ("mode", "character_orientation", "keep_original_sound", "prompt", "trim")
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -122,7 +122,7 @@ class _Checker:
             self.error((), "the manifest must be a mapping (version, name, provider, jobs...)")
             raise ManifestError(self.diags)
         for err in _validator().iter_errors(data):
-            self._schema_error(err, data)
+            report_schema_error(err, self.loaded, self.error)
         if self.diags:
             # Semantic checks assume the shape is right; report shape problems first.
             raise ManifestError(self.diags)
@@ -130,96 +130,6 @@ class _Checker:
         if self.diags:
             raise ManifestError(self.diags)
         return manifest
-
-    def _schema_error(self, err: jsonschema.ValidationError, data: Any) -> None:
-        where: PathKey = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            known = sorted(err.schema.get("properties", {}))
-            for key in sorted(set(err.instance) - set(known)):
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
-                self.error((*where, key), f"unknown key {key!r}", hint, at_key=True)
-            return
-        if err.validator in {"oneOf", "anyOf"} and err.context:
-            if err.validator == "anyOf" and where == ():
-                self.error((), "nothing to run: add `jobs:` or `matrix:`")
-                return
-            # Report every error of the branch the user meant: the one whose type matches.
-            branches: dict[int, list[jsonschema.ValidationError]] = {}
-            for sub in err.context:
-                branches.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
-            root_kinds = {"type", "enum", "const"}
-            fitting = [
-                errs
-                for errs in branches.values()
-                if not any(e.validator in root_kinds and not e.relative_path for e in errs)
-            ]
-            if len(fitting) == 1:
-                for sub in fitting[0]:
-                    self._schema_error(sub, data)
-                return
-            if isinstance(err.instance, str):
-                enum_errors = [e for e in err.context if e.validator == "enum"]
-                if enum_errors:
-                    self._schema_error(enum_errors[0], data)
-                    return
-        self.error(where, *self._describe(err, where))
-
-    def _describe(self, err: jsonschema.ValidationError, where: PathKey) -> tuple[str, str]:
-        value = err.instance
-        kind = err.validator
-        if kind == "type":
-            expected = err.validator_value
-            expected = " or ".join(expected) if isinstance(expected, list) else expected
-            got = _type_name(value)
-            hint = ""
-            plain = self.loaded.mark(where).plain_scalar
-            if isinstance(value, bool) and plain and plain.lower() in YAML11_BOOLS:
-                hint = f'YAML reads an unquoted {plain} as a boolean; quote it: "{plain}"'
-            elif expected == "string" and plain is not None:
-                hint = f'quote it: "{plain}"'
-            return f"expected {expected}, got {got} {json.dumps(value, default=str)}", hint
-        if kind == "enum":
-            allowed = ", ".join(map(str, err.validator_value))
-            if (where and where[-1] == "name") or where == ("provider",):
-                return f"unknown provider {value!r}", f"known providers: {allowed}"
-            return f"{json.dumps(value, default=str)} is not one of: {allowed}", ""
-        if kind == "const":
-            return f"must be {err.validator_value!r}, got {json.dumps(value, default=str)}", ""
-        if kind == "required":
-            missing = err.message.split("'")[1] if "'" in err.message else err.message
-            return f"missing required key {missing!r}", ""
-        if kind == "pattern":
-            return self._pattern_message(where, value), ""
-        if kind == "maxLength":
-            n = err.validator_value
-            return f"too long: {len(value)} characters, at most {n} allowed", ""
-        if kind == "minLength":
-            return "must not be empty", ""
-        if kind in {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"}:
-            ops = {
-                "minimum": ">=",
-                "exclusiveMinimum": ">",
-                "maximum": "<=",
-                "exclusiveMaximum": "<",
-            }
-            return f"must be {ops[kind]} {err.validator_value}, got {value}", ""
-        if kind == "minItems":
-            return "must list at least one value", ""
-        return err.message, ""
-
-    def _pattern_message(self, where: PathKey, value: Any) -> str:
-        leaf = str(where[-1]) if where else ""
-        if leaf == "id":
-            rule = "use 1-100 of A-Z a-z 0-9 . _ - and do not start with '.'"
-            return f"invalid job id {value!r}: {rule}"
-        if leaf == "name":
-            return f"invalid name {value!r}: use a-z 0-9 . _ - starting with a letter or digit"
-        if leaf in {"base_url", "upload_url"}:
-            return f"{value!r} is not an http(s) URL"
-        if leaf.endswith("_env"):
-            return f"{value!r} is not an environment variable name"
-        return f"{value!r} has the wrong format"
 
     # ------------------------------------------------------------------ building
 
@@ -478,22 +388,6 @@ def _derived_id(spec: _Spec) -> str:
 def _with_hash(base: str, spec: _Spec) -> str:
     doc = json.dumps([spec.image.raw, spec.video.raw, spec.settings.as_dict()], sort_keys=True)
     return f"{base}-{hashlib.sha256(doc.encode()).hexdigest()[:8]}"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
 
 
 def regular_file(path: Path) -> tuple[bool, str]:
