@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from mediagen import make_image, make_video  # noqa: E402 - needs the sys.path entry above
 
 from pipeline.jobs import State  # noqa: E402
-from pipeline.state import JobRecord, StateStore  # noqa: E402
+from pipeline.state import StateStore  # noqa: E402
+from pipeline.state_values import JobRecord  # noqa: E402
 
 PY = sys.executable
 ENV = {**os.environ, "KIE_API_KEY": "bench-key"}

@@ -30,7 +30,8 @@ from pipeline.reporting import JobChanged, Notice, Reporter
 from pipeline.retry import CircuitBreaker, PauseGate, RateLimiter, Sleeper, next_wait, sleeper_for
 from pipeline.settings import Settings, redact
 from pipeline.slots import Slots
-from pipeline.state import JobRow, StateStore
+from pipeline.state import StateStore
+from pipeline.state_values import JobRow
 from pipeline.storage import Storage
 from pipeline.tools import MediaTools
 

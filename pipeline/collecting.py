@@ -23,7 +23,7 @@ from pipeline.jobs import Handle, State, TaskStatus
 from pipeline.poller import TaskTimeout
 from pipeline.retry import next_wait
 from pipeline.slots import Lease
-from pipeline.state import JobRow
+from pipeline.state_values import JobRow
 
 
 class Collector(BatchBase):

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.jobs import State
-from pipeline.state import JobRow, StateStore
+from pipeline.state import StateStore
+from pipeline.state_values import JobRow
 
 
 @dataclass

@@ -21,7 +21,8 @@ from pipeline.reporting import BatchFinished, BatchStarted, Reporter
 from pipeline.runlog import close_run_log, open_run_log
 from pipeline.runner import Batch, RunOptions, RunSummary, credentials_for
 from pipeline.settings import Settings
-from pipeline.state import JobRecord, StateStore, state_path
+from pipeline.state import StateStore, state_path
+from pipeline.state_values import JobRecord
 from pipeline.tools import find_tools
 
 

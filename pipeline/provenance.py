@@ -10,7 +10,8 @@ from pipeline import outputs
 from pipeline.jobs import State
 from pipeline.planning import PlannedJob
 from pipeline.providers.base import ProviderConfig
-from pipeline.state import JobRow, StateStore
+from pipeline.state import StateStore
+from pipeline.state_values import JobRow
 
 
 def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> outputs.ResultMetadata:

@@ -12,7 +12,8 @@ fsync) — how the runner commits the intents of many jobs at once. A write that
 ``task_id`` commits before it returns, even inside a batch: a task id is paid for.
 
 The schema and its migrations live in :mod:`pipeline.state_schema`; a file written by a newer
-version is refused rather than misread.
+version is refused rather than misread. The values the store takes and returns (JobRecord,
+JobRow, Event, ...) live in :mod:`pipeline.state_values`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +32,18 @@ from urllib.parse import quote
 from pipeline.errors import BatchStopped, PipelineError, StateError
 from pipeline.jobs import TRANSITIONS, State
 from pipeline.state_schema import check_and_migrate, read_version
+from pipeline.state_values import (
+    SELECT_JOBS,
+    STATE_BY_VALUE,
+    Event,
+    JobRecord,
+    JobRow,
+    JobSummary,
+    KeyChange,
+    StaleStateError,
+    SyncResult,
+    job_row,
+)
 
 if TYPE_CHECKING:
     from pipeline.storage import UploadCache
@@ -60,108 +72,6 @@ FIELDS = frozenset(
         "result",
     }
 )
-
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A manifest job as :meth:`StateStore.sync_jobs` registers it."""
-
-    id: str
-    key: str
-    spec: Mapping[str, Any]
-    """What the runner needs to rebuild the job: inputs, settings, provider, model (JSON)."""
-
-
-@dataclass(frozen=True)
-class KeyChange:
-    """A registered job whose manifest key no longer matches the stored one."""
-
-    job_id: str
-    old_key: str
-    new_key: str
-    state: State
-    task_id: str | None
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    inserted: int
-    changed: tuple[KeyChange, ...] = ()
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: str
-    key: str
-    state: State
-    spec_json: str
-    client_id: str | None
-    attempt: int
-    task_id: str | None
-    result_url: str | None
-    output: str | None
-    output_sha256: str | None
-    billed_seconds: float | None
-    duration: float | None
-    error: str | None
-    created_at: str
-    updated_at: str
-    submitted_at: str | None
-    finished_at: str | None
-    result: str | None
-    """JSON facts about the downloaded result (width, height, fps, codec, size) for metadata."""
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        """Parsed on use: a 100,000-row status listing should not decode every spec."""
-        value: dict[str, Any] = json.loads(self.spec_json)
-        return value
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """The columns ``status`` shows for one job."""
-
-    id: str
-    state: State
-    task_id: str | None
-    error: str | None
-    output: str | None
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    job_id: str
-    at: str
-    from_state: State | None
-    to_state: State
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-class StaleStateError(StateError):
-    """``transition(expect=...)`` found the job in another state (someone else moved it)."""
-
-    def __init__(self, message: str, *, actual: State) -> None:
-        super().__init__(message)
-        self.actual = actual
-
-
-_SELECT_JOBS = (
-    "SELECT id, key, state, spec, client_id, attempt, task_id, result_url, output, output_sha256, "
-    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at, result "
-    "FROM jobs"
-)
-
-
-_STATES = {s.value: s for s in State}  # a dict lookup is ~5x cheaper than State(value)
-
-
-def _row(r: tuple[Any, ...]) -> JobRow:
-    return JobRow(r[0], r[1], _STATES[r[2]], *r[3:])
 
 
 def _now() -> datetime:
@@ -416,13 +326,13 @@ class StateStore:
 
     def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
         """Jobs in id order, optionally only those in ``states`` (served by the state index)."""
-        sql = _SELECT_JOBS
+        sql = SELECT_JOBS
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
         with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return map(_row, found)
+        return map(job_row, found)
 
     def summaries(self, states: Iterable[State] | None = None) -> list[JobSummary]:
         """What ``status`` lists per job, without decoding specs: cheap for 100,000 rows."""
@@ -432,7 +342,7 @@ class StateStore:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
         with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [JobSummary(r[0], _STATES[r[1]], r[2], r[3], r[4]) for r in found]
+        return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4]) for r in found]
 
     def counts(self) -> dict[State, int]:
         """Jobs per state; every state is present (zero when none)."""
@@ -446,10 +356,10 @@ class StateStore:
         """A finished job with this key (an earlier id of the same generation), if any."""
         with self._locked():
             r = self._conn.execute(
-                _SELECT_JOBS + " WHERE key=? AND state=? ORDER BY id LIMIT 1",
+                SELECT_JOBS + " WHERE key=? AND state=? ORDER BY id LIMIT 1",
                 (key, State.DONE.value),
             ).fetchone()
-        return None if r is None else _row(r)
+        return None if r is None else job_row(r)
 
     def transition(
         self,
@@ -543,10 +453,10 @@ class StateStore:
     # ----------------------------------------------------------------------- internals
 
     def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRow:
-        r = conn.execute(_SELECT_JOBS + " WHERE id=?", (job_id,)).fetchone()
+        r = conn.execute(SELECT_JOBS + " WHERE id=?", (job_id,)).fetchone()
         if r is None:
             raise StateError(f"job {job_id}: not in state {self.path}")
-        return _row(r)
+        return job_row(r)
 
     def _update(
         self,

@@ -31,7 +31,7 @@ from pipeline.planning import PlannedJob, cache_dir
 from pipeline.providers.base import InputURLs
 from pipeline.reporting import Notice
 from pipeline.retry import next_wait
-from pipeline.state import JobRow
+from pipeline.state_values import JobRow
 from pipeline.storage import LocalFile, Source
 
 _CONTENT_TYPES = {

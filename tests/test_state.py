@@ -15,8 +15,9 @@ import pytest
 import pipeline.state_schema as schema_module
 from pipeline.errors import BatchStopped, StateError
 from pipeline.jobs import TRANSITIONS, State
-from pipeline.state import JobRecord, StaleStateError, StateStore, state_path
+from pipeline.state import StateStore, state_path
 from pipeline.state_schema import MIGRATIONS, SCHEMA_VERSION
+from pipeline.state_values import JobRecord, StaleStateError
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"image": "/in/alice.png", "video": "/in/salsa.mp4", "settings": {"mode": "std"}}
