@@ -25,14 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.jobs import State
+from pipeline.state import StateStore
+from pipeline.state_values import JobRecord
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from mediagen import make_image, make_video  # noqa: E402 - needs the sys.path entry above
-
-from pipeline.jobs import State  # noqa: E402
-from pipeline.state import StateStore  # noqa: E402
-from pipeline.state_values import JobRecord  # noqa: E402
 
 PY = sys.executable
 ENV = {**os.environ, "KIE_API_KEY": "bench-key"}
