@@ -137,7 +137,7 @@ def make_plan(
             limits,
             has_sound_field=provider_cls.has_sound_field,
         )
-        media = _check_url_inputs(job, media)
+        media = _check_url_inputs(job, media, has_upload=provider_cls.has_upload)
         key = job_key(job, image_sha256=image_sha, video_sha256=video_sha, recipe=media.key_recipe)
         action = "done" if key in done and media.action != "reject" else media.action
         billed = media.billed_seconds if action not in {"reject", "done"} else 0.0
@@ -158,9 +158,10 @@ def make_plan(
     return Plan(manifest=manifest, jobs=tuple(planned), totals=totals(manifest, planned))
 
 
-def _check_url_inputs(job: Job, media: MediaPlan) -> MediaPlan:
-    """A URL is sent as it is; one that would need preparation is rejected (not downloaded)."""
-    if media.error is not None:
+def _check_url_inputs(job: Job, media: MediaPlan, *, has_upload: bool) -> MediaPlan:
+    """A URL is sent as it is. One that needs preparation is downloaded, prepared and uploaded
+    by the run where the provider has an upload API; elsewhere it is rejected here."""
+    if media.error is not None or has_upload:
         return media
     for ref, identity, what in (
         (job.video, media.video.is_identity, "video"),
@@ -173,7 +174,10 @@ def _check_url_inputs(job: Job, media: MediaPlan) -> MediaPlan:
                 action="reject",
                 steps=("reject",),
                 billed_seconds=0.0,
-                error=f"{what} URL needs preparation ({steps}); download it and use a local file",
+                error=(
+                    f"{what} URL needs preparation ({steps}) and {job.provider} has no upload "
+                    "API to send the prepared file: host a prepared copy and use its URL"
+                ),
                 error_path=str(ref),
             )
     return media

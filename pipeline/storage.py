@@ -10,15 +10,20 @@ clear error asking for URLs (S3 and friends come later as storage backends).
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
+import aiofiles
+import httpx
+
+from pipeline.errors import InputError, TransientError
+from pipeline.hashing import sha256_file, sha256_text
 from pipeline.jobs import InputRef
 from pipeline.providers.base import InputURLs, Provider, ProviderConfig
 
@@ -149,3 +154,54 @@ class Storage:
             raise InputError(
                 f"cannot read: {exc.strerror}", job_id=job_id, path=str(path)
             ) from None
+
+
+#: Largest input fetched for preparation: the providers' own video limit.
+MAX_INPUT_BYTES = 100 * 1024 * 1024
+
+
+async def download_input(
+    client: httpx.AsyncClient,
+    url: str,
+    folder: Path,
+    *,
+    job_id: str,
+    max_bytes: int = MAX_INPUT_BYTES,
+) -> Path:
+    """Fetch an http(s) input that must be prepared before it is sent; cached by its URL.
+
+    Written to a temporary name and renamed, so a half download is never taken for the file.
+    """
+    suffix = Path(urlsplit(url).path).suffix.lower()[:8]
+    target = folder / f"{sha256_text(url)[:24]}{suffix}"
+    if await asyncio.to_thread(_nonempty, target):
+        return target
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    tmp = folder / f".{target.name}.{secrets.token_hex(4)}.part"
+    size = 0
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code >= 400:
+                raise InputError(
+                    f"input URL answered HTTP {response.status_code}", job_id=job_id, path=url
+                )
+            async with aiofiles.open(tmp, "wb") as fh:
+                async for block in response.aiter_bytes(1 << 20):
+                    size += len(block)
+                    if size > max_bytes:
+                        raise InputError(
+                            f"input is larger than {max_bytes // 1024**2} MB",
+                            job_id=job_id,
+                            path=url,
+                        )
+                    await fh.write(block)
+        await asyncio.to_thread(os.replace, tmp, target)
+    except httpx.HTTPError as exc:
+        raise TransientError(f"job {job_id}: fetching input {url}: {exc}") from None
+    finally:
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)
+    return target
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.batchbase import CALL_TRIES, UNKNOWN, ambiguous_reason
@@ -25,14 +26,16 @@ from pipeline.errors import (
     RefusedError,
     TransientError,
 )
-from pipeline.jobs import Handle, State
+from pipeline.jobs import Handle, InputRef, State
+from pipeline.media import MediaInfo
+from pipeline.mediaplan import MediaPlan
 from pipeline.mediaprep import PreparedMedia, prepare
 from pipeline.planning import PlannedJob, cache_dir
 from pipeline.providers.base import InputURLs
 from pipeline.reporting import Notice
 from pipeline.retry import next_wait
 from pipeline.state_values import JobRow
-from pipeline.storage import LocalFile, Source
+from pipeline.storage import LocalFile, Source, download_input
 
 _CONTENT_TYPES = {
     "jpeg": "image/jpeg",
@@ -144,11 +147,13 @@ class Submitter(Collector):
     async def _inputs(self, pj: PlannedJob) -> InputURLs:
         media = pj.media
         assert media is not None and media.image_info is not None and media.video_info is not None
+        job = pj.job
         if media.video.is_identity and media.image.is_identity:
             prepared = PreparedMedia(
                 image=Path(media.image_info.source), video=Path(media.video_info.source)
             )
         else:
+            media = await self._localized(pj)
             async with self.prep_pool:
                 prepared = await asyncio.to_thread(
                     prepare,
@@ -157,18 +162,43 @@ class Submitter(Collector):
                     cache_dir(self.manifest) / "prepared",
                     hasher=self.hasher,
                 )
-        image: Source = pj.job.image.url or LocalFile(
+        assert media.image_info is not None and media.video_info is not None
+        # A URL goes out as it is unless it was prepared; then the prepared file is uploaded.
+        image: Source = (job.image.url if media.image.is_identity else None) or LocalFile(
             prepared.image,
             _content_type(prepared.image, media.image_info.format),
             pj.image_sha256 if media.image.is_identity else None,
         )
-        video: Source = pj.job.video.url or LocalFile(
+        video: Source = (job.video.url if media.video.is_identity else None) or LocalFile(
             prepared.video,
             _content_type(prepared.video, media.video_info.format),
             pj.video_sha256 if media.video.is_identity else None,
         )
         async with self.upload_pool:
-            return await self._retrying(lambda: self.storage.input_urls(pj.job.id, image, video))
+            return await self._retrying(lambda: self.storage.input_urls(job.id, image, video))
+
+    async def _localized(self, pj: PlannedJob) -> MediaPlan:
+        """The job's media plan with every http(s) input that must be prepared fetched to disk."""
+        media = pj.media
+        assert media is not None and media.image_info is not None and media.video_info is not None
+        image_info = await self._fetched(
+            pj.job.image, media.image.is_identity, media.image_info, pj
+        )
+        video_info = await self._fetched(
+            pj.job.video, media.video.is_identity, media.video_info, pj
+        )
+        return replace(media, image_info=image_info, video_info=video_info)
+
+    async def _fetched(
+        self, ref: InputRef, identity: bool, info: MediaInfo, pj: PlannedJob
+    ) -> MediaInfo:
+        if ref.url is None or identity:
+            return info
+        url, folder = ref.url, cache_dir(self.manifest) / "inputs"
+        local = await self._retrying(
+            lambda: download_input(self.client, url, folder, job_id=pj.job.id)
+        )
+        return replace(info, source=str(local))
 
     async def _create(self, pj: PlannedJob, urls: InputURLs, client_id: str) -> Handle | None:
         """POST the create; None when the job left ``submitting`` some other way."""

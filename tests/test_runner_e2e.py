@@ -28,6 +28,7 @@ from batchkit import (
     status_json,
     write_manifest,
 )
+from mediagen import make_image, make_video
 
 CONTRACT_FIELDS = {
     "file_name",
@@ -226,3 +227,38 @@ def test_same_key_twice_in_one_run_is_paid_once(media: Media, tmp_path: Path) ->
     rows = state_rows(out_dir(manifest))
     assert {r["state"] for r in rows.values()} == {"done"}
     assert rows["one"]["task_id"] == rows["two"]["task_id"]
+
+
+def test_url_input_that_needs_a_trim_is_fetched_prepared_and_uploaded(tmp_path: Path) -> None:
+    # A 12 s clip with orientation image (10 s at most): the URL cannot be sent as it is.
+    long_clip = make_video(tmp_path / "long.mp4", seconds=12, width=360, height=480, fps=10)
+    image = make_image(tmp_path / "char.png", 400, 600)
+    with sandbox(tmp_path / "sandbox", LATENCY) as (srv, _log):
+        url = srv.file_url(long_clip)
+        jobs = [{"id": "a", "image": str(image), "video": url, "prompt": "job a"}]
+        manifest = write_manifest(tmp_path / "m", provider_block("kie", srv), jobs)
+        plan = cli("plan", manifest)
+        assert plan.returncode == 0, plan.stderr
+        assert "trim" in plan.stdout
+        done = cli("run", manifest)
+        assert done.returncode == 0, done.stderr
+        (entry,) = srv.ledger
+        sent = entry.body["input"]["video_urls"][0]
+        assert sent != url and "/tempfile/" in sent  # the prepared copy, uploaded
+    output = out_dir(manifest)
+    assert float(probe_video(output / "videos" / "a.mp4")["duration"]) <= 10.0
+    fetched = list((output / "cache" / "inputs").iterdir())
+    assert len(fetched) == 1 and fetched[0].suffix == ".mp4"
+
+
+def test_url_input_that_needs_a_trim_is_rejected_without_an_upload_api(tmp_path: Path) -> None:
+    long_clip = make_video(tmp_path / "long.mp4", seconds=12, width=360, height=480, fps=10)
+    with sandbox(tmp_path / "sandbox") as (srv, log):
+        jobs = [{"id": "a", "image": srv.file_url(make_image(tmp_path / "c.png", 400, 600)),
+                 "video": srv.file_url(long_clip), "prompt": "job a"}]  # fmt: skip
+        manifest = write_manifest(tmp_path / "m", provider_block("kling", srv), jobs)
+        done = cli("run", manifest)
+        assert done.returncode == 2
+        assert "needs preparation (trim) and kling has no upload API" in done.stderr
+        assert len(srv.ledger) == 0
+        assert [p for _m, p in log.snapshot() if not p.startswith("/files/")] == []
