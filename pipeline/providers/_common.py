@@ -7,13 +7,17 @@ every provider that needs it lives here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import httpx
+
 from pipeline.errors import AmbiguousError, ConfigError, ProviderError, TransientError
 from pipeline.jobs import Handle, TaskStatus
 from pipeline.providers._http import Purpose, Reply, garbage_error, snippet
+from pipeline.providers.base import Credentials, ProviderConfig
 
 C_contra = TypeVar("C_contra", contravariant=True)
 
@@ -89,3 +93,20 @@ def no_client_id(provider: str, job_id: str) -> AmbiguousError:
         f"{provider}: job {job_id}: the provider has no client id, so an unanswered create "
         "cannot be looked up; resolve it by hand (motion-pipeline resolve)"
     )
+
+
+class ClientBase:
+    """What every provider client holds: its config, keys, the shared HTTP client and a clock."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        credentials: Credentials,
+        client: httpx.AsyncClient,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._credentials = credentials
+        self._client = client
+        self._clock = clock

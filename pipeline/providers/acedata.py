@@ -9,12 +9,9 @@ human, and only the default model can be requested.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
-
-import httpx
 
 from pipeline.errors import (
     AmbiguousError,
@@ -28,6 +25,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs import Handle, Job, TaskStatus
 from pipeline.providers._common import (
+    ClientBase,
     float_or_none,
     no_client_id,
     no_upload_api,
@@ -35,7 +33,7 @@ from pipeline.providers._common import (
     require_object,
 )
 from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
-from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
+from pipeline.providers.base import InputURLs, ProviderConfig
 from pipeline.settings import redact
 
 CREATE_PATH = "/kling/motion"
@@ -236,7 +234,7 @@ def parse_batch(
 # --------------------------------------------------------------------------- client
 
 
-class AceDataProvider:
+class AceDataProvider(ClientBase):
     name: ClassVar[str] = "acedata"
     default_model: ClassVar[str] = "kling-v2-6"
     # providers.md documents no model field for /kling/motion: only the default can be had.
@@ -249,19 +247,6 @@ class AceDataProvider:
     has_batch_poll: ClassVar[bool] = True
     has_sound_field: ClassVar[bool] = True
     upload_ttl: ClassVar[float] = 0.0
-
-    def __init__(
-        self,
-        config: ProviderConfig,
-        credentials: Credentials,
-        client: httpx.AsyncClient,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.config = config
-        self._credentials = credentials
-        self._client = client
-        self._clock = clock
 
     def _secrets(self) -> list[str]:
         return self._credentials.secrets()

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
-
-import httpx
 
 from pipeline.errors import (
     AmbiguousError,
@@ -35,9 +32,15 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
-from pipeline.providers._common import no_client_id, poll_each, requery_result_url, require_object
+from pipeline.providers._common import (
+    ClientBase,
+    no_client_id,
+    poll_each,
+    requery_result_url,
+    require_object,
+)
 from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
-from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
+from pipeline.providers.base import InputURLs, ProviderConfig
 from pipeline.settings import redact
 
 CREATE_PATH = "/api/v1/jobs/createTask"
@@ -294,7 +297,7 @@ def parse_upload(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
 # --------------------------------------------------------------------------- client
 
 
-class KieProvider:
+class KieProvider(ClientBase):
     name: ClassVar[str] = "kie"
     default_model: ClassVar[str] = "kling-2.6/motion-control"
     models: ClassVar[tuple[str, ...]] = ("kling-2.6/motion-control", "kling-3.0/motion-control")
@@ -309,19 +312,6 @@ class KieProvider:
 
     #: Folder on Kie's upload host; files are told apart by their unique names.
     upload_folder: ClassVar[str] = "motion-pipeline"
-
-    def __init__(
-        self,
-        config: ProviderConfig,
-        credentials: Credentials,
-        client: httpx.AsyncClient,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.config = config
-        self._credentials = credentials
-        self._client = client
-        self._clock = clock
 
     # -- plumbing
 

@@ -33,6 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs import Handle, Job, TaskStatus
 from pipeline.providers._common import (
+    ClientBase,
     float_or_none,
     no_upload_api,
     poll_each,
@@ -297,7 +298,7 @@ def parse_lookup(
 # --------------------------------------------------------------------------- client
 
 
-class KlingProvider:
+class KlingProvider(ClientBase):
     name: ClassVar[str] = "kling"
     default_model: ClassVar[str] = "kling-v2-6"
     models: ClassVar[tuple[str, ...]] = ("kling-v2-6", "kling-v3")
@@ -321,10 +322,7 @@ class KlingProvider:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self._credentials = credentials
-        self._client = client
-        self._clock = clock
+        super().__init__(config, credentials, client, clock=clock)
         self._tokens = TokenCache(
             credentials.get("access_key"), credentials.get("secret_key"), clock=clock
         )
