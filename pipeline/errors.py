@@ -13,6 +13,8 @@ It is shaped by what the runner decides, not by where an error came from::
     │   ├── RefusedError               the API refused this request: the job fails, no retry
     │   ├── TransientError             try the same call again later (429, 5xx, timeouts)
     │   │   ├── RateLimitedError       429 / "too fast": one shared pause for everyone
+    │   │   ├── UnreachableError       no answer at all: refused, DNS, TLS, timeout, deadline
+    │   │   ├── BadReplyError          an answer we cannot use: garbage, oversize, truncated
     │   │   └── ResultExpiredError     result URL gone (403/404/410): re-query the task
     │   ├── AmbiguousError             a create may or may not have happened
     │   ├── TaskFailedError            the job was accepted, ran, and failed (moderation...)
@@ -35,6 +37,7 @@ Messages never contain secrets: provider modules redact before raising
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class PipelineError(Exception):
@@ -144,6 +147,24 @@ class TransientError(ProviderError):
 
 class RateLimitedError(TransientError):
     """The provider said slow down: pause every create, not just this one."""
+
+
+class UnreachableError(TransientError):
+    """The provider gave no answer at all: connection refused, DNS, TLS, timeout, deadline.
+
+    ``host`` names the server (no credentials), so a sustained outage can be reported by name.
+    """
+
+    def __init__(self, message: str, *, host: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.host = host
+
+
+class BadReplyError(TransientError):
+    """The server answered, but with nothing usable (garbage, a body over the size cap, cut off).
+
+    Asking again may help; a task whose every answer is bad is failed by the poller.
+    """
 
 
 class ResultExpiredError(TransientError):
