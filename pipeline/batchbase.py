@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from pipeline.budget import Spending
 from pipeline.commits import GroupCommitter
 from pipeline.errors import RateLimitedError, TransientError
 from pipeline.hashing import FileHasher
@@ -97,8 +98,7 @@ class BatchBase:
         self.videos = manifest.output_dir / "videos"
         # Planning saved every input's hash here: preparing reads no source a second time.
         self.hasher = FileHasher(cache_dir(manifest) / "hashes.json")
-        self.committed_seconds = 0.0
-        self.committed_cost = 0.0
+        self.spending = Spending(manifest.budget)
         self.requests = 0
         self.resumed: set[str] = set()
         """Jobs resumed by this run: the feed leaves them to their resume task."""

@@ -227,12 +227,9 @@ class Batch(Submitter):
             if row.state is State.PENDING or (row.state is State.FAILED and not row.task_id):
                 continue
             seconds = row.billed_seconds or 0.0
-            self.committed_seconds += seconds
             pj = self.planned.get(row.id)
-            if pj is not None:
-                self.committed_cost += (
-                    self.manifest.budget.cost(pj.job.settings.mode, seconds) or 0.0
-                )
+            mode = pj.job.settings.mode if pj else row.spec.get("settings", {}).get("mode", "std")
+            self.spending.count(row.id, seconds, self.manifest.budget.cost(mode, seconds) or 0.0)
 
     @contextlib.contextmanager
     def _embedded_provider(self) -> Iterator[ProviderConfig]:

@@ -47,6 +47,10 @@ _CONTENT_TYPES = {
 }
 
 
+class _NotSubmitted(Exception):
+    """The job left the way to its create before the intent was committed."""
+
+
 class Submitter(Collector):
     """Takes a pending job to a running task (then hands it to the collector)."""
 
@@ -79,22 +83,39 @@ class Submitter(Collector):
             return
         lease = await self.slots.acquire()
         try:
-            if self.stopping or not self._within_budget(pj):
+            if self.stopping:
                 return
-            await self.gate.wait()
-            crash_point("before-intent")
-            client_id = f"mp-{pj.key[:20]}-{row.attempt + 1}"
-            row = await self._move(
-                job_id,
-                State.SUBMITTING,
-                expect=State.PENDING,
-                client_id=client_id,
-                attempt=row.attempt + 1,
-                billed_seconds=pj.billed_seconds,
-                error=None,
+            # Checked and booked in one step, no await between: concurrent jobs cannot all pass.
+            refusal = self.spending.reserve(
+                job_id, pj.billed_seconds or 0.0, pj.estimated_cost or 0.0
             )
-            self.committed_seconds += pj.billed_seconds or 0.0
-            self.committed_cost += pj.estimated_cost or 0.0
+            if refusal is not None:
+                self.stop_new(refusal.text, 3)
+                return
+            try:
+                await self.gate.wait()
+                if self.stopping:
+                    raise _NotSubmitted
+                crash_point("before-intent")
+                client_id = f"mp-{pj.key[:20]}-{row.attempt + 1}"
+                row = await self._move(
+                    job_id,
+                    State.SUBMITTING,
+                    expect=State.PENDING,
+                    client_id=client_id,
+                    attempt=row.attempt + 1,
+                    billed_seconds=pj.billed_seconds,
+                    error=None,
+                )
+            except _NotSubmitted:
+                self.spending.release(job_id)
+                return
+            except BaseException:
+                # The intent may or may not be committed (a cancelled commit still lands): keep
+                # the booking unless the job is certainly still pending.
+                if self.store.get(job_id).state is State.PENDING:
+                    self.spending.release(job_id)
+                raise
             self.submitted += 1
             crash_point("after-intent")
             handle = await self._create(pj, urls, client_id)
@@ -106,20 +127,6 @@ class Submitter(Collector):
             await self._collect(job_id, handle, lease)
         finally:
             await lease.release()
-
-    def _within_budget(self, pj: PlannedJob) -> bool:
-        budget = self.manifest.budget
-        seconds = pj.billed_seconds or 0.0
-        if budget.max_seconds is not None and self.committed_seconds + seconds > budget.max_seconds:
-            used = f"{self.committed_seconds:.1f}"
-            self.stop_new(f"budget reached: {used} of {budget.max_seconds:g} s billed", 3)
-            return False
-        cost = pj.estimated_cost or 0.0
-        if budget.max_cost is not None and self.committed_cost + cost > budget.max_cost:
-            used = f"{self.committed_cost:.2f}"
-            self.stop_new(f"budget reached: {used} of {budget.max_cost:g} {budget.currency}", 3)
-            return False
-        return True
 
     async def _adopt_twin(self, pj: PlannedJob) -> bool:
         """Same key already done under another id: reuse that result, pay nothing."""
@@ -264,9 +271,7 @@ class Submitter(Collector):
     async def _unsubmit(self, job_id: str, why: str) -> None:
         """The create certainly did not happen: back to pending for a later run."""
         await self._move(job_id, State.PENDING, error=why)
-        pj = self.planned[job_id]
-        self.committed_seconds -= pj.billed_seconds or 0.0
-        self.committed_cost -= pj.estimated_cost or 0.0
+        self.spending.release(job_id)
         self.submitted -= 1
 
     async def _resume_submitting(self, row: JobRow) -> None:
