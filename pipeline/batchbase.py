@@ -21,8 +21,9 @@ import httpx
 from pipeline.budget import Spending
 from pipeline.commits import GroupCommitter
 from pipeline.errors import RateLimitedError, TransientError
+from pipeline.halt import Halt
 from pipeline.hashing import FileHasher
-from pipeline.jobs import State
+from pipeline.jobs import FailKind, State
 from pipeline.manifest import Manifest
 from pipeline.planning import Plan, cache_dir
 from pipeline.poller import Poller
@@ -38,7 +39,6 @@ from pipeline.tools import MediaTools
 
 T = TypeVar("T")
 
-TIMEOUT_REASON = "task ran past task_timeout"
 CALL_TRIES = 8
 """Tries of one repeatable call, or of a create that certainly did not happen."""
 DOWNLOAD_TRIES = 5
@@ -90,9 +90,7 @@ class BatchBase:
         self.prep_pool = asyncio.Semaphore(cpus)
         self.upload_pool = asyncio.Semaphore(4)
         self.download_pool = asyncio.Semaphore(max(4, min(16, self.concurrency)))
-        self.stop_reason: str | None = None
-        self.stop_code = 0
-        self.interrupted = False
+        self.halt = Halt(self._announce_stop)
         self.creates_in_flight = 0
         self.submitted = 0
         self.videos = manifest.output_dir / "videos"
@@ -129,17 +127,21 @@ class BatchBase:
         self.log.info("job %s: %s%s", job_id, to.value, f" ({detail})" if detail else "")
         return row
 
+    async def _fail(self, job_id: str, kind: FailKind, error: str, **fields: Any) -> JobRow:
+        """Move a job to ``failed``, saying why as data (``kind``) and for the user (``error``)."""
+        return await self._move(job_id, State.FAILED, fail_kind=kind.value, error=error, **fields)
+
+    def _announce_stop(self, reason: str) -> None:
+        self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
+        self.log.warning("stopping new submissions: %s", reason)
+
     def stop_new(self, reason: str, code: int) -> None:
         """No new creates from now on; the first reason wins."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.stop_code = code
-            self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
-            self.log.warning("stopping new submissions: %s", reason)
+        self.halt.stop_new(reason, code)
 
     @property
     def stopping(self) -> bool:
-        return self.stop_reason is not None
+        return self.halt.stopping
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """A repeatable call (upload, poll, refresh): retried on transient errors with backoff."""

@@ -19,8 +19,8 @@ from pipeline.errors import (
     ResultExpiredError,
     TransientError,
 )
-from pipeline.jobs import Handle, State, TaskStatus
-from pipeline.poller import TaskTimeout
+from pipeline.jobs import FailKind, Handle, State, TaskStatus
+from pipeline.poller import PollerCrashed, TaskTimeout, UnreadableTask
 from pipeline.retry import next_wait
 from pipeline.slots import Lease
 from pipeline.state_values import JobRow
@@ -33,21 +33,21 @@ class Collector(BatchBase):
         """Poll to the end (the provider slot is given back then), then download."""
         try:
             status = await self.poller.wait(handle)
-        except TaskTimeout as exc:
-            await self._move(
-                job_id,
-                State.FAILED,
-                error=f"{exc}; task {handle.task_id} kept: `run --retry-failed` re-checks it",
-            )
+        except (TaskTimeout, UnreadableTask) as exc:
+            kind = FailKind.TIMEOUT if isinstance(exc, TaskTimeout) else FailKind.UNREADABLE
+            kept = f"task {handle.task_id} kept: `run --retry-failed` asks about it again"
+            await self._fail(job_id, kind, f"{exc}; {kept}")
             return
+        except PollerCrashed:
+            return  # the run is stopping; the task is still running and the next run polls it
         except ProviderError as exc:
-            await self._move(job_id, State.FAILED, error=str(exc))
+            await self._fail(job_id, FailKind.TASK, str(exc))
             return
         finally:
             if lease is not None:
                 await lease.release()
         if status.phase == "failed":
-            await self._move(job_id, State.FAILED, error=status.reason or "the task failed")
+            await self._fail(job_id, FailKind.TASK, status.reason or "the task failed")
             return
         await self._move(job_id, State.DOWNLOADING, result_url=status.result_url)
         await self._download(job_id, handle, status)
@@ -75,10 +75,8 @@ class Collector(BatchBase):
                     break
                 except ResultExpiredError:
                     if attempt >= DOWNLOAD_TRIES:
-                        await self._move(
-                            job_id,
-                            State.FAILED,
-                            error="result URL expired and could not be refreshed",
+                        await self._fail(
+                            job_id, FailKind.RESULT, "result URL expired and could not be refreshed"
                         )
                         return
                     url = await self._retrying(
@@ -104,7 +102,7 @@ class Collector(BatchBase):
                     await self._move(job_id, State.NEEDS_ATTENTION, error=str(exc))
                     return
                 except ProviderError as exc:
-                    await self._move(job_id, State.FAILED, error=f"result unusable: {exc}")
+                    await self._fail(job_id, FailKind.RESULT, f"result unusable: {exc}")
                     return
                 attempt += 1
         await self._finish(job_id, result)

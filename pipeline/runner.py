@@ -16,18 +16,18 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from pipeline import outputs, providers
-from pipeline.batchbase import TIMEOUT_REASON, RunOptions
+from pipeline.batchbase import RunOptions
 from pipeline.commits import GroupCommitter
 from pipeline.crashpoints import arm
 from pipeline.errors import MissingKeyError
-from pipeline.jobs import State
+from pipeline.jobs import RECHECK, State
 from pipeline.planning import cache_dir
 from pipeline.poller import Poller
 from pipeline.provenance import rewrite_metadata
@@ -41,8 +41,6 @@ __all__ = ["Batch", "RunOptions", "RunSummary", "credentials_for"]
 
 EMBEDDED = "embedded"
 """``base_url`` of a provider served by the in-process sandbox."""
-INTERRUPT_GRACE = 1.5
-"""Seconds an in-flight create may take to answer after Ctrl-C before it is cancelled."""
 
 
 @dataclass
@@ -116,18 +114,22 @@ class Batch(Submitter):
 
     async def _work(self) -> None:
         main = asyncio.current_task()
-        assert main is not None
+        if main is None:  # asyncio.run always gives one; say so rather than misbehave
+            raise RuntimeError("Batch.run must run inside an asyncio task")
+        self.halt.attach(main, lambda: self.creates_in_flight)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal, main)
+                loop.add_signal_handler(sig, self.halt.abort, "interrupted", 130)
         poller = asyncio.create_task(self.poller.run(), name="poller")
+        # Nothing can be collected without the poller: its crash stops the run at once.
+        poller.add_done_callback(self._watch("the poller"))
         try:
             async with asyncio.TaskGroup() as tg:
                 self._resume_all(tg)
-                tg.create_task(self._feed(tg), name="feed")
+                tg.create_task(self._guarded("the feed", self._feed(tg)), name="feed")
         except asyncio.CancelledError:
-            if not self.interrupted:
+            if not self.halt.aborted:
                 raise
             main.uncancel()
         finally:
@@ -138,23 +140,28 @@ class Batch(Submitter):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
-    def _on_signal(self, main: asyncio.Task[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        if self.interrupted:  # a second Ctrl-C: stop now
-            main.cancel()
-            return
-        self.interrupted = True
-        self.stop_new("interrupted", 130)
-        deadline = loop.time() + INTERRUPT_GRACE
+    def _watch(self, where: str) -> Callable[[asyncio.Task[Any]], None]:
+        """A done-callback for a background task whose failure must stop the run now."""
 
-        def cancel_when_quiet() -> None:
-            # Let creates already on the wire answer (their task ids get committed), briefly.
-            if self.creates_in_flight and loop.time() < deadline:
-                loop.call_later(0.05, cancel_when_quiet)
-            else:
-                main.cancel()
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            if exc is not None:
+                self._internal_error(where, exc, abort=True)
 
-        cancel_when_quiet()
+        return done
+
+    async def _guarded(self, where: str, work: Awaitable[None]) -> None:
+        """Run one job's (or the feed's) work; a bug in it stops new work, never the others."""
+        try:
+            await work
+        except Exception as exc:  # a bug: the state is consistent (every move is atomic)
+            self._internal_error(where, exc, abort=False)
+
+    def _internal_error(self, where: str, exc: BaseException, *, abort: bool) -> None:
+        reason = self.halt.internal_error(where, exc, abort=abort)
+        self.log.error("%s", reason, exc_info=(type(exc), exc, exc.__traceback__))
 
     def _resume_all(self, tg: asyncio.TaskGroup) -> None:
         for row in self.store.rows([State.SUBMITTING, State.RUNNING, State.DOWNLOADING]):
@@ -167,23 +174,21 @@ class Batch(Submitter):
                 resume = self._resume(
                     row, self.slots.take() if row.state is State.RUNNING else None
                 )
-            self._track(row.key, tg.create_task(resume, name=f"resume:{row.id}"))
+            work = self._guarded(f"job {row.id}", resume)
+            self._track(row.key, tg.create_task(work, name=f"resume:{row.id}"))
         if self.options.retry_failed:
             for row in self.store.rows([State.FAILED]):
-                if row.id in self.planned and row.task_id and TIMEOUT_REASON in (row.error or ""):
+                if row.id in self.planned and row.task_id and row.fail_kind in RECHECK:
                     lease = self.slots.take()
-                    tg.create_task(self._recheck(row, lease), name=f"recheck:{row.id}")
+                    work = self._guarded(f"job {row.id}", self._recheck(row, lease))
+                    tg.create_task(work, name=f"recheck:{row.id}")
 
     def _fresh_ids(self) -> Iterator[str]:
         states = [State.PENDING] + ([State.FAILED] if self.options.retry_failed else [])
         for summary in self.store.summaries(states):
             if summary.id not in self.planned or summary.id in self.resumed:
                 continue
-            if (
-                summary.state is State.FAILED
-                and summary.task_id
-                and TIMEOUT_REASON in (summary.error or "")
-            ):
+            if summary.state is State.FAILED and summary.task_id and summary.fail_kind in RECHECK:
                 continue  # re-checked, never re-submitted blindly
             yield summary.id
 
@@ -209,7 +214,8 @@ class Batch(Submitter):
                 finally:
                     admission.release()
 
-            self._track(key, tg.create_task(job(), name=f"job:{job_id}"))
+            work = self._guarded(f"job {job_id}", job())
+            self._track(key, tg.create_task(work, name=f"job:{job_id}"))
 
     def _track(self, key: str, task: asyncio.Task[Any]) -> None:
         self.latest[key] = task
@@ -248,8 +254,8 @@ class Batch(Submitter):
     def _summary(self, started: float) -> RunSummary:
         counts = self.store.counts()
         planned = set(self.planned)
-        if self.stop_code:
-            code = self.stop_code
+        if self.halt.code:
+            code = self.halt.code
         elif counts[State.FAILED] or counts[State.NEEDS_ATTENTION] or self._unfinished(planned):
             code = 1
         else:
@@ -260,7 +266,7 @@ class Batch(Submitter):
         return RunSummary(
             counts=counts,
             exit_code=code,
-            stop_reason=self.stop_reason,
+            stop_reason=self.halt.reason,
             seconds_billed=seconds,
             wall_seconds=time.monotonic() - started,
             http_requests=self.requests,

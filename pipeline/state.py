@@ -70,6 +70,8 @@ FIELDS = frozenset(
         "submitted_at",
         "finished_at",
         "result",
+        "fail_kind",
+        "inputs",
     }
 )
 
@@ -306,7 +308,7 @@ class StateStore:
             conn.execute(
                 "UPDATE jobs SET key=?, spec=?, state=?, client_id=NULL, attempt=0, task_id=NULL, "
                 "result_url=NULL, output=NULL, output_sha256=NULL, billed_seconds=NULL, "
-                "result=NULL, "
+                "result=NULL, fail_kind=NULL, inputs=NULL, "
                 "duration=NULL, error=NULL, submitted_at=NULL, finished_at=NULL, updated_at=? "
                 "WHERE id=?",
                 (record.key, _dumps(record.spec), State.PENDING.value, now, record.id),
@@ -336,13 +338,13 @@ class StateStore:
 
     def summaries(self, states: Iterable[State] | None = None) -> list[JobSummary]:
         """What ``status`` lists per job, without decoding specs: cheap for 100,000 rows."""
-        sql = "SELECT id, state, task_id, error, output FROM jobs"
+        sql = "SELECT id, state, task_id, error, output, fail_kind FROM jobs"
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
         with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4]) for r in found]
+        return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
 
     def counts(self) -> dict[State, int]:
         """Jobs per state; every state is present (zero when none)."""
@@ -393,6 +395,8 @@ class StateStore:
                 fields.setdefault("submitted_at", now)
             if to in (State.DONE, State.FAILED):
                 fields.setdefault("finished_at", now)
+            if old.state is State.FAILED and to is not State.FAILED:
+                fields.setdefault("fail_kind", None)  # the failure is over
             self._update(conn, job_id, now, to, fields)
             self._event(
                 conn,

@@ -65,6 +65,10 @@ class JobRow:
     finished_at: str | None
     result: str | None
     """JSON facts about the downloaded result (width, height, fps, codec, size) for metadata."""
+    fail_kind: str | None = None
+    """Why a failed job failed (:class:`FailKind`), as data."""
+    inputs: str | None = None
+    """JSON facts about what was sent to the provider (prepared files, hashes, recipe)."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -82,6 +86,7 @@ class JobSummary:
     task_id: str | None
     error: str | None
     output: str | None
+    fail_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,8 @@ class StaleStateError(StateError):
 #: The columns of ``jobs`` in :class:`JobRow`'s field order, for :func:`job_row`.
 SELECT_JOBS = (
     "SELECT id, key, state, spec, client_id, attempt, task_id, result_url, output, output_sha256, "
-    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at, result "
-    "FROM jobs"
+    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at, result, "
+    "fail_kind, inputs FROM jobs"
 )
 
 

@@ -26,7 +26,7 @@ from pipeline.errors import (
     RefusedError,
     TransientError,
 )
-from pipeline.jobs import Handle, InputRef, State
+from pipeline.jobs import FailKind, Handle, InputRef, State
 from pipeline.media import MediaInfo
 from pipeline.mediaplan import MediaPlan
 from pipeline.mediaprep import PreparedMedia, prepare
@@ -71,7 +71,7 @@ class Submitter(Collector):
         try:
             urls = await self._inputs(pj)
         except (InputError, RefusedError) as exc:
-            await self._move(job_id, State.FAILED, error=str(exc))
+            await self._fail(job_id, FailKind.INPUT, str(exc))
             return
         except TransientError as exc:
             self.log.warning(
@@ -247,7 +247,7 @@ class Submitter(Collector):
                 reconciles += 1
             except RefusedError as exc:
                 self.breaker.record_success()
-                await self._move(job.id, State.FAILED, error=f"refused by {cls.name}: {exc}")
+                await self._fail(job.id, FailKind.REFUSED, f"refused by {cls.name}: {exc}")
                 return None
             except BatchFatalError as exc:
                 self.stop_new(self._redact(exc.message), exc.exit_code)
