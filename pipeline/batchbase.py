@@ -20,6 +20,7 @@ import httpx
 
 from pipeline.budget import Spending
 from pipeline.commits import GroupCommitter
+from pipeline.diskguard import DiskGuard
 from pipeline.errors import RateLimitedError, TransientError
 from pipeline.halt import Halt
 from pipeline.hashing import FileHasher
@@ -66,6 +67,7 @@ class BatchBase:
         credentials: Credentials,
         tools: MediaTools,
         log: Any,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.manifest = manifest
         self.config = manifest.provider
@@ -77,6 +79,9 @@ class BatchBase:
         self.credentials = credentials
         self.tools = tools
         self.log = log
+        self.disk = disk or DiskGuard(
+            manifest.output_dir, floor=settings.min_free_bytes, reserve=settings.reserve_bytes
+        )
         self.secrets = [*credentials.secrets(), *settings.secrets(self.config.key_envs.values())]
         self.sleeper: Sleeper = sleeper_for(settings)
         self.rng = random.Random()  # noqa: S311 - jitter for waits, not a secret

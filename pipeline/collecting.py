@@ -59,6 +59,10 @@ class Collector(BatchBase):
         attempt = 0
         async with self.download_pool:
             while True:
+                if self.disk.released:
+                    # The disk is full: the room left is for the state's task ids, not results.
+                    self.log.warning("job %s: download left for the next run: disk full", job_id)
+                    return
                 try:
                     if not url:
                         raise ResultExpiredError("no result URL")

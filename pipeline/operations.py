@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.diskguard import DiskGuard
 from pipeline.errors import ConfigError, InputError, StateError
 from pipeline.jobs import State
 from pipeline.lock import RunLock
@@ -64,10 +65,18 @@ def run_batch(
                     len(plan.jobs),
                     manifest.provider.name,
                 )
-                batch = Batch(
-                    manifest, plan, store, settings, options, reporter, credentials, tools, log
+                disk = DiskGuard(
+                    output_dir, floor=settings.min_free_bytes, reserve=settings.reserve_bytes
                 )
-                summary = asyncio.run(batch.run())
+                disk.allocate()
+                batch = Batch(
+                    manifest, plan, store, settings, options, reporter, credentials, tools, log,
+                    disk,
+                )  # fmt: skip
+                try:
+                    summary = asyncio.run(batch.run())
+                finally:
+                    disk.remove()
                 reporter.emit(
                     BatchFinished(
                         counts=summary.counts,

@@ -26,7 +26,7 @@ from pipeline import outputs, providers
 from pipeline.batchbase import RunOptions
 from pipeline.commits import GroupCommitter
 from pipeline.crashpoints import arm
-from pipeline.errors import MissingKeyError
+from pipeline.errors import BatchStopped, MissingKeyError
 from pipeline.jobs import RECHECK, State
 from pipeline.planning import cache_dir
 from pipeline.poller import Poller
@@ -106,11 +106,20 @@ class Batch(Submitter):
                     rng=self.rng,
                     breaker=self.breaker,
                 )
-                async with GroupCommitter(self.store) as self.commits:
+                loop = asyncio.get_running_loop()
+
+                def disk_full() -> bool:  # called from the commit thread
+                    loop.call_soon_threadsafe(self.stop_new, self.disk.shortage() or "disk full", 3)
+                    return self.disk.release()
+
+                committer = GroupCommitter(self.store, on_disk_full=disk_full)
+                async with committer as self.commits:
                     await self._work()
-        summary = self._summary(started)
-        rewrite_metadata(self.store, self.planned, self.config, self.manifest.output_dir)
-        return summary
+        try:
+            rewrite_metadata(self.store, self.planned, self.config, self.manifest.output_dir)
+        except BatchStopped as exc:
+            self.stop_new(str(exc), exc.exit_code)
+        return self._summary(started)
 
     async def _work(self) -> None:
         main = asyncio.current_task()
@@ -156,6 +165,8 @@ class Batch(Submitter):
         """Run one job's (or the feed's) work; a bug in it stops new work, never the others."""
         try:
             await work
+        except BatchStopped as exc:  # the disk: every later job would hit it too
+            self.stop_new(str(exc), exc.exit_code)
         except Exception as exc:  # a bug: the state is consistent (every move is atomic)
             self._internal_error(where, exc, abort=False)
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from pipeline.diskguard import free_bytes
 from pipeline.errors import BatchStopped, PipelineError, StateError
 from pipeline.jobs import TRANSITIONS, State
 from pipeline.state_schema import check_and_migrate, read_version
@@ -154,6 +155,9 @@ class StateStore:
             check_and_migrate(conn, path, readonly=readonly)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            error = _translate(exc, path)
+            if isinstance(error, BatchStopped):
+                raise error from exc
             raise StateError(f"state {path} is unreadable: {exc}") from exc
         except BaseException:
             conn.close()
@@ -553,9 +557,20 @@ def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"set": dict(fields)} if fields else {}
 
 
+def _no_room(folder: Path) -> bool:
+    try:
+        return free_bytes(folder) < 1024**2
+    except OSError:
+        return False
+
+
 def _translate(exc: sqlite3.Error, path: Path) -> PipelineError:
     code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL:
+    primary = code & 0xFF if isinstance(code, int) else None
+    # A full disk is SQLITE_FULL, or an I/O error of the WAL or its index on a disk with no room.
+    if primary == sqlite3.SQLITE_FULL or (
+        primary == sqlite3.SQLITE_IOERR and _no_room(path.parent)
+    ):
         return BatchStopped(f"disk full: cannot write the state {path} ({exc})")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StateError(f"state {path} is busy: another process holds it ({exc})")

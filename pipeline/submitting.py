@@ -20,6 +20,7 @@ from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     AmbiguousError,
     BatchFatalError,
+    BatchStopped,
     InputError,
     ProviderError,
     RateLimitedError,
@@ -81,9 +82,16 @@ class Submitter(Collector):
         except BatchFatalError as exc:
             self.stop_new(self._redact(exc.message), exc.exit_code)
             return
+        except BatchStopped as exc:  # a full disk while fetching or preparing: stays pending
+            self.stop_new(str(exc), exc.exit_code)
+            return
         lease = await self.slots.acquire()
         try:
             if self.stopping:
+                return
+            shortage = self.disk.shortage()
+            if shortage is not None:
+                self.stop_new(shortage, 3)
                 return
             # Checked and booked in one step, no await between: concurrent jobs cannot all pass.
             refusal = self.spending.reserve(
@@ -122,11 +130,26 @@ class Submitter(Collector):
             if handle is None:
                 return
             crash_point("after-create-sent")
-            await self._move(job_id, State.RUNNING, task_id=handle.task_id)
+            try:
+                await self._move(job_id, State.RUNNING, task_id=handle.task_id)
+            except BatchStopped as exc:
+                self._task_id_not_saved(job_id, handle, exc)
+                return
             crash_point("after-task-id")
             await self._collect(job_id, handle, lease)
         finally:
             await lease.release()
+
+    def _task_id_not_saved(self, job_id: str, handle: Handle, exc: BatchStopped) -> None:
+        """The last resort when even the reserve could not hold a task id: say it, loudly."""
+        text = (
+            f"job {job_id}: the provider accepted task {handle.task_id} but it could not be saved "
+            f"({exc}); free space, then `motion-pipeline resolve "
+            f"{self.manifest.path} {job_id} --adopt {handle.task_id}`"
+        )
+        self.stop_new(str(exc), exc.exit_code)
+        self.reporter.emit(Notice(text, "error"))
+        self.log.error("%s", text)
 
     async def _adopt_twin(self, pj: PlannedJob) -> bool:
         """Same key already done under another id: reuse that result, pay nothing."""
