@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -23,11 +24,13 @@ from pipeline.commits import GroupCommitter
 from pipeline.diskguard import DiskGuard
 from pipeline.errors import RateLimitedError, TransientError
 from pipeline.halt import Halt
-from pipeline.hashing import FileHasher
-from pipeline.jobs import FailKind, State
+from pipeline.hashing import FileHasher, sha256_text
+from pipeline.jobs import FailKind, Job, State
 from pipeline.manifest import Manifest
+from pipeline.outputs import REPLACED_DIR
 from pipeline.planning import Plan, cache_dir
 from pipeline.poller import Poller
+from pipeline.provenance import job_from_spec
 from pipeline.providers.base import Credentials, Provider
 from pipeline.reporting import JobChanged, Notice, Reporter
 from pipeline.retry import CircuitBreaker, PauseGate, RateLimiter, Sleeper, next_wait, sleeper_for
@@ -136,6 +139,31 @@ class BatchBase:
         """Move a job to ``failed``, saying why as data (``kind``) and for the user (``error``)."""
         return await self._move(job_id, State.FAILED, fail_kind=kind.value, error=error, **fields)
 
+    # -- jobs of the manifest, and paid tasks the manifest no longer names (orphans)
+
+    def is_orphan(self, job_id: str) -> bool:
+        """A job in the state but not in the manifest (renamed, or retired by a replace)."""
+        return job_id not in self.planned
+
+    def _job(self, row: JobRow) -> Job:
+        pj = self.planned.get(row.id)
+        return pj.job if pj is not None else job_from_spec(row, self.config)
+
+    def _expect_seconds(self, row: JobRow) -> float | None:
+        pj = self.planned.get(row.id)
+        return pj.billed_seconds if pj is not None else row.billed_seconds
+
+    def _target(self, row: JobRow) -> Path:
+        """Where a job's result goes: ``videos/<id>.mp4``, or under ``videos/replaced/`` for a
+        paid task the manifest no longer names (kept, with its metadata beside it)."""
+        if row.id in self.planned:
+            return self.videos / f"{row.id}.mp4"
+        tag = sha256_text(row.task_id or row.key)[:8]
+        return self.videos / REPLACED_DIR / f"{row.id}.{tag}.mp4"
+
+    def _ambiguous(self, what: str, job_id: str) -> str:
+        return ambiguous_reason(what, self.manifest.path, job_id)
+
     def _announce_stop(self, reason: str) -> None:
         self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
         self.log.warning("stopping new submissions: %s", reason)
@@ -172,8 +200,10 @@ UNKNOWN = object()
 """A reconcile that could not tell whether the create happened."""
 
 
-def ambiguous_reason(what: str) -> str:
+def ambiguous_reason(what: str, manifest: Path, job_id: str) -> str:
+    """Why a job needs attention, with the exact commands that settle it."""
+    resolve = f"motion-pipeline resolve {manifest} {job_id}"
     return (
         f"{what}; the provider may have created (and billed) a task. Check its dashboard, then "
-        "`motion-pipeline resolve MANIFEST JOB --adopt TASK_ID`, `--resubmit` or `--abandon`"
+        f"`{resolve} --adopt TASK_ID`, `{resolve} --resubmit` or `{resolve} --abandon`"
     )

@@ -171,11 +171,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.SUBMITTING: frozenset(
         {State.RUNNING, State.FAILED, State.NEEDS_ATTENTION, State.PENDING}
     ),
-    State.RUNNING: frozenset({State.DOWNLOADING, State.FAILED, State.RUNNING}),
+    State.RUNNING: frozenset(
+        {State.DOWNLOADING, State.FAILED, State.RUNNING, State.NEEDS_ATTENTION}
+    ),
     State.DOWNLOADING: frozenset(
         {State.DONE, State.FAILED, State.RUNNING, State.DOWNLOADING, State.NEEDS_ATTENTION}
     ),
-    State.DONE: frozenset({State.PENDING}),
+    State.DONE: frozenset({State.PENDING, State.RUNNING, State.NEEDS_ATTENTION}),
     State.FAILED: frozenset({State.PENDING, State.RUNNING, State.SUBMITTING}),
     State.NEEDS_ATTENTION: frozenset({State.RUNNING, State.PENDING, State.FAILED}),
 }

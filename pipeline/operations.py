@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import outdir
 from pipeline.diskguard import DiskGuard
 from pipeline.errors import ConfigError, InputError, StateError
 from pipeline.jobs import State
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.planning import Plan, PlannedJob, make_plan
-from pipeline.reporting import BatchFinished, BatchStarted, Reporter
+from pipeline.provenance import write_sidecar
+from pipeline.reporting import BatchFinished, BatchStarted, Notice, Reporter
 from pipeline.runlog import close_run_log, open_run_log
 from pipeline.runner import Batch, RunOptions, RunSummary, credentials_for
 from pipeline.settings import Settings
@@ -54,11 +56,21 @@ def run_batch(
         tools = find_tools(settings)
         plan = make_plan(manifest, settings, tools=tools)
         _refuse_rejected(plan)
+        found = outdir.claim(output_dir, manifest.name)
         with StateStore.open(output_dir) as store:
+            restored = outdir.apply(store, found, manifest.name)
             _sync(store, plan, options)
+            notes = _check_results(store, output_dir, {pj.job.id for pj in plan.jobs})
+            if restored:
+                notes.insert(
+                    0, f"the state was lost: rebuilt {restored} job(s) from metadata.jsonl"
+                )
             log = open_run_log(output_dir, [*credentials.secrets(), *settings.secrets()])
             try:
                 reporter.emit(BatchStarted(total=len(plan.jobs), counts=store.counts()))
+                for note in notes:
+                    reporter.emit(Notice(note, "warning"))
+                    log.warning("%s", note)
                 log.info(
                     "run %s: %d jobs, provider %s",
                     manifest.name,
@@ -110,6 +122,12 @@ def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
         unpaid = change.state in (State.PENDING, State.FAILED) and not change.task_id
         if unpaid or change.job_id in options.replace:
             pj = by_id[change.job_id]
+            if change.state in _PAID_IN_FLIGHT or change.state is State.DONE:
+                # Its task (or its result) stays, under job~N, and is still collected into
+                # videos/replaced/: replacing a job never throws a paid task away.
+                retired = store.retire_job(change.job_id, reason="replaced by --replace")
+                if change.state is State.DONE:
+                    _retire_result(store, retired)
             record = JobRecord(pj.job.id, pj.key, job_spec(pj))
             store.replace_job(record, reason="inputs or settings changed")
         else:
@@ -120,6 +138,49 @@ def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
             )
     if refused:
         raise ConfigError("a paid result would be overwritten:\n  " + "\n  ".join(refused))
+
+
+def _check_results(store: StateStore, output_dir: Path, jobs: set[str]) -> list[str]:
+    """Done jobs of the manifest whose video is gone or changed are collected again."""
+    check = outdir.check_results(output_dir, [r for r in store.outputs() if r.id in jobs])
+    notes = []
+    with store.batch():
+        for job_id, mtime in check.stamps.items():
+            store.set_fields(job_id, result=outdir.with_stamp(store.get(job_id).result, mtime))
+        for damage in check.damaged:
+            row = store.get(damage.job_id)
+            changed = damage.why == "changed" and row.output
+            moved = outdir.set_aside(output_dir, row.output) if changed and row.output else None
+            kept = f" (the changed file is kept as {moved})" if moved else ""
+            if row.task_id:
+                why = f"its result video is {damage.why}{kept}: collecting task {row.task_id} again"
+                store.transition(
+                    row.id, State.RUNNING, output=None, output_sha256=None, result_url=None,
+                    error=why, detail={"op": "recollect", "why": damage.why},
+                )  # fmt: skip
+            else:
+                why = f"its result video is {damage.why}{kept} and no task id is known to fetch it"
+                store.transition(row.id, State.NEEDS_ATTENTION, error=why)
+            notes.append(f"job {row.id}: {why}")
+    return notes
+
+
+#: States in which a job holds (or may hold) a task the provider is generating for it.
+_PAID_IN_FLIGHT = frozenset({State.SUBMITTING, State.RUNNING, State.DOWNLOADING,
+                             State.NEEDS_ATTENTION})  # fmt: skip
+
+
+def _retire_result(store: StateStore, retired: str) -> None:
+    """Move a replaced job's video to ``videos/replaced/`` with its metadata beside it."""
+    row = store.get(retired)
+    if not row.output:
+        return
+    output_dir = store.path.parent
+    moved = outdir.set_aside(output_dir, row.output, tag="replaced")
+    relative = str(moved.relative_to(output_dir)) if moved else None
+    row = store.set_fields(retired, output=relative)
+    if moved is not None:
+        write_sidecar(row, output_dir)
 
 
 # --------------------------------------------------------------------------- status

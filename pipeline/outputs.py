@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import aiofiles
 import httpx
 
+from pipeline.atomic import write_atomic
 from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     BatchStopped,
@@ -459,21 +460,5 @@ def write_metadata(output_dir: Path, records: Iterable[Mapping[str, Any]]) -> Pa
             raise ValueError(f"two metadata records for job {row['job_id']}")
         seen.add(row["job_id"])
     target = Path(output_dir) / METADATA_FILE
-    tmp = target.with_name(f".{METADATA_FILE}.{secrets.token_hex(6)}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(target)
-        fsync_dir(target.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise disk_error(exc, target) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    return target
+    lines = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    return write_atomic(target, "".join(lines).encode("utf-8"))

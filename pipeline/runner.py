@@ -176,8 +176,7 @@ class Batch(Submitter):
 
     def _resume_all(self, tg: asyncio.TaskGroup) -> None:
         for row in self.store.rows([State.SUBMITTING, State.RUNNING, State.DOWNLOADING]):
-            if row.id not in self.planned:
-                continue  # no longer in the manifest: left alone, still in the state
+            # Orphans too: a paid task is collected whatever the manifest now says.
             self.resumed.add(row.id)
             if row.state is State.SUBMITTING:
                 resume = self._resume_submitting(row)
@@ -287,7 +286,9 @@ class Batch(Submitter):
 
     def _unfinished(self, planned: set[str]) -> bool:
         """A job of the manifest is not done yet, though nothing stopped the run (exit 1, not 0)."""
-        left = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
-        if self.options.max_jobs is None:  # --max-jobs leaves the rest pending on purpose
-            left.append(State.PENDING)
-        return any(s.id in planned for s in self.store.summaries(left))
+        in_flight = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
+        if self.store.summaries(in_flight):  # a paid task left to collect, orphans included
+            return True
+        if self.options.max_jobs is not None:  # --max-jobs leaves the rest pending on purpose
+            return False
+        return any(s.id in planned for s in self.store.summaries([State.PENDING]))

@@ -28,6 +28,24 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class RestoredJob:
+    """A job rebuilt from the output directory (metadata.jsonl) after the state was lost."""
+
+    id: str
+    key: str
+    state: State
+    spec: Mapping[str, Any]
+    task_id: str | None
+    output: str | None = None
+    output_sha256: str | None = None
+    duration: float | None = None
+    billed_seconds: float | None = None
+    result: str | None = None
+    submitted_at: str | None = None
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
 class KeyChange:
     """A registered job whose manifest key no longer matches the stored one."""
 
@@ -90,6 +108,17 @@ class JobSummary:
 
 
 @dataclass(frozen=True)
+class OutputRow:
+    """A done job's result as the state knows it: what the output check compares with the disk."""
+
+    id: str
+    task_id: str | None
+    output: str | None
+    output_sha256: str | None
+    result: str | None
+
+
+@dataclass(frozen=True)
 class Event:
     id: int
     job_id: str
@@ -105,6 +134,18 @@ class StaleStateError(StateError):
     def __init__(self, message: str, *, actual: State) -> None:
         super().__init__(message)
         self.actual = actual
+
+
+class DuplicateTaskError(StateError):
+    """A task id already belongs to another job of a different generation (key).
+
+    A provider that answers one id for two different creates would otherwise give both jobs
+    the same video and credit both prompts with it.
+    """
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 #: The columns of ``jobs`` in :class:`JobRow`'s field order, for :func:`job_row`.

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.batchbase import CALL_TRIES, UNKNOWN, ambiguous_reason
+from pipeline.batchbase import CALL_TRIES, UNKNOWN
 from pipeline.collecting import Collector
 from pipeline.crashpoints import crash_point
 from pipeline.errors import (
@@ -27,7 +27,7 @@ from pipeline.errors import (
     RefusedError,
     TransientError,
 )
-from pipeline.jobs import FailKind, Handle, InputRef, State
+from pipeline.jobs import FailKind, Handle, InputRef, Job, State
 from pipeline.media import MediaInfo
 from pipeline.mediaplan import MediaPlan
 from pipeline.mediaprep import PreparedMedia, prepare
@@ -35,7 +35,7 @@ from pipeline.planning import PlannedJob, cache_dir
 from pipeline.providers.base import InputURLs
 from pipeline.reporting import Notice
 from pipeline.retry import next_wait
-from pipeline.state_values import JobRow
+from pipeline.state_values import DuplicateTaskError, JobRow
 from pipeline.storage import LocalFile, Source, download_input
 
 _CONTENT_TYPES = {
@@ -134,6 +134,12 @@ class Submitter(Collector):
                 await self._move(job_id, State.RUNNING, task_id=handle.task_id)
             except BatchStopped as exc:
                 self._task_id_not_saved(job_id, handle, exc)
+                return
+            except DuplicateTaskError as exc:
+                # Which job the id really names, and what this create made, only the provider
+                # can say: never give two generations one video.
+                what = f"the provider answered task id {handle.task_id}, already job {exc.holder}'s"
+                await self._move(job_id, State.NEEDS_ATTENTION, error=self._ambiguous(what, job_id))
                 return
             crash_point("after-task-id")
             await self._collect(job_id, handle, lease)
@@ -259,11 +265,11 @@ class Submitter(Collector):
                 )
             except AmbiguousError as exc:
                 self.breaker.record_failure()
-                found = await self._lookup(pj, client_id) if cls.has_client_id else UNKNOWN
+                found = await self._lookup(job, client_id) if cls.has_client_id else UNKNOWN
                 if isinstance(found, Handle):
                     return found
                 if found is UNKNOWN or reconciles >= 3 or self.stopping:
-                    reason = ambiguous_reason(str(exc))
+                    reason = self._ambiguous(str(exc), job.id)
                     await self._move(job.id, State.NEEDS_ATTENTION, error=reason)
                     return None
                 # The lookup says the create never happened: sending it again is safe.
@@ -280,14 +286,14 @@ class Submitter(Collector):
                 self.creates_in_flight -= 1
             attempt += 1
 
-    async def _lookup(self, pj: PlannedJob, client_id: str) -> Handle | object | None:
+    async def _lookup(self, job: Job, client_id: str) -> Handle | object | None:
         """The task an unanswered create made (Handle), None if it never happened, or UNKNOWN."""
         try:
             found: Handle | None = await self._retrying(
-                lambda: self.provider.reconcile(pj.job, client_id)
+                lambda: self.provider.reconcile(job, client_id)
             )
         except ProviderError as exc:
-            self.log.warning("job %s: lookup by client id failed: %s", pj.job.id, exc)
+            self.log.warning("job %s: lookup by client id failed: %s", job.id, exc)
             return UNKNOWN
         return found
 
@@ -299,27 +305,27 @@ class Submitter(Collector):
 
     async def _resume_submitting(self, row: JobRow) -> None:
         """A run stopped between the intent and the provider's answer."""
-        pj = self.planned[row.id]
         cls = type(self.provider)
         if cls.has_client_id and row.client_id:
-            handle = await self._lookup(pj, row.client_id)
+            handle = await self._lookup(self._job(row), row.client_id)
             if handle is UNKNOWN:
-                reason = ambiguous_reason("the provider could not be asked about the create")
+                reason = self._ambiguous("the provider could not be asked about the create", row.id)
                 await self._move(row.id, State.NEEDS_ATTENTION, error=reason)
                 return
             if handle is None:
                 await self._unsubmit(row.id, "previous create never reached the provider")
-                if not self.stopping:  # the feed skips resumed jobs: submit it here, once
-                    await self._fresh(row.id)
+                if not self.stopping and not self.is_orphan(row.id):
+                    await self._fresh(row.id)  # the feed skips resumed jobs: submit it here, once
                 return
-            assert isinstance(handle, Handle)
+            if not isinstance(handle, Handle):
+                raise TypeError(f"lookup gave {handle!r}")
             await self._move(row.id, State.RUNNING, task_id=handle.task_id)
             await self._resume(self.store.get(row.id), self.slots.take())
             return
         await self._move(
             row.id,
             State.NEEDS_ATTENTION,
-            error=ambiguous_reason("the run stopped while the create was in flight"),
+            error=self._ambiguous("the run stopped while the create was in flight", row.id),
         )
 
 

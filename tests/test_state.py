@@ -410,7 +410,7 @@ def test_sigkill_at_an_arbitrary_moment_leaves_rows_and_events_consistent(tmp_pa
                 for i in range(10):
                     job = f"job-{(n + i) % 20:03d}"
                     to = cycle[(cycle.index(store.get(job).state) + 1) % len(cycle)]
-                    store.transition(job, to, attempt=n, task_id=f"T{n}")
+                    store.transition(job, to, attempt=n, task_id=f"T{n}-{i}")
             store.set_fields(f"job-{n % 20:03d}", error="x" * (n % 300))
             n += 1
             if n % 50 == 0:
@@ -469,3 +469,20 @@ def test_v2_turns_timeout_text_into_fail_kind(
         assert store.get("bad").fail_kind is None
         store.transition("late", State.RUNNING)
         assert store.get("late").fail_kind is None  # leaving failed clears why it failed
+
+
+def test_a_task_id_belongs_to_one_generation(tmp_path: Path) -> None:
+    from pipeline.state_values import DuplicateTaskError
+
+    with StateStore.open(tmp_path) as store:
+        store.sync_jobs(
+            [JobRecord("a", "k1", SPEC), JobRecord("b", "k2", SPEC), JobRecord("twin", "k1", SPEC)]
+        )
+        for job in ("a", "b"):
+            store.transition(job, State.SUBMITTING)
+        store.transition("a", State.RUNNING, task_id="T1")
+        with pytest.raises(DuplicateTaskError, match="already belongs to job a") as info:
+            store.transition("b", State.RUNNING, task_id="T1")
+        assert info.value.holder == "a"
+        assert store.get("b").state is State.SUBMITTING and store.get("b").task_id is None
+        store.transition("twin", State.DONE, task_id="T1")  # the same generation may share it
