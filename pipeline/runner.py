@@ -26,21 +26,16 @@ from pipeline import outputs, providers
 from pipeline.batchbase import RunOptions
 from pipeline.commits import GroupCommitter
 from pipeline.crashpoints import arm
-from pipeline.errors import BatchStopped, MissingKeyError
+from pipeline.errors import BatchStopped
 from pipeline.jobs import RECHECK, State
-from pipeline.planning import cache_dir
 from pipeline.poller import Poller
 from pipeline.provenance import rewrite_metadata
-from pipeline.providers.base import Credentials, ProviderConfig
 from pipeline.reporting import Notice
-from pipeline.settings import Settings
+from pipeline.session import endpoint
 from pipeline.storage import Storage
 from pipeline.submitting import Submitter
 
-__all__ = ["Batch", "RunOptions", "RunSummary", "credentials_for"]
-
-EMBEDDED = "embedded"
-"""``base_url`` of a provider served by the in-process sandbox."""
+__all__ = ["Batch", "RunOptions", "RunSummary"]
 
 
 @dataclass
@@ -57,22 +52,6 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
-    """The provider's keys from the environment; an unset variable is an exit-2 error."""
-    values: dict[str, str] = {}
-    missing: list[str] = []
-    for role, var in config.key_envs.items():
-        value = settings.secret(var)
-        if value is None:
-            missing.append(var)
-        else:
-            values[role] = value
-    if missing:
-        names = " and ".join(missing)
-        raise MissingKeyError(f"set {names} in the environment: provider {config.name} needs it")
-    return Credentials(values)
-
-
 class Batch(Submitter):
     """One run of one manifest against its state. Built by :func:`pipeline.operations.run_batch`."""
 
@@ -86,7 +65,7 @@ class Batch(Submitter):
             self.unsettled.setdefault(row.key, row.id)
         limits = httpx.Limits(max_connections=max(32, 2 * self.concurrency))
         timeout = httpx.Timeout(60.0, connect=15.0)
-        with self._embedded_provider() as config:
+        with endpoint(self.manifest, self.tools) as config:
 
             async def count(_request: httpx.Request) -> None:
                 self.requests += 1
@@ -246,20 +225,6 @@ class Batch(Submitter):
             pj = self.planned.get(row.id)
             mode = pj.job.settings.mode if pj else row.spec.get("settings", {}).get("mode", "std")
             self.spending.count(row.id, seconds, self.manifest.budget.cost(mode, seconds) or 0.0)
-
-    @contextlib.contextmanager
-    def _embedded_provider(self) -> Iterator[ProviderConfig]:
-        config = self.config
-        if config.base_url != EMBEDDED:
-            yield config
-            return
-        from pipeline.sandbox import SandboxServer  # the sandbox costs nothing unless used
-
-        data = cache_dir(self.manifest) / "sandbox"
-        with SandboxServer(data_dir=data, tools=self.tools) as server:
-            yield ProviderConfig(
-                **{**config.__dict__, "base_url": server.base_url, "upload_url": server.base_url}
-            )
 
     def _summary(self, started: float) -> RunSummary:
         counts = self.store.counts()
