@@ -181,12 +181,12 @@ class Submitter(Collector):
         return True
 
     async def _inputs(self, pj: PlannedJob) -> InputURLs:
-        media = pj.media
-        assert media is not None and media.image_info is not None and media.video_info is not None
+        media = _probed(pj)
         job = pj.job
         if media.video.is_identity and media.image.is_identity:
+            source_image, source_video = _infos(media, pj)
             prepared = PreparedMedia(
-                image=Path(media.image_info.source), video=Path(media.video_info.source)
+                image=Path(source_image.source), video=Path(source_video.source)
             )
         else:
             media = await self._localized(pj)
@@ -198,16 +198,19 @@ class Submitter(Collector):
                     cache_dir(self.manifest) / "prepared",
                     hasher=self.hasher,
                 )
-        assert media.image_info is not None and media.video_info is not None
+        image_info, video_info = _infos(media, pj)
         # A URL goes out as it is unless it was prepared; then the prepared file is uploaded.
+        # A prepared file's type is the recipe's (a webp converted to png is a png).
+        image_format = media.image.format or image_info.format
+        video_format = "mp4" if not media.video.is_identity else video_info.format
         image: Source = (job.image.url if media.image.is_identity else None) or LocalFile(
             prepared.image,
-            _content_type(prepared.image, media.image_info.format),
+            _content_type(prepared.image, image_format),
             pj.image_sha256 if media.image.is_identity else None,
         )
         video: Source = (job.video.url if media.video.is_identity else None) or LocalFile(
             prepared.video,
-            _content_type(prepared.video, media.video_info.format),
+            _content_type(prepared.video, video_format),
             pj.video_sha256 if media.video.is_identity else None,
         )
         async with self.upload_pool:
@@ -215,14 +218,10 @@ class Submitter(Collector):
 
     async def _localized(self, pj: PlannedJob) -> MediaPlan:
         """The job's media plan with every http(s) input that must be prepared fetched to disk."""
-        media = pj.media
-        assert media is not None and media.image_info is not None and media.video_info is not None
-        image_info = await self._fetched(
-            pj.job.image, media.image.is_identity, media.image_info, pj
-        )
-        video_info = await self._fetched(
-            pj.job.video, media.video.is_identity, media.video_info, pj
-        )
+        media = _probed(pj)
+        image, video = _infos(media, pj)
+        image_info = await self._fetched(pj.job.image, media.image.is_identity, image, pj)
+        video_info = await self._fetched(pj.job.video, media.video.is_identity, video, pj)
         return replace(media, image_info=image_info, video_info=video_info)
 
     async def _fetched(
@@ -327,6 +326,19 @@ class Submitter(Collector):
             State.NEEDS_ATTENTION,
             error=self._ambiguous("the run stopped while the create was in flight", row.id),
         )
+
+
+def _probed(pj: PlannedJob) -> MediaPlan:
+    """The job's media plan; planning made one for every job it did not reject."""
+    if pj.media is None:
+        raise InputError("the plan has no media facts for this job", job_id=pj.job.id)
+    return pj.media
+
+
+def _infos(media: MediaPlan, pj: PlannedJob) -> tuple[MediaInfo, MediaInfo]:
+    if media.image_info is None or media.video_info is None:
+        raise InputError("an input of this job was never probed", job_id=pj.job.id)
+    return media.image_info, media.video_info
 
 
 def _content_type(path: Path, detected: str) -> str:
