@@ -1,17 +1,20 @@
 """A scripted HTTP/1.1 server on 127.0.0.1 for provider-client tests: real sockets, real faults.
 
 Each accepted connection reads one request, records it, and performs the next scripted action:
-answer, close without answering, reset (RST), send half a body, or hang. It is deliberately
+answer, close without answering, reset (RST), send half a body, hang, or run a callable that
+writes whatever bytes it likes to the socket (trickles, endless bodies). It is deliberately
 dumb so a test can produce exactly the byte-level fault it is about.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +64,10 @@ RESET = "reset"  # read the request, then RST the connection
 PARTIAL = "partial"  # headers promise a body, half of it arrives, then close
 HANG = "hang"  # read the request, never answer (client read timeout)
 
-Action = Answer | str
+Script = Callable[[socket.socket], None]
+"""A custom action: write anything to the connection; a client hanging up ends it quietly."""
+
+Action = Answer | str | Script
 
 
 class Loopback:
@@ -117,6 +123,9 @@ class Loopback:
                 )
             if isinstance(action, Answer):
                 conn.sendall(action.encode())
+            elif callable(action):
+                with contextlib.suppress(OSError):  # the client gave up, as hostile tests expect
+                    action(conn)
             elif action == RESET:
                 # SO_LINGER with a zero timeout turns close() into a TCP RST.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
