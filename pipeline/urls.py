@@ -47,6 +47,8 @@ def display_url(url: str) -> str:
     escapes control characters a hostile provider may have put in a URL.
     """
     text = str(url).split("#", 1)[0].split("?", 1)[0]
+    if not text.strip():
+        return "(no URL)"
     scheme, sep, rest = text.partition("://")
     if not sep:
         return printable(_cut(text, _SHOWN_PATH))

@@ -165,3 +165,59 @@ def refused_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+# Scripts for hostile servers: whole responses written byte by byte as a test needs them.
+
+
+def head(status: int = 200, content_type: str = "application/json", **headers: str) -> bytes:
+    """A status line and headers (``Content_Length`` means ``Content-Length``), connection closing."""
+    lines = [f"HTTP/1.1 {status} X", "Connection: close", f"Content-Type: {content_type}"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def raw(data: bytes, status: int = 200, **headers: str) -> Script:
+    """Exactly these body bytes, with a matching Content-Length."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(head(status, Content_Length=str(len(data)), **headers) + data)
+
+    return script
+
+
+def endless(suffix: bytes, total: int, **headers: str) -> Script:
+    """``total`` bytes of JSON whitespace, then ``suffix``, without a Content-Length: still a
+    valid answer for whoever reads it all."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(head(**headers))
+        block = b" " * 65536
+        for _ in range(total // len(block)):
+            conn.sendall(block)
+        conn.sendall(suffix)
+
+    return script
+
+
+def trickle(
+    body: bytes, every: float, stop: threading.Event, *, step: int = 1, headers_too: bool = False
+) -> Script:
+    """The answer ``step`` bytes at a time, one write every ``every`` seconds, until ``stop``."""
+
+    def script(conn: socket.socket) -> None:
+        status_and_headers = head(Content_Length=str(len(body)))
+        data = status_and_headers + body
+        if not headers_too:
+            conn.sendall(status_and_headers)
+            data = body
+        for i in range(0, len(data), step):
+            conn.sendall(data[i : i + step])
+            if stop.wait(every):
+                return
+
+    return script
+
+
+def redirect(location: str, status: int = 302) -> Answer:
+    return Answer(status, b"", {"Location": location})

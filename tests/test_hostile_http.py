@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from loopback import Loopback, Script, refused_url
+from loopback import Loopback, endless, head, raw, refused_url, trickle
 
 from pipeline.errors import (
     AmbiguousError,
@@ -90,50 +90,6 @@ def call(kind: str, base_url: str, purpose: str, **kw: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- scripted servers
-
-
-def head(status: int = 200, **headers: str) -> bytes:
-    lines = [f"HTTP/1.1 {status} X", "Connection: close", "Content-Type: application/json"]
-    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def endless(prefix: bytes, total: int, **headers: str) -> Script:
-    """Headers, then ``total`` bytes of JSON whitespace before ``prefix``: valid, but huge."""
-
-    def script(conn: socket.socket) -> None:
-        conn.sendall(head(**headers))
-        block = b" " * 65536
-        for _ in range(total // len(block)):
-            conn.sendall(block)
-        conn.sendall(prefix)
-
-    return script
-
-
-def trickle(answer: bytes, every: float, stop: threading.Event, *, headers_too: bool) -> Script:
-    """The answer a byte at a time (each within any per-read timeout), forever in effect."""
-
-    def script(conn: socket.socket) -> None:
-        body = answer + b" " * 100_000  # trailing whitespace: still the valid answer
-        status_and_headers = head(Content_Length=str(len(body)))
-        data = status_and_headers + body
-        if not headers_too:
-            conn.sendall(status_and_headers)
-            data = body
-        for i in range(len(data)):
-            conn.sendall(data[i : i + 1])
-            if stop.wait(every):
-                return
-
-    return script
-
-
-def raw(data: bytes, **headers: str) -> Script:
-    def script(conn: socket.socket) -> None:
-        conn.sendall(head(Content_Length=str(len(data)), **headers) + data)
-
-    return script
 
 
 def bomb(decoded: int) -> bytes:
@@ -219,7 +175,7 @@ def test_trickling_server_cannot_stall_a_poll(
 ) -> None:
     answer = json.dumps(RUNNING[kind]).encode()
     with Loopback() as srv:
-        srv.push(trickle(answer, 0.01, stop, headers_too=headers_too))
+        srv.push(trickle(answer + b" " * 100_000, 0.01, stop, headers_too=headers_too))
         with pytest.raises(UnreachableError, match=r"no complete answer within 0\.5 s") as caught:
             call(kind, srv.base_url, "poll", deadlines={"query": 0.5})
     assert caught.value.host == "127.0.0.1"
@@ -229,7 +185,7 @@ def test_trickling_server_cannot_stall_a_poll(
 def test_trickling_create_is_ambiguous(kind: str, stop: threading.Event) -> None:
     answer = json.dumps(ACCEPTED[kind]("t")).encode()
     with Loopback() as srv:
-        srv.push(trickle(answer, 0.01, stop, headers_too=False))
+        srv.push(trickle(answer + b" " * 100_000, 0.01, stop))
         with pytest.raises(AmbiguousError, match="job alice-salsa: connection failed after"):
             call(kind, srv.base_url, "create", deadlines={"create": 0.5})
         assert len(srv.requests) == 1  # it was sent: never blindly again
