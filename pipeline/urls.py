@@ -20,12 +20,16 @@ from pipeline.text import printable
 _SHOWN_HOST = 100
 _SHOWN_PATH = 80
 _SCHEMES = ("http", "https")
+#: Longest URL requested: signed CDN URLs are a few KiB; a provider answering more is broken.
+MAX_URL_LENGTH = 16 * 1024
 
 
 def url_problem(url: object) -> str | None:
     """Why ``url`` cannot be requested over http(s), or None when it can (pure)."""
     if not isinstance(url, str) or not url.strip():
         return "the URL is empty"
+    if len(url) > MAX_URL_LENGTH:
+        return f"the URL is {len(url)} characters long, over {MAX_URL_LENGTH}"
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA's UnicodeError and kin

@@ -95,6 +95,7 @@ def both(url: str, tmp_path: Path, limits: Limits = FAST) -> tuple[PipelineError
         (f"http://[::1/x.mp4?{SECRET}", "malformed URL"),
         (f"ftp://cdn.example/x.mp4?{SECRET}", "not an http(s) URL"),
         ("http:///x.mp4", "has no host"),
+        ("http://cdn.example/" + "a" * 20_000, "characters long, over 16384"),
         ("", "empty"),
     ],
 )

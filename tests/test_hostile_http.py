@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from loopback import Loopback, endless, head, raw, refused_url, trickle
+from loopback import Loopback, endless, head, raw, redirect, refused_url, trickle
 
 from pipeline.errors import (
     AmbiguousError,
@@ -223,6 +223,17 @@ def test_garbage_is_a_bad_reply_for_polls_and_ambiguous_for_creates(kind: str, n
             call(kind, srv.base_url, "poll")
         with pytest.raises(AmbiguousError):
             call(kind, srv.base_url, "create")
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_redirects_are_answers_not_second_requests(kind: str) -> None:
+    with Loopback() as srv:
+        srv.push(redirect("/elsewhere"), redirect("/elsewhere"))
+        with pytest.raises(AmbiguousError):
+            call(kind, srv.base_url, "create")
+        with pytest.raises(BadReplyError):
+            call(kind, srv.base_url, "poll")
+        assert len(srv.requests) == 2  # nothing was sent to /elsewhere
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)

@@ -160,7 +160,9 @@ async def exchange(
     limit = DEADLINES[purpose] if deadline is None else deadline
     try:
         async with asyncio.timeout(limit):
-            response = await client.send(request, stream=True)
+            # A redirect is an answer to classify, never a second request (a create must
+            # not be re-sent somewhere we did not choose).
+            response = await client.send(request, stream=True, follow_redirects=False)
             try:
                 progress.status = response.status_code
                 raw = await _read(response, max_bytes, progress)
