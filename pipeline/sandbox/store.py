@@ -59,6 +59,8 @@ class Task:
     shown_terminal: bool = False
     finished: float | None = None
     token: str | None = None
+    bad_url: str | None = None
+    """bad_result_url: answered as the result URL instead of a real one."""
     done: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
     """Protocol-specific constant facts (ids, trace ids) fixed at create time."""
@@ -138,6 +140,8 @@ class TaskStore:
     def result_url(self, task: Task, base_url: str, *, fresh: bool = False) -> str:
         """The task's current result URL; a new one when the last expired or ``fresh``."""
         assert task.outcome is not None and task.outcome.rendered is not None
+        if task.bad_url is not None:
+            return task.bad_url
         with self._lock:
             link = self._links.get(task.token or "")
             if link is None or link.expired or fresh:
