@@ -18,6 +18,7 @@ from pipeline.errors import (
     OutputConflictError,
     ProviderError,
     ResultExpiredError,
+    ResultInvalidError,
     StateError,
     TransientError,
 )
@@ -71,6 +72,7 @@ class Collector(BatchBase):
         expect = self._expect_seconds(row)
         url = status.result_url
         attempt = 0
+        refreshed_for_invalid = False
         async with self.download_pool:
             while True:
                 if self.disk.released:
@@ -97,11 +99,15 @@ class Collector(BatchBase):
                             job_id, FailKind.RESULT, "result URL expired and could not be refreshed"
                         )
                         return
-                    url = await self._retrying(
-                        lambda: self.provider.refresh_result_url(handle, status)
-                    )
-                    if url:
-                        await self.commits.set_fields(job_id, result_url=url)
+                    url = await self._refreshed(job_id, handle, status) or url
+                except ResultInvalidError as exc:
+                    # A bad URL or a broken body: asking the provider once more for the result
+                    # is free; twice unusable and the job fails with the reason.
+                    if refreshed_for_invalid:
+                        await self._fail(job_id, FailKind.RESULT, f"result unusable: {exc}")
+                        return
+                    refreshed_for_invalid = True
+                    url = await self._refreshed(job_id, handle, status) or url
                 except TransientError as exc:
                     if attempt >= DOWNLOAD_TRIES or self.stopping:
                         self.log.warning(
@@ -124,6 +130,19 @@ class Collector(BatchBase):
                     return
                 attempt += 1
         await self._finish(job_id, result)
+
+    async def _refreshed(self, job_id: str, handle: Handle, status: TaskStatus) -> str | None:
+        """A fresh result URL from the provider (committed), or None when it gave none."""
+        try:
+            url = await self._retrying(lambda: self.provider.refresh_result_url(handle, status))
+        except ProviderError as exc:
+            self.log.warning(
+                "job %s: result URL refresh failed: %s", job_id, self._redact(str(exc))
+            )
+            return None
+        if url:
+            await self.commits.set_fields(job_id, result_url=url)
+        return url
 
     async def _finish(self, job_id: str, result: outputs.ResultFile) -> None:
         facts = {"width": result.width, "height": result.height, "fps": result.fps,
