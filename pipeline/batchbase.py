@@ -27,6 +27,7 @@ from pipeline.halt import Halt
 from pipeline.hashing import FileHasher, sha256_text
 from pipeline.jobs import FailKind, Job, State
 from pipeline.manifest import Manifest
+from pipeline.outage import Outage
 from pipeline.outputs import REPLACED_DIR
 from pipeline.planning import Plan, cache_dir
 from pipeline.poller import Poller
@@ -99,6 +100,7 @@ class BatchBase:
         self.upload_pool = asyncio.Semaphore(4)
         self.download_pool = asyncio.Semaphore(max(4, min(16, self.concurrency)))
         self.halt = Halt(self._announce_stop)
+        self.outage = Outage(time.monotonic, limit=settings.outage_seconds)
         self.creates_in_flight = 0
         self.submitted = 0
         self.videos = manifest.output_dir / "videos"

@@ -28,6 +28,7 @@ from pipeline.commits import GroupCommitter
 from pipeline.crashpoints import arm
 from pipeline.errors import BatchStopped
 from pipeline.jobs import RECHECK, State
+from pipeline.outage import WatchingTransport
 from pipeline.poller import Poller
 from pipeline.provenance import rewrite_metadata
 from pipeline.reporting import Notice
@@ -52,6 +53,10 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+TICK = 1.0
+"""Seconds between the run's periodic checks (outage, progress line)."""
+
+
 class Batch(Submitter):
     """One run of one manifest against its state. Built by :func:`pipeline.operations.run_batch`."""
 
@@ -70,8 +75,12 @@ class Batch(Submitter):
             async def count(_request: httpx.Request) -> None:
                 self.requests += 1
 
+            hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
+            transport = WatchingTransport(
+                httpx.AsyncHTTPTransport(limits=limits), self.outage, hosts
+            )
             async with httpx.AsyncClient(
-                limits=limits, timeout=timeout, event_hooks={"request": [count]}
+                transport=transport, timeout=timeout, event_hooks={"request": [count]}
             ) as client:
                 cls = providers.get(config.name)
                 self.client = client
@@ -112,6 +121,8 @@ class Batch(Submitter):
         poller = asyncio.create_task(self.poller.run(), name="poller")
         # Nothing can be collected without the poller: its crash stops the run at once.
         poller.add_done_callback(self._watch("the poller"))
+        ticker = asyncio.create_task(self._tick(), name="ticker")
+        ticker.add_done_callback(self._watch("the ticker"))
         try:
             async with asyncio.TaskGroup() as tg:
                 self._resume_all(tg)
@@ -121,12 +132,22 @@ class Batch(Submitter):
                 raise
             main.uncancel()
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in (poller, ticker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+    async def _tick(self) -> None:
+        """Once a second, in real time (also when tests record waits): is the provider gone?"""
+        while True:
+            await asyncio.sleep(TICK)
+            verdict = self.outage.verdict()
+            if verdict is not None and not self.halt.aborted:
+                self.log.error("%s", verdict)
+                self.halt.abort(verdict, 3)
 
     def _watch(self, where: str) -> Callable[[asyncio.Task[Any]], None]:
         """A done-callback for a background task whose failure must stop the run now."""

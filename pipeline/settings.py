@@ -39,6 +39,8 @@ class Settings:
     """No new create below this much free space on the output disk (:mod:`pipeline.diskguard`)."""
     reserve_bytes: int = 8 * 1024**2
     """Room kept aside so task ids can still be committed on a full disk."""
+    outage_seconds: float = 60.0
+    """No answer from the provider for this long stops the batch (:mod:`pipeline.outage`)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +53,7 @@ class Settings:
             crash_at=env.get("MOTION_PIPELINE_CRASH_AT") or None,
             min_free_bytes=_megabytes(env, "MOTION_PIPELINE_MIN_FREE_MB", 256),
             reserve_bytes=_megabytes(env, "MOTION_PIPELINE_RESERVE_MB", 8),
+            outage_seconds=_number(env, "MOTION_PIPELINE_OUTAGE_SECONDS", 60.0),
         )
 
     def secret(self, var: str) -> str | None:
@@ -64,13 +67,17 @@ class Settings:
         return [v for v in (self.env.get(n, "") for n in names) if len(v) >= 4]
 
 
-def _megabytes(env: Mapping[str, str], var: str, default: float) -> int:
-    """A size in MB from the environment; an unreadable value falls back to the default."""
+def _number(env: Mapping[str, str], var: str, default: float) -> float:
+    """A non-negative number from the environment; an unreadable value falls back to default."""
     try:
         value = float(env.get(var, default))
     except ValueError:
-        value = default
-    return int(max(0.0, value) * 1024**2)
+        return default
+    return max(0.0, value) if value == value else default  # NaN is unreadable too
+
+
+def _megabytes(env: Mapping[str, str], var: str, default: float) -> int:
+    return int(_number(env, var, default) * 1024**2)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
