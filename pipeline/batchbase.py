@@ -34,7 +34,16 @@ from pipeline.poller import Poller
 from pipeline.provenance import job_from_spec
 from pipeline.providers.base import Credentials, Provider
 from pipeline.reporting import JobChanged, Notice, Reporter
-from pipeline.retry import CircuitBreaker, PauseGate, RateLimiter, Sleeper, next_wait, sleeper_for
+from pipeline.retry import (
+    BreakerState,
+    CircuitBreaker,
+    PauseGate,
+    RateLimiter,
+    Sleeper,
+    cause,
+    next_wait,
+    sleeper_for,
+)
 from pipeline.settings import Settings, redact
 from pipeline.slots import Slots
 from pipeline.state import StateStore
@@ -90,7 +99,9 @@ class BatchBase:
         self.sleeper: Sleeper = sleeper_for(settings)
         self.rng = random.Random()  # noqa: S311 - jitter for waits, not a secret
         self.gate = PauseGate(self.sleeper)
-        self.breaker = CircuitBreaker(threshold=5, cooldown=30.0, clock=self.sleeper.monotonic)
+        self.breaker = CircuitBreaker(
+            threshold=5, cooldown=30.0, clock=self.sleeper.monotonic, on_change=self._breaker_moved
+        )
         rate = self.config.rate_limit
         self.limiter = RateLimiter(rate.requests, rate.per_seconds, sleeper=self.sleeper)
         self.concurrency = options.concurrency or self.config.concurrency
@@ -166,6 +177,14 @@ class BatchBase:
     def _ambiguous(self, what: str, job_id: str) -> str:
         return ambiguous_reason(what, self.manifest.path, job_id)
 
+    def _breaker_moved(self, state: BreakerState) -> None:
+        if state is BreakerState.OPEN:
+            text = "circuit breaker open: the provider keeps failing, calls rest 30 s"
+        else:
+            text = "circuit breaker closed: the provider answers again"
+        self.log.warning("%s", text)
+        self.reporter.emit(Notice(text, "warning"))
+
     def _announce_stop(self, reason: str) -> None:
         self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
         self.log.warning("stopping new submissions: %s", reason)
@@ -178,23 +197,30 @@ class BatchBase:
     def stopping(self) -> bool:
         return self.halt.stopping
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """A repeatable call (upload, poll, refresh): retried on transient errors with backoff."""
+    async def _retrying(self, call: Callable[[], Awaitable[T]], *, what: str) -> T:
+        """A repeatable call (upload, poll, refresh): retried on transient errors with backoff.
+
+        ``what`` names the call and its job in the log line each retry writes.
+        """
         attempt = 0
         while True:
             try:
                 return await call()
             except RateLimitedError as exc:
-                self.gate.pause_for(
-                    next_wait(attempt, exc.retry_after, base=1.0, cap=60.0, rng=self.rng)
-                )
+                wait = next_wait(attempt, exc.retry_after, base=1.0, cap=60.0, rng=self.rng)
+                self.log.warning("%s: rate limited, every call pauses %.1f s (%s)", what, wait,
+                                 self._redact(cause(exc)))  # fmt: skip
+                self.gate.pause_for(wait)
                 await self.gate.wait()
             except TransientError as exc:
                 if attempt + 1 >= CALL_TRIES or self.stopping:
+                    self.log.warning("%s: gave up after %d tries (%s)", what, attempt + 1,
+                                     self._redact(cause(exc)))  # fmt: skip
                     raise
-                await self.sleeper.sleep(
-                    next_wait(attempt, exc.retry_after, base=1.0, cap=60.0, rng=self.rng)
-                )
+                wait = next_wait(attempt, exc.retry_after, base=1.0, cap=60.0, rng=self.rng)
+                self.log.warning("%s: try %d failed, again in %.1f s (%s)", what, attempt + 1,
+                                 wait, self._redact(cause(exc)))  # fmt: skip
+                await self.sleeper.sleep(wait)
             attempt += 1
 
 

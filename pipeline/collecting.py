@@ -43,7 +43,7 @@ class Collector(BatchBase):
     async def _collect(self, job_id: str, handle: Handle, lease: Lease | None = None) -> None:
         """Poll to the end (the provider slot is given back then), then download."""
         try:
-            status = await self.poller.wait(handle)
+            status = await self.poller.wait(handle, label=f"job {job_id}")
         except (TaskTimeout, UnreadableTask) as exc:
             kind = FailKind.TIMEOUT if isinstance(exc, TaskTimeout) else FailKind.UNREADABLE
             kept = f"task {handle.task_id} kept: `run --retry-failed` asks about it again"
@@ -133,8 +133,12 @@ class Collector(BatchBase):
 
     async def _refreshed(self, job_id: str, handle: Handle, status: TaskStatus) -> str | None:
         """A fresh result URL from the provider (committed), or None when it gave none."""
+        self.log.info("job %s: asking for a fresh result URL of task %s", job_id, handle.task_id)
         try:
-            url = await self._retrying(lambda: self.provider.refresh_result_url(handle, status))
+            url = await self._retrying(
+                lambda: self.provider.refresh_result_url(handle, status),
+                what=f"job {job_id}: result URL refresh",
+            )
         except ProviderError as exc:
             self.log.warning(
                 "job %s: result URL refresh failed: %s", job_id, self._redact(str(exc))

@@ -106,7 +106,8 @@ def run_batch(
                         wall_seconds=summary.wall_seconds,
                     )
                 )
-                log.info("run finished: exit %d, %s", summary.exit_code, summary.stop_reason or "")
+                stopped = f" (stopped: {summary.stop_reason})" if summary.stop_reason else ""
+                log.info("run finished: exit %d%s", summary.exit_code, stopped)
             finally:
                 close_run_log(log)
                 reporter.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 from pipeline.errors import BadReplyError, ProviderError, TransientError
 from pipeline.jobs import Handle, TaskStatus
 from pipeline.providers.base import Provider
-from pipeline.retry import CircuitBreaker, Sleeper, backoff, poll_delay
+from pipeline.retry import CircuitBreaker, Sleeper, backoff, cause, poll_delay
 
 BATCH_SIZE = 50
 """Tasks per batch query (AceData retrieve_batch)."""
@@ -47,6 +48,8 @@ class _Entry:
     polls: int = field(default=0, compare=False)
     errors: int = field(default=0, compare=False)
     bad: int = field(default=0, compare=False)
+    label: str = field(default="", compare=False)
+    """Whose task this is, for the log (``job a``)."""
 
 
 class TaskTimeout(Exception):
@@ -72,8 +75,10 @@ class Poller:
         rng: random.Random,
         breaker: CircuitBreaker,
         backoff_cap: float = 300.0,
+        log: logging.Logger | None = None,
     ) -> None:
         self.provider = provider
+        self.log = log or logging.getLogger(__name__)
         self.backoff_cap = backoff_cap
         self.interval = interval
         self.task_timeout = task_timeout
@@ -89,14 +94,16 @@ class Poller:
         """Every entry whose job still waits, by id(): what a crash must fail."""
         self.calls = 0
 
-    async def wait(self, handle: Handle, *, started: float | None = None) -> TaskStatus:
+    async def wait(
+        self, handle: Handle, *, started: float | None = None, label: str = ""
+    ) -> TaskStatus:
         """The task's terminal status. Raises TaskTimeout, UnreadableTask, PollerCrashed, or a
         ProviderError the provider answered about this task (e.g. an unknown task id)."""
         now = self.sleeper.monotonic()
         begun = now if started is None else started
         first = now + poll_delay(0, base_interval=self.interval, elapsed=now - begun, rng=self.rng)
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        entry = _Entry(first, next(self._seq), handle, begun, future)
+        entry = _Entry(first, next(self._seq), handle, begun, future, label=label)
         self._waiting[id(entry)] = entry
         future.add_done_callback(lambda _f: self._waiting.pop(id(entry), None))
         heapq.heappush(self._heap, entry)
@@ -176,10 +183,10 @@ class Poller:
             for entry in entries:
                 self._bad_reply(entry, exc)
             return
-        except TransientError:
+        except TransientError as exc:
             self.breaker.record_failure()
             for entry in entries:
-                self._retry_later(entry)
+                self._retry_later(entry, exc)
             return
         except ProviderError as exc:
             for entry in entries:
@@ -193,7 +200,7 @@ class Poller:
         for entry in entries:
             status = found.get(entry.handle.task_id)
             if status is None:
-                self._retry_later(entry)
+                self._retry_later(entry, None)
             else:
                 self._settle(entry, status)
 
@@ -205,9 +212,9 @@ class Poller:
             self.breaker.record_success()
             self._bad_reply(entry, exc)
             return
-        except TransientError:
+        except TransientError as exc:
             self.breaker.record_failure()
-            self._retry_later(entry)
+            self._retry_later(entry, exc)
             return
         except ProviderError as exc:
             _fail(entry, exc)
@@ -245,15 +252,19 @@ class Poller:
                 ),
             )
             return
-        self._retry_later(entry)
+        self._retry_later(entry, exc)
 
-    def _retry_later(self, entry: _Entry) -> None:
+    def _retry_later(self, entry: _Entry, exc: BaseException | None) -> None:
         entry.errors += 1
         now = self.sleeper.monotonic()
         if self._timed_out(entry, now):
             return
         jittered = backoff(entry.errors, base=self.interval, cap=self.backoff_cap, rng=self.rng)
         wait = max(self.interval, jittered)
+        why = cause(exc) if exc is not None else "missing from the batch answer"
+        self.log.warning("%stask %s: status query failed, again in %.1f s (%s)",
+                         f"{entry.label}: " if entry.label else "", entry.handle.task_id, wait,
+                         why)  # fmt: skip
         self._push(entry, now + wait)
 
     def _timed_out(self, entry: _Entry, now: float) -> bool:

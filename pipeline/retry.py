@@ -85,6 +85,24 @@ def sleeper_for(settings: Settings) -> Sleeper:
     return RecordingSleeper() if settings.no_sleep else RealSleeper()
 
 
+# --------------------------------------------------------------------------- causes
+
+
+def cause(exc: BaseException) -> str:
+    """Why a call failed, for the log: error class, HTTP status, provider code, Retry-After."""
+    parts = [type(exc).__name__]
+    status = getattr(exc, "http_status", None)
+    if status:
+        parts.append(f"HTTP {status}")
+    code = getattr(exc, "code", None)
+    if code and str(code) != str(status):
+        parts.append(f"code {code}")
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        parts.append(f"Retry-After {retry_after:g} s")
+    return ", ".join(parts) + f": {exc}"
+
+
 # --------------------------------------------------------------------------- waits
 
 
@@ -218,10 +236,18 @@ class CircuitBreaker:
     expires after a cool-down so the breaker cannot stick half-open.
     """
 
-    def __init__(self, *, threshold: int = 5, cooldown: float = 60.0, clock: Callable[[], float]):
+    def __init__(
+        self,
+        *,
+        threshold: int = 5,
+        cooldown: float = 60.0,
+        clock: Callable[[], float],
+        on_change: Callable[[BreakerState], None] = lambda _state: None,
+    ):
         if threshold < 1:
             raise ValueError(f"threshold must be >= 1, got {threshold}")
         self.threshold = threshold
+        self._on_change = on_change
         self.cooldown = cooldown
         self._clock = clock
         self._state = BreakerState.CLOSED
@@ -254,8 +280,11 @@ class CircuitBreaker:
         return max(0.0, self._since + self.cooldown - self._clock())
 
     def record_success(self) -> None:
+        was = self._state
         self._state = BreakerState.CLOSED
         self._failures = 0
+        if was is not BreakerState.CLOSED:
+            self._on_change(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
         self._failures += 1
@@ -264,6 +293,7 @@ class CircuitBreaker:
         ):
             self._state = BreakerState.OPEN
             self._since = self._clock()
+            self._on_change(BreakerState.OPEN)
         # Already open: a straggler that started before the opening does not extend the rest.
 
 

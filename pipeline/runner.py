@@ -93,6 +93,7 @@ class Batch(Submitter):
                     sleeper=self.sleeper,
                     rng=self.rng,
                     breaker=self.breaker,
+                    log=self.log,
                 )
                 loop = asyncio.get_running_loop()
 

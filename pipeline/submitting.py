@@ -34,7 +34,7 @@ from pipeline.mediaprep import PreparedMedia, prepare
 from pipeline.planning import PlannedJob, cache_dir
 from pipeline.providers.base import InputURLs
 from pipeline.reporting import Notice
-from pipeline.retry import next_wait
+from pipeline.retry import cause, next_wait
 from pipeline.state_values import DuplicateTaskError, JobRow
 from pipeline.storage import LocalFile, Source, download_input
 
@@ -214,7 +214,9 @@ class Submitter(Collector):
             pj.video_sha256 if media.video.is_identity else None,
         )
         async with self.upload_pool:
-            return await self._retrying(lambda: self.storage.input_urls(job.id, image, video))
+            return await self._retrying(
+                lambda: self.storage.input_urls(job.id, image, video), what=f"job {job.id}: upload"
+            )
 
     async def _localized(self, pj: PlannedJob) -> MediaPlan:
         """The job's media plan with every http(s) input that must be prepared fetched to disk."""
@@ -231,7 +233,8 @@ class Submitter(Collector):
             return info
         url, folder = ref.url, cache_dir(self.manifest) / "inputs"
         local = await self._retrying(
-            lambda: download_input(self.client, url, folder, job_id=pj.job.id)
+            lambda: download_input(self.client, url, folder, job_id=pj.job.id),
+            what=f"job {pj.job.id}: input download",
         )
         return replace(info, source=str(local))
 
@@ -251,19 +254,25 @@ class Submitter(Collector):
                 return await self.provider.submit(job, urls, client_id=client_id)
             except RateLimitedError as exc:
                 self.breaker.record_success()
-                self.gate.pause_for(
-                    next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
-                )
+                wait = next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
+                self.log.warning("job %s: create rate limited, every create pauses %.1f s (%s)",
+                                 job.id, wait, self._redact(cause(exc)))  # fmt: skip
+                self.gate.pause_for(wait)
             except TransientError as exc:
                 self.breaker.record_failure()
                 if attempt + 1 >= CALL_TRIES or self.stopping:
+                    self.log.warning("job %s: create not accepted after %d tries (%s)", job.id,
+                                     attempt + 1, self._redact(cause(exc)))  # fmt: skip
                     await self._unsubmit(job.id, f"create not accepted: {exc}")
                     return None
-                await self.sleeper.sleep(
-                    next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
-                )
+                wait = next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
+                self.log.warning("job %s: create try %d not accepted, again in %.1f s (%s)",
+                                 job.id, attempt + 1, wait, self._redact(cause(exc)))  # fmt: skip
+                await self.sleeper.sleep(wait)
             except AmbiguousError as exc:
                 self.breaker.record_failure()
+                self.log.warning("job %s: create outcome unknown (%s)", job.id,
+                                 self._redact(cause(exc)))  # fmt: skip
                 found = await self._lookup(job, client_id) if cls.has_client_id else UNKNOWN
                 if isinstance(found, Handle):
                     return found
@@ -289,11 +298,14 @@ class Submitter(Collector):
         """The task an unanswered create made (Handle), None if it never happened, or UNKNOWN."""
         try:
             found: Handle | None = await self._retrying(
-                lambda: self.provider.reconcile(job, client_id)
+                lambda: self.provider.reconcile(job, client_id),
+                what=f"job {job.id}: lookup by client id {client_id}",
             )
         except ProviderError as exc:
-            self.log.warning("job %s: lookup by client id failed: %s", job.id, exc)
+            self.log.warning("job %s: lookup by client id failed: %s", job.id, cause(exc))
             return UNKNOWN
+        outcome = f"found task {found.task_id}" if found else "the create never happened"
+        self.log.info("job %s: reconciled by client id %s: %s", job.id, client_id, outcome)
         return found
 
     async def _unsubmit(self, job_id: str, why: str) -> None:
