@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -20,6 +21,7 @@ from pipeline.errors import AuthError
 from pipeline.jobs import InputRef, Job, JobSettings
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.providers.kie import KieProvider
+from pipeline.runlog import close_run_log, open_run_log
 from pipeline.settings import MIN_PREFIX, Settings, public_url, redact, url_secrets
 
 # Characters that every encoding changes: "+", "/", "=", "&", a space, a quote, a backslash.
@@ -140,3 +142,45 @@ def test_a_provider_error_echoing_the_key_encoded_and_cut_is_redacted() -> None:
     text = f"{info.value} {info.value.args!r}"
     assert "0123456789" not in text and "live" not in text, text
     assert "***" in text
+
+
+# --------------------------------------------------------------------------- run.log
+
+
+def test_run_log_escapes_terminal_controls_in_messages_exceptions_and_stacks(
+    tmp_path: Path,
+) -> None:
+    log = open_run_log(tmp_path, [])
+    try:
+        log.info("failure: %s", "\x1b[2Jcleared\nFORGED INFO done \u202ereversed")
+        try:
+            raise RuntimeError("boom \x1b]0;title\x07")
+        except RuntimeError:
+            log.exception("request failed \x9b")
+        log.info("with stack", stack_info=True, extra={})
+    finally:
+        close_run_log(log)
+    text = (tmp_path / "run.log").read_text(encoding="utf-8")
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in text
+    assert "\\x1b[2Jcleared\\x0aFORGED INFO done \\u202ereversed" in text
+    assert "RuntimeError: boom \\x1b]0;title\\x07" in text
+    # Only our own line breaks remain: each record's first line starts with a timestamp, and the
+    # provider's newline did not start a line of its own.
+    assert not any(line.startswith("FORGED") for line in text.splitlines())
+    assert "Stack (most recent call last)" in text
+
+
+def test_run_log_filter_is_idempotent(tmp_path: Path) -> None:
+    log = open_run_log(tmp_path, ["sk-0123456789"])
+    extra = logging.StreamHandler(stream=open(tmp_path / "other.log", "w", encoding="utf-8"))  # noqa: SIM115
+    log.addHandler(extra)  # sees the record after the logger's filter already rewrote it
+    try:
+        log.info("key sk-0123456789 and \x1b[1m")
+    finally:
+        log.removeHandler(extra)
+        extra.close()
+        close_run_log(log)
+    for name in ("run.log", "other.log"):
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert "key *** and \\x1b[1m" in text and "\\\\x1b" not in text
