@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote
 
 #: Environment variables whose values are secrets by default (manifests may name others).
 DEFAULT_SECRET_VARS = (
@@ -95,30 +95,36 @@ def _user_cache(env: Mapping[str, str]) -> Path | None:
 # --------------------------------------------------------------------------- URLs
 
 
+def _split_authority(url: str) -> tuple[str, str, str]:
+    """``(scheme://, authority, rest)``; parsed by hand so no URL, however malformed, raises."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return scheme + sep, rest[:end], rest[end:]
+
+
 def public_url(url: str) -> str:
     """``url`` without its userinfo (``https://user:pw@host/x`` -> ``https://host/x``).
 
     What is stored (the upload cache's endpoint) and shown: the credentials stay in the manifest.
     """
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    head, authority, rest = _split_authority(url)
+    if "@" not in authority:
         return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return head + authority.rpartition("@")[2] + rest
 
 
 def url_secrets(*urls: str | None) -> list[str]:
     """The passwords in the userinfo of ``urls`` (as written and decoded), for :func:`redact`."""
-    found: list[str] = []
+    found: dict[str, None] = {}
     for url in urls:
-        if not url or "@" not in url:
-            continue
-        try:
-            password = urlsplit(url).password
-        except ValueError:  # an unparsable port: still look for the password part
-            password = None
+        # The password runs to the last "@" of the authority, as urlsplit reads it.
+        userinfo = _split_authority(url or "")[1].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
         if password:
-            found += [p for p in dict.fromkeys((password, unquote(password))) if p]
-    return found
+            found.update(dict.fromkeys(p for p in (password, unquote(password)) if p))
+    return list(found)
 
 
 # --------------------------------------------------------------------------- redaction

@@ -95,11 +95,14 @@ def test_public_url_drops_the_userinfo() -> None:
     )
     assert public_url("http://u:p@[::1]:9000") == "http://[::1]:9000"
     assert public_url("https://api.kie.ai") == "https://api.kie.ai"
+    assert public_url("https://u:p@[::1/x") == "https://[::1/x"  # malformed, still no raise
+    assert public_url("no scheme u:p@host") == "no scheme u:p@host"
 
 
 def test_url_secrets_gives_the_password_as_written_and_decoded() -> None:
     found = url_secrets("https://bob:p%40ss-word@proxy", None, "https://api.kie.ai", "")
     assert found == ["p%40ss-word", "p@ss-word"]
+    assert url_secrets("https://a:x@y@h/p", "https://a:x@y@h") == ["x@y"]  # deduplicated
     text = "proxy said: password p@ss-word refused (sent p%40ss-word)"
     assert "ss-word" not in redact(text, found)
 
