@@ -36,11 +36,11 @@ MIN_PREFIX = 8
 
 _REDACTED = "***"
 # Bearer tokens and JWTs can appear in echoed request headers or URLs; redact their shape too.
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b")
 # scheme://user:password@host: the password runs to the last "@" of the authority (people do
 # write a raw "@" in passwords); the user name is kept, it tells which account was used.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#]+@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)([^\s/?#]+)@")
 
 
 @dataclass(frozen=True)
@@ -163,19 +163,18 @@ class _SecretMatcher:
         # Longest heads first: at one place, a longer head always belongs to the longer match.
         self._pattern = re.compile("|".join(re.escape(h) for h in self._heads))
 
-    def sub(self, text: str) -> str:
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where echoes of the secrets are in ``text``, left to right, never overlapping."""
         # Fast path: most log lines hold no secret, and ``in`` is a C loop per head.
         if not any(head in text for head in self._heads):
-            return text
-        out: list[str] = []
+            return []
+        found: list[tuple[int, int]] = []
         pos = 0
         while (match := self._pattern.search(text, pos)) is not None:
             start = match.start()
-            end = max(start + _common_prefix(text, start, f) for f in self._forms[match.group()])
-            out += [text[pos:start], _REDACTED]
-            pos = end
-        out.append(text[pos:])
-        return "".join(out)
+            pos = max(start + _common_prefix(text, start, f) for f in self._forms[match.group()])
+            found.append((start, pos))
+        return found
 
 
 def _common_prefix(text: str, start: int, form: str) -> int:
@@ -201,12 +200,23 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     Values shorter than :data:`MIN_SECRET` are ignored.
     """
     wanted = frozenset(s for s in secrets if len(s) >= MIN_SECRET)
-    if wanted:
-        text = _matcher(wanted).sub(text)
+    # Every detector looks at the original text and the spans are merged: replacing in turn let
+    # one detector eat the beginning another needs (a Kling token shares its JWT header with
+    # every older token, whose signature would then survive the JWT pattern).
+    spans = _matcher(wanted).spans(text) if wanted else []
     if "://" in text and "@" in text:
-        text = _USERINFO.sub(lambda m: m.group(1) + _REDACTED + "@", text)
+        spans += [m.span(2) for m in _USERINFO.finditer(text)]
     if "bearer" in text.lower():
-        text = _BEARER.sub(lambda m: m.group(1) + _REDACTED, text)
+        spans += [m.span(2) for m in _BEARER.finditer(text)]
     if "eyJ" in text:
-        text = _JWT.sub(_REDACTED, text)
-    return text
+        spans += [m.span() for m in _JWT.finditer(text)]
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        if start > pos or not out:
+            out += [text[pos:start], _REDACTED]
+        pos = max(pos, end)
+    out.append(text[pos:])
+    return "".join(out)

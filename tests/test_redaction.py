@@ -187,3 +187,19 @@ def test_run_log_filter_is_idempotent(tmp_path: Path) -> None:
     for name in ("run.log", "other.log"):
         text = (tmp_path / name).read_text(encoding="utf-8")
         assert "key *** and \\x1b[1m" in text and "\\\\x1b" not in text
+
+
+def test_an_older_token_sharing_the_secret_jwt_header_is_removed_whole() -> None:
+    # Kling tokens are re-minted; every one starts with the same header. The current token is a
+    # secret; an older one in the text must not lose only its beginning to the secret matcher.
+    header = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    current = f"{header}.eyJpc3MiOiJhayIsImV4cCI6MTB9.c2lnbmF0dXJlLW5ldw"
+    older = f"{header}.eyJpc3MiOiJhayIsImV4cCI6MDl9.c2lnbmF0dXJlLW9sZA"
+    out = redact(f"old {older} new {current}", [current])
+    assert out == "old *** new ***"
+
+
+def test_a_secret_inside_a_bearer_header_is_removed_whole() -> None:
+    # The bearer pattern stops at "&"; the secret matcher covers the rest of the key.
+    key = "tok12345&tail-of-the-key"
+    assert redact(f"Authorization: Bearer {key} sent", [key]) == "Authorization: Bearer *** sent"
