@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ from batchkit import (
     KEY_ENV,
     SECRETS,
     Media,
-    RequestLog,
     cli,
     cli_env,
     creates,
@@ -33,7 +33,7 @@ from batchkit import (
     try_state_rows,
     write_manifest,
 )
-from waiting import wait_until
+from waiting import WAIT_LIMIT, wait_until
 
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 
@@ -51,11 +51,6 @@ def wait_for_states(output: Path, ids: list[str], state: str) -> dict[str, dict[
         return None
 
     return wait_until(reached, what=f"jobs {ids} to reach {state}")
-
-
-def creates_seen(log: RequestLog) -> int:
-    """Create requests the sandbox has received (answered or not yet)."""
-    return sum(1 for m, p in log.snapshot() if m == "POST" and p.endswith("/createTask"))
 
 
 def set_poll_interval(manifest: Path, seconds: float) -> None:
@@ -191,12 +186,21 @@ def test_no_key_or_jwt_leaks_anywhere(kind: str, media: Media, tmp_path: Path) -
 
 
 def test_interrupt_while_a_create_is_on_the_wire(media: Media, tmp_path: Path) -> None:
-    # The create answers 1 s late; Ctrl-C arrives meanwhile. The answer is still awaited briefly
-    # and its task id committed, so the next run collects the task instead of asking the user.
-    # The signal goes once the sandbox holds the create: waiting for "submitting" in the state
-    # raced the upload before it (a signal then found no create on the wire).
-    profile = {"faults": [{"kind": "slow", "endpoint": "create", "seconds": 1.0, "times": 1}]}
-    with sandbox(tmp_path / "sandbox", profile) as (srv, log):
+    # Ctrl-C arrives while the sandbox holds the create; the answer is still awaited briefly and
+    # its task id committed, so the next run collects the task instead of asking the user.
+    # The sandbox answers only once the signal was sent: a create held for a fixed second (and a
+    # signal sent when the state said "submitting") left a busy machine racing the grace period.
+    arrived, signalled = threading.Event(), threading.Event()
+    with sandbox(tmp_path / "sandbox") as (srv, _log):
+        handle = srv.app.handle
+
+        def hold_the_create(req: Any) -> Any:
+            if req.method == "POST" and req.path.endswith("/createTask"):
+                arrived.set()
+                signalled.wait(WAIT_LIMIT)
+            return handle(req)
+
+        srv.app.handle = hold_the_create  # type: ignore[method-assign]
         manifest = write_manifest(
             tmp_path / "m",
             provider_block("kie", srv, concurrency=1),
@@ -204,8 +208,11 @@ def test_interrupt_while_a_create_is_on_the_wire(media: Media, tmp_path: Path) -
         )
         output = out_dir(manifest)
         proc = start("run", manifest)
-        wait_until(lambda: creates_seen(log) == 1, what="the create to reach the sandbox")
-        proc.send_signal(signal.SIGINT)
+        try:
+            assert arrived.wait(WAIT_LIMIT), "the create never reached the sandbox"
+            proc.send_signal(signal.SIGINT)
+        finally:
+            signalled.set()
         code, _out, err = finish(proc)
         assert code == 130, err
         row = state_rows(output)["a"]
