@@ -14,17 +14,23 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from pipeline.budget import Spending
 from pipeline.commits import GroupCommitter
+from pipeline.diskguard import DiskGuard
 from pipeline.errors import RateLimitedError, TransientError
-from pipeline.hashing import FileHasher
-from pipeline.jobs import State
+from pipeline.halt import Halt
+from pipeline.hashing import FileHasher, sha256_text
+from pipeline.jobs import FailKind, Job, State
 from pipeline.manifest import Manifest
+from pipeline.outputs import REPLACED_DIR
 from pipeline.planning import Plan, cache_dir
 from pipeline.poller import Poller
+from pipeline.provenance import job_from_spec
 from pipeline.providers.base import Credentials, Provider
 from pipeline.reporting import JobChanged, Notice, Reporter
 from pipeline.retry import CircuitBreaker, PauseGate, RateLimiter, Sleeper, next_wait, sleeper_for
@@ -37,7 +43,6 @@ from pipeline.tools import MediaTools
 
 T = TypeVar("T")
 
-TIMEOUT_REASON = "task ran past task_timeout"
 CALL_TRIES = 8
 """Tries of one repeatable call, or of a create that certainly did not happen."""
 DOWNLOAD_TRIES = 5
@@ -65,6 +70,7 @@ class BatchBase:
         credentials: Credentials,
         tools: MediaTools,
         log: Any,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.manifest = manifest
         self.config = manifest.provider
@@ -76,6 +82,9 @@ class BatchBase:
         self.credentials = credentials
         self.tools = tools
         self.log = log
+        self.disk = disk or DiskGuard(
+            manifest.output_dir, floor=settings.min_free_bytes, reserve=settings.reserve_bytes
+        )
         self.secrets = [*credentials.secrets(), *settings.secrets(self.config.key_envs.values())]
         self.sleeper: Sleeper = sleeper_for(settings)
         self.rng = random.Random()  # noqa: S311 - jitter for waits, not a secret
@@ -89,16 +98,13 @@ class BatchBase:
         self.prep_pool = asyncio.Semaphore(cpus)
         self.upload_pool = asyncio.Semaphore(4)
         self.download_pool = asyncio.Semaphore(max(4, min(16, self.concurrency)))
-        self.stop_reason: str | None = None
-        self.stop_code = 0
-        self.interrupted = False
+        self.halt = Halt(self._announce_stop)
         self.creates_in_flight = 0
         self.submitted = 0
         self.videos = manifest.output_dir / "videos"
         # Planning saved every input's hash here: preparing reads no source a second time.
         self.hasher = FileHasher(cache_dir(manifest) / "hashes.json")
-        self.committed_seconds = 0.0
-        self.committed_cost = 0.0
+        self.spending = Spending(manifest.budget)
         self.requests = 0
         self.resumed: set[str] = set()
         """Jobs resumed by this run: the feed leaves them to their resume task."""
@@ -129,17 +135,46 @@ class BatchBase:
         self.log.info("job %s: %s%s", job_id, to.value, f" ({detail})" if detail else "")
         return row
 
+    async def _fail(self, job_id: str, kind: FailKind, error: str, **fields: Any) -> JobRow:
+        """Move a job to ``failed``, saying why as data (``kind``) and for the user (``error``)."""
+        return await self._move(job_id, State.FAILED, fail_kind=kind.value, error=error, **fields)
+
+    # -- jobs of the manifest, and paid tasks the manifest no longer names (orphans)
+
+    def is_orphan(self, job_id: str) -> bool:
+        """A job in the state but not in the manifest (renamed, or retired by a replace)."""
+        return job_id not in self.planned
+
+    def _job(self, row: JobRow) -> Job:
+        pj = self.planned.get(row.id)
+        return pj.job if pj is not None else job_from_spec(row, self.config)
+
+    def _expect_seconds(self, row: JobRow) -> float | None:
+        pj = self.planned.get(row.id)
+        return pj.billed_seconds if pj is not None else row.billed_seconds
+
+    def _target(self, row: JobRow) -> Path:
+        """Where a job's result goes: ``videos/<id>.mp4``, or under ``videos/replaced/`` for a
+        paid task the manifest no longer names (kept, with its metadata beside it)."""
+        if row.id in self.planned:
+            return self.videos / f"{row.id}.mp4"
+        tag = sha256_text(row.task_id or row.key)[:8]
+        return self.videos / REPLACED_DIR / f"{row.id}.{tag}.mp4"
+
+    def _ambiguous(self, what: str, job_id: str) -> str:
+        return ambiguous_reason(what, self.manifest.path, job_id)
+
+    def _announce_stop(self, reason: str) -> None:
+        self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
+        self.log.warning("stopping new submissions: %s", reason)
+
     def stop_new(self, reason: str, code: int) -> None:
         """No new creates from now on; the first reason wins."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.stop_code = code
-            self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
-            self.log.warning("stopping new submissions: %s", reason)
+        self.halt.stop_new(reason, code)
 
     @property
     def stopping(self) -> bool:
-        return self.stop_reason is not None
+        return self.halt.stopping
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """A repeatable call (upload, poll, refresh): retried on transient errors with backoff."""
@@ -165,8 +200,10 @@ UNKNOWN = object()
 """A reconcile that could not tell whether the create happened."""
 
 
-def ambiguous_reason(what: str) -> str:
+def ambiguous_reason(what: str, manifest: Path, job_id: str) -> str:
+    """Why a job needs attention, with the exact commands that settle it."""
+    resolve = f"motion-pipeline resolve {manifest} {job_id}"
     return (
         f"{what}; the provider may have created (and billed) a task. Check its dashboard, then "
-        "`motion-pipeline resolve MANIFEST JOB --adopt TASK_ID`, `--resubmit` or `--abandon`"
+        f"`{resolve} --adopt TASK_ID`, `{resolve} --resubmit` or `{resolve} --abandon`"
     )

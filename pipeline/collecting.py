@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 from pipeline import outputs
 from pipeline.batchbase import DOWNLOAD_TRIES, BatchBase
@@ -17,13 +18,22 @@ from pipeline.errors import (
     OutputConflictError,
     ProviderError,
     ResultExpiredError,
+    StateError,
     TransientError,
 )
-from pipeline.jobs import Handle, State, TaskStatus
-from pipeline.poller import TaskTimeout
+from pipeline.jobs import FailKind, Handle, State, TaskStatus
+from pipeline.poller import PollerCrashed, TaskTimeout, UnreadableTask
+from pipeline.provenance import write_sidecar
 from pipeline.retry import next_wait
 from pipeline.slots import Lease
 from pipeline.state_values import JobRow
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 class Collector(BatchBase):
@@ -33,32 +43,40 @@ class Collector(BatchBase):
         """Poll to the end (the provider slot is given back then), then download."""
         try:
             status = await self.poller.wait(handle)
-        except TaskTimeout as exc:
-            await self._move(
-                job_id,
-                State.FAILED,
-                error=f"{exc}; task {handle.task_id} kept: `run --retry-failed` re-checks it",
-            )
+        except (TaskTimeout, UnreadableTask) as exc:
+            kind = FailKind.TIMEOUT if isinstance(exc, TaskTimeout) else FailKind.UNREADABLE
+            kept = f"task {handle.task_id} kept: `run --retry-failed` asks about it again"
+            await self._fail(job_id, kind, f"{exc}; {kept}")
             return
+        except PollerCrashed:
+            return  # the run is stopping; the task is still running and the next run polls it
         except ProviderError as exc:
-            await self._move(job_id, State.FAILED, error=str(exc))
+            # The provider does not know a task it accepted (or refuses to say): it is paid for,
+            # so a human decides; `--retry-failed` would pay for it again.
+            why = f"the provider no longer answers for task {handle.task_id}: {exc}"
+            await self._move(job_id, State.NEEDS_ATTENTION, error=self._ambiguous(why, job_id))
             return
         finally:
             if lease is not None:
                 await lease.release()
         if status.phase == "failed":
-            await self._move(job_id, State.FAILED, error=status.reason or "the task failed")
+            await self._fail(job_id, FailKind.TASK, status.reason or "the task failed")
             return
         await self._move(job_id, State.DOWNLOADING, result_url=status.result_url)
         await self._download(job_id, handle, status)
 
     async def _download(self, job_id: str, handle: Handle, status: TaskStatus) -> None:
-        pj = self.planned[job_id]
-        target = self.videos / f"{job_id}.mp4"
+        row = self.store.get(job_id)
+        target = self._target(row)
+        expect = self._expect_seconds(row)
         url = status.result_url
         attempt = 0
         async with self.download_pool:
             while True:
+                if self.disk.released:
+                    # The disk is full: the room left is for the state's task ids, not results.
+                    self.log.warning("job %s: download left for the next run: disk full", job_id)
+                    return
                 try:
                     if not url:
                         raise ResultExpiredError("no result URL")
@@ -67,7 +85,7 @@ class Collector(BatchBase):
                         url,
                         target,
                         tools=self.tools,
-                        expect_seconds=pj.billed_seconds,
+                        expect_seconds=expect,
                         job_id=job_id,
                         replace=job_id in self.options.replace,
                     )
@@ -75,10 +93,8 @@ class Collector(BatchBase):
                     break
                 except ResultExpiredError:
                     if attempt >= DOWNLOAD_TRIES:
-                        await self._move(
-                            job_id,
-                            State.FAILED,
-                            error="result URL expired and could not be refreshed",
+                        await self._fail(
+                            job_id, FailKind.RESULT, "result URL expired and could not be refreshed"
                         )
                         return
                     url = await self._retrying(
@@ -104,14 +120,15 @@ class Collector(BatchBase):
                     await self._move(job_id, State.NEEDS_ATTENTION, error=str(exc))
                     return
                 except ProviderError as exc:
-                    await self._move(job_id, State.FAILED, error=f"result unusable: {exc}")
+                    await self._fail(job_id, FailKind.RESULT, f"result unusable: {exc}")
                     return
                 attempt += 1
         await self._finish(job_id, result)
 
     async def _finish(self, job_id: str, result: outputs.ResultFile) -> None:
         facts = {"width": result.width, "height": result.height, "fps": result.fps,
-                 "codec": result.codec, "size": result.size}  # fmt: skip
+                 "codec": result.codec, "size": result.size,
+                 "mtime_ns": await asyncio.to_thread(_mtime_ns, result.path)}  # fmt: skip
         await self._move(
             job_id,
             State.DONE,
@@ -121,16 +138,20 @@ class Collector(BatchBase):
             result=json.dumps(facts),
             error=None,
         )
+        if self.is_orphan(job_id):  # kept with its provenance, outside the dataset
+            await asyncio.to_thread(write_sidecar, self.store.get(job_id), self.manifest.output_dir)
 
     async def _resume(self, row: JobRow, lease: Lease | None) -> None:
         """A job this run found running or downloading: collect it (never create it again)."""
-        assert row.task_id is not None
+        if row.task_id is None:  # cannot happen for a running row; say so rather than guess
+            raise StateError(f"job {row.id} is {row.state.value} without a task id")
         handle = Handle(self.config.name, row.task_id, row.client_id)
         if row.state is State.DOWNLOADING:
-            target = self.videos / f"{row.id}.mp4"
-            pj = self.planned[row.id]
             existing = await asyncio.to_thread(
-                outputs.verify_existing, target, tools=self.tools, expect_seconds=pj.billed_seconds
+                outputs.verify_existing,
+                self._target(row),
+                tools=self.tools,
+                expect_seconds=self._expect_seconds(row),
             )
             if existing is not None and (row.output_sha256 in (None, existing.sha256)):
                 await self._finish(row.id, existing)

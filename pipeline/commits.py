@@ -4,15 +4,23 @@ Every write the runner makes goes through :class:`GroupCommitter`. A caller awai
 writes queued while a commit is in progress ride in the next one, so durability costs one
 fsync per batch of writes instead of one per write, and the event loop never waits on fsync
 (commits run in a worker thread).
+
+A write the store refuses (an illegal transition) fails alone. A commit that fails as a whole
+(the disk is full) fails every write in it, never some of them silently: SQLite may roll the
+whole transaction back on its own. Then ``on_disk_full`` (which frees the disk guard's reserve)
+is called and the batch is tried once more, so the task ids in it still land. The loop never
+dies: a failed batch fails its writers, and the next batch is committed as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import BatchStopped, PipelineError
 from pipeline.jobs import State
 from pipeline.state import StateStore
 from pipeline.state_values import JobRow
@@ -32,8 +40,11 @@ class _Write:
 class GroupCommitter:
     """Queue state writes; commit whatever is queued in one transaction, off the event loop."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(
+        self, store: StateStore, *, on_disk_full: Callable[[], bool] = lambda: False
+    ) -> None:
         self.store = store
+        self._on_disk_full = on_disk_full
         self._queue: list[_Write] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -50,8 +61,13 @@ class GroupCommitter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._queue:  # writes queued after the loop stopped still land
-            self._commit(self._queue)
-            self._queue = []
+            batch, self._queue = self._queue, []
+            try:
+                self._commit_or_retry(batch)
+            except _Partial as partial:
+                _fail_all(partial.rest, partial.error)
+            except PipelineError as exc:
+                _fail_all(batch, exc)
 
     async def transition(
         self,
@@ -86,43 +102,81 @@ class GroupCommitter:
             if not batch:
                 continue
             try:
-                await asyncio.to_thread(self._commit, batch)
-            except BaseException as exc:
-                for write in batch:
-                    if write.future is not None and not write.future.done():
-                        write.future.set_exception(exc)
+                await asyncio.to_thread(self._commit_or_retry, batch)
+            except _Partial as partial:  # the retry failed too: those writes are lost
+                _fail_all(partial.rest, partial.error)
+            except asyncio.CancelledError:
+                # The worker thread finishes the commit anyway; its writers learn the outcome.
                 raise
+            except Exception as exc:  # the whole batch failed; the next one may not
+                _fail_all(batch, exc)
+
+    def _commit_or_retry(self, batch: list[_Write]) -> None:
+        try:
+            self._commit(batch)
+        except _Partial as partial:
+            if not self._on_disk_full():
+                raise
+            self._commit(partial.rest)  # the reserve is free now: the task ids must land
 
     def _commit(self, batch: list[_Write]) -> None:
+        """Commit ``batch``; settle every write whose fate is known. On a failed commit, raise
+        :class:`_Partial` with the writes that did not land (those before the last task-id flush
+        did: the store commits a task id at once)."""
         results: list[JobRow | BaseException] = []
-        with self.store.batch():
-            for write in batch:
-                try:
-                    if write.to is None:
-                        row = self.store.set_fields(
-                            write.job_id, detail=write.detail, **write.fields
-                        )
-                    else:
-                        row = self.store.transition(
-                            write.job_id,
-                            write.to,
-                            expect=write.expect,
-                            detail=write.detail,
-                            **write.fields,
-                        )
-                    results.append(row)
-                except Exception as exc:  # one refused write must not sink the others
-                    results.append(exc)
+        durable = 0
+        try:
+            with self.store.batch():
+                for write in batch:
+                    results.append(self._apply(write))
+                    if "task_id" in write.fields and isinstance(results[-1], JobRow):
+                        durable = len(results)
+        except BatchStopped as exc:
+            _settle_all(batch[:durable], results[:durable])
+            raise _Partial(exc, batch[durable:]) from None
         self.commits += 1
         self.writes += len(batch)
-        for write, result in zip(batch, results, strict=True):
-            future = write.future
-            assert future is not None
-            loop = future.get_loop()
-            if isinstance(result, BaseException):
-                loop.call_soon_threadsafe(_settle_error, future, result)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result)
+        _settle_all(batch, results)
+
+    def _apply(self, write: _Write) -> JobRow | BaseException:
+        try:
+            if write.to is None:
+                return self.store.set_fields(write.job_id, detail=write.detail, **write.fields)
+            return self.store.transition(
+                write.job_id, write.to, expect=write.expect, detail=write.detail, **write.fields
+            )
+        except BatchStopped:
+            raise  # the disk: the transaction as a whole is lost
+        except Exception as exc:  # one refused write must not sink the others
+            return exc
+
+
+class _Partial(Exception):
+    """A commit failed (disk full); ``rest`` are the writes that did not land."""
+
+    def __init__(self, error: BatchStopped, rest: list[_Write]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.rest = rest
+
+
+def _settle_all(batch: list[_Write], results: list[JobRow | BaseException]) -> None:
+    for write, result in zip(batch, results, strict=True):
+        future = write.future
+        if future is None:
+            continue
+        loop = future.get_loop()
+        if isinstance(result, BaseException):
+            loop.call_soon_threadsafe(_settle_error, future, result)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result)
+
+
+def _fail_all(batch: list[_Write], exc: BaseException) -> None:
+    for write in batch:
+        future = write.future
+        if future is not None and not future.done():
+            future.get_loop().call_soon_threadsafe(_settle_error, future, exc)
 
 
 def _settle(future: asyncio.Future[JobRow], row: JobRow) -> None:

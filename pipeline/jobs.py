@@ -171,11 +171,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.SUBMITTING: frozenset(
         {State.RUNNING, State.FAILED, State.NEEDS_ATTENTION, State.PENDING}
     ),
-    State.RUNNING: frozenset({State.DOWNLOADING, State.FAILED, State.RUNNING}),
+    State.RUNNING: frozenset(
+        {State.DOWNLOADING, State.FAILED, State.RUNNING, State.NEEDS_ATTENTION}
+    ),
     State.DOWNLOADING: frozenset(
         {State.DONE, State.FAILED, State.RUNNING, State.DOWNLOADING, State.NEEDS_ATTENTION}
     ),
-    State.DONE: frozenset({State.PENDING}),
+    State.DONE: frozenset({State.PENDING, State.RUNNING, State.NEEDS_ATTENTION}),
     State.FAILED: frozenset({State.PENDING, State.RUNNING, State.SUBMITTING}),
     State.NEEDS_ATTENTION: frozenset({State.RUNNING, State.PENDING, State.FAILED}),
 }
@@ -183,3 +185,26 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 def can_transition(old: State, new: State) -> bool:
     return new in TRANSITIONS[old]
+
+
+class FailKind(StrEnum):
+    """Why a job is ``failed``, as data: it decides what ``run --retry-failed`` does with it."""
+
+    TASK = "task"
+    """The provider ran the task and it failed (moderation...): a retry pays again."""
+    REFUSED = "refused"
+    """The provider refused the create: nothing was paid."""
+    INPUT = "input"
+    """An input could not be used or prepared: nothing was paid."""
+    TIMEOUT = "timeout"
+    """The task ran past task_timeout: it may still finish; asked again before paying again."""
+    UNREADABLE = "unreadable"
+    """The provider's answers about the task could not be read: asked again before paying."""
+    RESULT = "result"
+    """The result was served but unusable, or could not be fetched again."""
+    ABANDONED = "abandoned"
+    """Given up by the user (``resolve --abandon``)."""
+
+
+#: Failed jobs whose task may still be alive: ``--retry-failed`` polls them before paying again.
+RECHECK = frozenset({FailKind.TIMEOUT, FailKind.UNREADABLE})

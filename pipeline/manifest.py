@@ -157,6 +157,7 @@ class _Checker:
                             f"{config.name} has no upload API: {role} must be an http(s) URL",
                             "host the file somewhere reachable, or use provider kie",
                         )
+        self._check_prices(budget, jobs)
         return Manifest(
             path=self.path,
             name=data["name"],
@@ -208,6 +209,19 @@ class _Checker:
             options=dict(doc.get("options", {})),
         )
         return cls, config
+
+    def _check_prices(self, budget: Budget, jobs: list[Job]) -> None:
+        """``max_cost`` caps only if every job has a price: a missing one would count as free."""
+        if budget.max_cost is None:
+            return
+        unpriced = sorted({job.settings.mode for job in jobs} - set(budget.price_per_second))
+        if unpriced:
+            self.error(
+                ("budget", "max_cost"),
+                f"max_cost needs a price for every mode the jobs use; no price for "
+                f"{', '.join(unpriced)}",
+                "add it to budget.price_per_second",
+            )
 
     def _check_trim(self, trim: dict[str, Any] | None, where: PathKey) -> None:
         if trim and trim.get("end") is not None and trim["end"] <= trim.get("start", 0):

@@ -7,6 +7,7 @@ event loop. What to prepare is decided by :func:`pipeline.mediaplan.plan_media`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -17,7 +18,8 @@ from typing import Any
 
 import ffmpeg
 
-from pipeline.errors import MediaError
+from pipeline.diskguard import DISK_FULL_ERRNOS
+from pipeline.errors import BatchStopped, MediaError
 from pipeline.hashing import FileHasher, sha256_text
 from pipeline.limits import Limits
 from pipeline.media import (
@@ -32,6 +34,8 @@ from pipeline.media import (
 from pipeline.mediaplan import ImageRecipe, MediaPlan, VideoRecipe
 from pipeline.tools import MediaTools, ToolTimeout, last_error_line, run_tool
 
+#: What ffmpeg prints (strerror(ENOSPC)) when its output's disk is full.
+_NO_SPACE = "No space left on device"
 #: x264 speed/size trade-off for prepared clips; not part of the recipe (a faster preset changes
 #: bytes, never what the clip is), so it may be tuned without changing job keys.
 X264_PRESET = "veryfast"
@@ -74,7 +78,10 @@ def prepare(
     plan.raise_for_error()
     if plan.image_info is None or plan.video_info is None or plan.limits is None:
         raise MediaError("plan has no probe facts to prepare from", job_id=plan.job_id)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(exc, cache_dir) from None
     image = Path(plan.image_info.source)
     video = Path(plan.video_info.source)
     duration = None
@@ -117,6 +124,10 @@ def _run_ffmpeg(stream: Any, tools: MediaTools, timeout: float, source: str) -> 
     except ToolTimeout as exc:
         raise MediaError(f"preparing failed: {exc}", path=source) from None
     if done.returncode != 0:
+        if _NO_SPACE in done.stderr.decode(
+            "utf-8", "replace"
+        ):  # the disk, not the media: every job would hit it
+            raise BatchStopped(f"disk full while preparing {source}: {_NO_SPACE}")
         raise MediaError(f"preparing failed: {last_error_line(done.stderr)}", path=source)
 
 
@@ -128,9 +139,18 @@ def _into_cache(final: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, final)
+    except OSError as exc:
+        raise _write_error(exc, final) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return final
+
+
+def _write_error(exc: OSError, path: Path) -> BatchStopped | MediaError:
+    if exc.errno in DISK_FULL_ERRNOS:
+        return BatchStopped(f"disk full writing {path}: {exc.strerror}")
+    return MediaError(f"cannot write prepared file: {exc.strerror or exc}", path=str(path))
 
 
 def _prepare_image(

@@ -12,17 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError, StateError
-from pipeline.jobs import State
+from pipeline import outdir
+from pipeline.diskguard import DiskGuard
+from pipeline.errors import (
+    BadReplyError,
+    BatchStopped,
+    ConfigError,
+    InputError,
+    RefusedError,
+    StateError,
+    TransientError,
+)
+from pipeline.jobs import FailKind, Handle, State
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.planning import Plan, PlannedJob, make_plan
-from pipeline.reporting import BatchFinished, BatchStarted, Reporter
+from pipeline.provenance import write_sidecar
+from pipeline.providers.base import ProviderConfig
+from pipeline.reporting import BatchFinished, BatchStarted, Notice, Reporter
 from pipeline.runlog import close_run_log, open_run_log
-from pipeline.runner import Batch, RunOptions, RunSummary, credentials_for
+from pipeline.runner import Batch, RunOptions, RunSummary
+from pipeline.session import credentials_for, endpoint, provider_client
 from pipeline.settings import Settings
 from pipeline.state import StateStore, state_path
-from pipeline.state_values import JobRecord
+from pipeline.state_values import DuplicateTaskError, JobRecord
 from pipeline.tools import find_tools
 
 
@@ -53,21 +66,39 @@ def run_batch(
         tools = find_tools(settings)
         plan = make_plan(manifest, settings, tools=tools)
         _refuse_rejected(plan)
+        found = outdir.claim(output_dir, manifest.name)
         with StateStore.open(output_dir) as store:
+            restored = outdir.apply(store, found, manifest.name)
             _sync(store, plan, options)
+            notes = _check_results(store, output_dir, {pj.job.id for pj in plan.jobs})
+            if restored:
+                notes.insert(
+                    0, f"the state was lost: rebuilt {restored} job(s) from metadata.jsonl"
+                )
             log = open_run_log(output_dir, [*credentials.secrets(), *settings.secrets()])
             try:
                 reporter.emit(BatchStarted(total=len(plan.jobs), counts=store.counts()))
+                for note in notes:
+                    reporter.emit(Notice(note, "warning"))
+                    log.warning("%s", note)
                 log.info(
                     "run %s: %d jobs, provider %s",
                     manifest.name,
                     len(plan.jobs),
                     manifest.provider.name,
                 )
-                batch = Batch(
-                    manifest, plan, store, settings, options, reporter, credentials, tools, log
+                disk = DiskGuard(
+                    output_dir, floor=settings.min_free_bytes, reserve=settings.reserve_bytes
                 )
-                summary = asyncio.run(batch.run())
+                disk.allocate()
+                batch = Batch(
+                    manifest, plan, store, settings, options, reporter, credentials, tools, log,
+                    disk,
+                )  # fmt: skip
+                try:
+                    summary = asyncio.run(batch.run())
+                finally:
+                    disk.remove()
                 reporter.emit(
                     BatchFinished(
                         counts=summary.counts,
@@ -101,6 +132,12 @@ def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
         unpaid = change.state in (State.PENDING, State.FAILED) and not change.task_id
         if unpaid or change.job_id in options.replace:
             pj = by_id[change.job_id]
+            if change.state in _PAID_IN_FLIGHT or change.state is State.DONE:
+                # Its task (or its result) stays, under job~N, and is still collected into
+                # videos/replaced/: replacing a job never throws a paid task away.
+                retired = store.retire_job(change.job_id, reason="replaced by --replace")
+                if change.state is State.DONE:
+                    _retire_result(store, retired)
             record = JobRecord(pj.job.id, pj.key, job_spec(pj))
             store.replace_job(record, reason="inputs or settings changed")
         else:
@@ -111,6 +148,49 @@ def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
             )
     if refused:
         raise ConfigError("a paid result would be overwritten:\n  " + "\n  ".join(refused))
+
+
+def _check_results(store: StateStore, output_dir: Path, jobs: set[str]) -> list[str]:
+    """Done jobs of the manifest whose video is gone or changed are collected again."""
+    check = outdir.check_results(output_dir, [r for r in store.outputs() if r.id in jobs])
+    notes = []
+    with store.batch():
+        for job_id, mtime in check.stamps.items():
+            store.set_fields(job_id, result=outdir.with_stamp(store.get(job_id).result, mtime))
+        for damage in check.damaged:
+            row = store.get(damage.job_id)
+            changed = damage.why == "changed" and row.output
+            moved = outdir.set_aside(output_dir, row.output) if changed and row.output else None
+            kept = f" (the changed file is kept as {moved})" if moved else ""
+            if row.task_id:
+                why = f"its result video is {damage.why}{kept}: collecting task {row.task_id} again"
+                store.transition(
+                    row.id, State.RUNNING, output=None, output_sha256=None, result_url=None,
+                    error=why, detail={"op": "recollect", "why": damage.why},
+                )  # fmt: skip
+            else:
+                why = f"its result video is {damage.why}{kept} and no task id is known to fetch it"
+                store.transition(row.id, State.NEEDS_ATTENTION, error=why)
+            notes.append(f"job {row.id}: {why}")
+    return notes
+
+
+#: States in which a job holds (or may hold) a task the provider is generating for it.
+_PAID_IN_FLIGHT = frozenset({State.SUBMITTING, State.RUNNING, State.DOWNLOADING,
+                             State.NEEDS_ATTENTION})  # fmt: skip
+
+
+def _retire_result(store: StateStore, retired: str) -> None:
+    """Move a replaced job's video to ``videos/replaced/`` with its metadata beside it."""
+    row = store.get(retired)
+    if not row.output:
+        return
+    output_dir = store.path.parent
+    moved = outdir.set_aside(output_dir, row.output, tag="replaced")
+    relative = str(moved.relative_to(output_dir)) if moved else None
+    row = store.set_fields(retired, output=relative)
+    if moved is not None:
+        write_sidecar(row, output_dir)
 
 
 # --------------------------------------------------------------------------- status
@@ -163,39 +243,91 @@ def batch_status(output_dir: Path) -> StatusReport:
 
 
 def resolve_job(
-    manifest: Manifest, job_id: str, *, adopt: str | None, resubmit: bool, abandon: bool
+    manifest: Manifest,
+    job_id: str,
+    *,
+    adopt: str | None,
+    resubmit: bool,
+    abandon: bool,
+    settings: Settings | None = None,
 ) -> str:
-    """Settle a job that needs attention; returns what was done, for the user."""
+    """Settle a job that needs attention; returns what was done, for the user.
+
+    ``--adopt`` first asks the provider about the task id (a typo must not be adopted: the run
+    would poll a task that does not exist, and ``--retry-failed`` would then pay again).
+    ``--abandon`` also gives up a job stuck collecting (running, downloading): its task is paid
+    and is given up knowingly. ``--resubmit`` pays again, so it only takes settled jobs.
+    """
+    if adopt is not None:
+        adopt = adopt.strip()
+        if not adopt:
+            raise ConfigError("--adopt needs the provider's task id (it was empty)")
     output_dir = manifest.output_dir
+    if not state_path(output_dir).exists():
+        raise ConfigError(f"nothing has run for {manifest.path} yet: there is no job to resolve")
     with RunLock.acquire(output_dir), StateStore.open(output_dir) as store:
         try:
             row = store.get(job_id)
-        except (KeyError, StateError):
+        except StateError:
             raise ConfigError(f"job {job_id!r} is not in the state of {output_dir}") from None
-        if row.state not in (State.NEEDS_ATTENTION, State.FAILED):
-            raise ConfigError(
-                f"job {job_id} is {row.state.value}: "
-                "only needs_attention or failed jobs can be resolved"
-            )
-        if adopt:
-            store.transition(
-                job_id,
-                State.RUNNING,
-                task_id=adopt,
-                error=None,
-                detail={"op": "resolve", "adopt": adopt},
-            )
+        allowed = _ADOPTABLE if adopt is not None else _RESUBMITTABLE if resubmit else _ABANDONABLE
+        if row.state not in allowed:
+            names = ", ".join(sorted(s.value for s in allowed))
+            raise ConfigError(f"job {job_id} is {row.state.value}: this resolve takes {names} jobs")
+        if adopt is not None:
+            _ask_about(manifest, adopt, settings or Settings.from_env())
+            try:
+                store.transition(
+                    job_id, State.RUNNING, task_id=adopt, error=None,
+                    detail={"op": "resolve", "adopt": adopt},
+                )  # fmt: skip
+            except DuplicateTaskError as exc:
+                raise ConfigError(f"cannot adopt task {adopt}: {exc}") from None
             return f"job {job_id}: adopted task {adopt}; the next run polls and downloads it"
         if resubmit:
             store.transition(
                 job_id, State.PENDING, error=None, detail={"op": "resolve", "resubmit": True}
             )
             return f"job {job_id}: back to pending; the next run submits it again (and pays again)"
-        assert abandon
         store.transition(
-            job_id, State.FAILED, error="abandoned by the user", detail={"op": "resolve"}
+            job_id,
+            State.FAILED,
+            error="abandoned by the user",
+            fail_kind=FailKind.ABANDONED.value,
+            detail={"op": "resolve", "abandon": True},
         )
-        return f"job {job_id}: abandoned (failed)"
+        paid = f" (task {row.task_id} is given up)" if row.task_id else ""
+        return f"job {job_id}: abandoned (failed){paid}"
+
+
+_ADOPTABLE = frozenset({State.NEEDS_ATTENTION, State.FAILED})
+_RESUBMITTABLE = frozenset({State.NEEDS_ATTENTION, State.FAILED})
+_ABANDONABLE = frozenset(
+    {State.NEEDS_ATTENTION, State.FAILED, State.SUBMITTING, State.RUNNING, State.DOWNLOADING}
+)
+
+
+def _ask_about(manifest: Manifest, task_id: str, settings: Settings) -> None:
+    """Refuse a task id the provider does not know (exit 2), or cannot be asked about (exit 3)."""
+    credentials = credentials_for(manifest.provider, settings)
+    tools = find_tools(settings)
+
+    async def ask(config: ProviderConfig) -> None:
+        async with provider_client(config, credentials) as provider:
+            await provider.poll(Handle(config.name, task_id))
+
+    with endpoint(manifest, tools) as config:
+        try:
+            asyncio.run(ask(config))
+        except (RefusedError, BadReplyError) as exc:
+            raise ConfigError(
+                f"{config.name} does not know task {task_id!r} ({exc}); nothing was changed"
+            ) from None
+        except TransientError as exc:
+            raise BatchStopped(
+                f"cannot ask {config.name} about task {task_id!r} ({exc}); nothing was changed, "
+                "try again later"
+            ) from None
 
 
 # --------------------------------------------------------------------------- report

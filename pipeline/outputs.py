@@ -17,10 +17,15 @@ VideoFolder builds rows from ``metadata.jsonl``, so videos under ``replaced/`` a
 How the runner should treat each failure of :func:`download_result`:
 
 * :class:`ResultExpiredError` (401/403/404/410): re-query the task for a fresh URL, then retry.
-* :class:`TransientError` (transport errors, timeouts, 408/429/5xx, short body): retry later.
-* :class:`ResultInvalidError` (not a video, longer than billed, too big, other statuses): the
-  provider served something unusable; refreshing the URL once is worth it, then fail the job.
+* :class:`TransientError` (transport errors, timeouts, 408/425/429/5xx, short body, too slow,
+  past the deadline; :class:`UnreachableError` when no answer came): retry later.
+* :class:`ResultInvalidError` (a malformed URL or port, not http(s), a redirect loop or too many
+  redirects, not a video, longer than billed, too big, other statuses): the provider served
+  something unusable; refreshing the URL once is worth it, then fail the job.
 * :class:`BatchStopped` (disk full, output directory unwritable): stop the batch.
+
+The download itself (size cap, deadline, slow-transfer rule, redirects, temp file) is
+:mod:`pipeline.fetch`, shared with input downloads (:func:`pipeline.storage.download_input`).
 * :class:`OutputConflictError`: the job needs attention (rename it or replace explicitly).
 """
 
@@ -29,8 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
-import hashlib
 import json
 import os
 import secrets
@@ -39,14 +42,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiofiles
 import httpx
 
+from pipeline.atomic import write_atomic
 from pipeline.crashpoints import crash_point
 from pipeline.errors import (
-    BatchStopped,
     MediaError,
     OutputConflictError,
     ProviderError,
@@ -54,10 +55,16 @@ from pipeline.errors import (
     ResultInvalidError,
     TransientError,
 )
+
+# disk_error, fsync_dir and display_url moved to pipeline.fetch / pipeline.urls; re-exported
+# (the "as" form) because callers and tests import them from here.
+from pipeline.fetch import Limits, download
+from pipeline.fetch import disk_error as disk_error
+from pipeline.fetch import fsync_dir as fsync_dir
 from pipeline.hashing import sha256_file
 from pipeline.media import MediaInfo, probe_file
-from pipeline.retry import parse_retry_after
 from pipeline.tools import MediaTools
+from pipeline.urls import display_url as display_url
 
 # Re-exported because pipeline/operations.py imports them from here; drop once it imports
 # pipeline.runlog.
@@ -78,7 +85,6 @@ RESERVED_KEYS = frozenset({"video", "image"})
 
 _EXPIRED = frozenset({401, 403, 404, 410})
 _RETRYABLE = frozenset({408, 425, 429})
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def video_path(output_dir: Path, job_id: str) -> Path:
@@ -187,21 +193,6 @@ def classify_status(
     return ResultInvalidError(text, http_status=status)
 
 
-def display_url(url: str) -> str:
-    """Host and path only: signed result URLs carry tokens in their query."""
-    parts = urlsplit(url)
-    path = parts.path if len(parts.path) <= 80 else parts.path[:77] + "..."
-    return f"{parts.scheme}://{parts.hostname or ''}{path}"
-
-
-def disk_error(exc: OSError, path: Path) -> BatchStopped:
-    """A local write failure stops the batch: every later job would hit the same disk."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in _DISK_FULL:
-        return BatchStopped(f"disk full writing {path}: {reason}")
-    return BatchStopped(f"cannot write {path}: {reason}")
-
-
 async def download_result(
     client: httpx.AsyncClient,
     url: str,
@@ -213,10 +204,13 @@ async def download_result(
     replace: bool = False,
     chunk: int = 1 << 20,
     max_bytes: int = MAX_RESULT_BYTES,
+    limits: Limits | None = None,
 ) -> ResultFile:
     """Stream ``url`` to a temp file beside ``target``, verify it, then rename it into place.
 
-    The temp file (``.part-<job_id>-<random>``) is removed on any failure, cancellation included.
+    The download follows :mod:`pipeline.fetch` (``limits``: ``max_bytes`` with its default
+    deadline, speed and redirect rules unless given). The temp file
+    (``.part-<job_id>-<random>``) is removed on any failure, cancellation included.
     """
     target = Path(target)
     try:
@@ -226,7 +220,7 @@ async def download_result(
     tmp = target.parent / f"{PART_PREFIX}{job_id}-{secrets.token_hex(6)}"
     try:
         sha256, size = await _fetch(
-            client, url, tmp, job_id=job_id, chunk=chunk, max_bytes=max_bytes
+            client, url, tmp, job_id=job_id, chunk=chunk, limits=limits or Limits(max_bytes)
         )
         info = await asyncio.to_thread(
             _verify, tmp, tools=tools, expect_seconds=expect_seconds, job_id=job_id
@@ -240,61 +234,24 @@ async def download_result(
 
 
 async def _fetch(
-    client: httpx.AsyncClient, url: str, tmp: Path, *, job_id: str, chunk: int, max_bytes: int
+    client: httpx.AsyncClient, url: str, tmp: Path, *, job_id: str, chunk: int, limits: Limits
 ) -> tuple[str, int]:
+    """The one streaming download (:func:`pipeline.fetch.download`), worded for a result."""
     where = display_url(url)
-    digest = hashlib.sha256()
-    size = 0
-    expected: int | None = None
-    try:
-        # identity: the bytes on disk are the bytes served, and Content-Length counts them.
-        headers = {"Accept-Encoding": "identity"}
-        async with client.stream("GET", url, headers=headers, follow_redirects=True) as response:
-            error = classify_status(
-                response.status_code,
-                job_id=job_id,
-                where=where,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-            )
-            if error is not None:
-                raise error
-            if response.headers.get("content-encoding", "identity").lower() == "identity":
-                with contextlib.suppress(ValueError):
-                    expected = int(response.headers.get("content-length", ""))
-            if expected is not None and expected > max_bytes:
-                raise ResultInvalidError(
-                    f"job {job_id}: result from {where} is {expected} bytes, over {max_bytes}"
-                )
-            async with aiofiles.open(tmp, "xb") as fh:
-                async for block in response.aiter_bytes(chunk):
-                    size += len(block)
-                    if size > max_bytes:
-                        raise ResultInvalidError(
-                            f"job {job_id}: result from {where} is over {max_bytes} bytes"
-                        )
-                    digest.update(block)
-                    await fh.write(block)
-                    crash_point("mid-download")
-                await fh.flush()
-                await asyncio.to_thread(os.fsync, fh.fileno())
-    except httpx.TransportError as exc:
-        raise TransientError(
-            f"job {job_id}: result download from {where} failed after {size} bytes: "
-            f"{type(exc).__name__}"
-        ) from None
-    except httpx.DecodingError:
-        raise ResultInvalidError(
-            f"job {job_id}: result from {where} has a broken encoding"
-        ) from None
-    except OSError as exc:
-        raise disk_error(exc, tmp) from None
-    if size == 0:
-        raise ResultInvalidError(f"job {job_id}: result from {where} is empty (0 bytes)")
-    if expected is not None and size != expected:
-        raise TransientError(
-            f"job {job_id}: result from {where} ended after {size} of {expected} bytes"
-        )
-    return digest.hexdigest(), size
+
+    def unusable(reason: str) -> ResultInvalidError:
+        # The runner refreshes the URL once on this error, then fails the job.
+        return ResultInvalidError(f"job {job_id}: result from {where} {reason}")
+
+    def check_status(status: int, retry_after: float | None) -> ProviderError | None:
+        return classify_status(status, job_id=job_id, where=where, retry_after=retry_after)
+
+    fetched = await download(
+        client, url, tmp, job_id=job_id, label="result download", limits=limits,
+        unusable=unusable, check_status=check_status, chunk=chunk,
+        on_block=lambda: crash_point("mid-download"),
+    )  # fmt: skip
+    return fetched.sha256, fetched.size
 
 
 def _publish(
@@ -344,15 +301,6 @@ def _set_aside(path: Path, folder: Path, stem: str) -> Path:
 
 def _utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_partials(videos_dir: Path) -> int:
@@ -459,21 +407,5 @@ def write_metadata(output_dir: Path, records: Iterable[Mapping[str, Any]]) -> Pa
             raise ValueError(f"two metadata records for job {row['job_id']}")
         seen.add(row["job_id"])
     target = Path(output_dir) / METADATA_FILE
-    tmp = target.with_name(f".{METADATA_FILE}.{secrets.token_hex(6)}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(target)
-        fsync_dir(target.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise disk_error(exc, target) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    return target
+    lines = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    return write_atomic(target, "".join(lines).encode("utf-8"))

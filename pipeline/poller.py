@@ -1,10 +1,17 @@
 """One poller for every running task: adaptive intervals, batch queries where the provider has them.
 
 Jobs ``await poller.wait(handle)`` and get the terminal :class:`~pipeline.jobs.TaskStatus`.
-The poller keeps a due time per task; each round it asks about every task that is due, in one
-``poll_many`` call per chunk when the provider answers many at once, else one poll per task
-(bounded). Transport trouble is not a failed job: the task is asked again later, with backoff,
-and a streak of it opens the circuit breaker so a sick provider is not hammered.
+The poller keeps a due time per task. When a task is due, its poll is started as a task of its
+own (bounded by :data:`PARALLEL_POLLS`) and the scheduler goes on at once: a poll that answers
+slowly delays that task only, never the others (polls used to go in rounds, and one trickling
+answer stalled every task's polling). Where the provider answers many tasks at once
+(``poll_many``) the tasks due together share one query per chunk.
+
+Transport trouble is not a failed job: the task is asked again later, with backoff, and a streak
+of it opens the circuit breaker so a sick provider is not hammered. A task whose answers cannot
+be read :data:`MAX_BAD_REPLIES` times in a row fails with :class:`UnreadableTask` (its task id is
+kept and ``run --retry-failed`` asks again). An unexpected error inside the scheduler fails
+every waiting job with :class:`PollerCrashed` instead of leaving them waiting forever.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import asyncio
 import heapq
 import itertools
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from pipeline.errors import ProviderError, RefusedError, TransientError
+from pipeline.errors import BadReplyError, ProviderError, TransientError
 from pipeline.jobs import Handle, TaskStatus
 from pipeline.providers.base import Provider
 from pipeline.retry import CircuitBreaker, Sleeper, backoff, poll_delay
@@ -23,7 +32,9 @@ from pipeline.retry import CircuitBreaker, Sleeper, backoff, poll_delay
 BATCH_SIZE = 50
 """Tasks per batch query (AceData retrieve_batch)."""
 PARALLEL_POLLS = 16
-"""Single-task polls in flight at once."""
+"""Polls (or batch queries) in flight at once."""
+MAX_BAD_REPLIES = 10
+"""Unreadable answers in a row about one task before its job fails (the task id is kept)."""
 
 
 @dataclass(order=True)
@@ -35,10 +46,19 @@ class _Entry:
     future: asyncio.Future[TaskStatus] = field(compare=False, repr=False)
     polls: int = field(default=0, compare=False)
     errors: int = field(default=0, compare=False)
+    bad: int = field(default=0, compare=False)
 
 
 class TaskTimeout(Exception):
     """The task ran past ``task_timeout``; its id is kept and it may still finish."""
+
+
+class UnreadableTask(Exception):
+    """The provider's answers about this task could not be read, many times in a row."""
+
+
+class PollerCrashed(Exception):
+    """The poller itself failed (a bug): no task can be followed until the next run."""
 
 
 class Poller:
@@ -51,8 +71,10 @@ class Poller:
         sleeper: Sleeper,
         rng: random.Random,
         breaker: CircuitBreaker,
+        backoff_cap: float = 300.0,
     ) -> None:
         self.provider = provider
+        self.backoff_cap = backoff_cap
         self.interval = interval
         self.task_timeout = task_timeout
         self.sleeper = sleeper
@@ -61,20 +83,42 @@ class Poller:
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
+        self._gate = asyncio.Semaphore(PARALLEL_POLLS)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._waiting: dict[int, _Entry] = {}
+        """Every entry whose job still waits, by id(): what a crash must fail."""
         self.calls = 0
 
     async def wait(self, handle: Handle, *, started: float | None = None) -> TaskStatus:
-        """The task's terminal status. Raises TaskTimeout, or RefusedError (unknown task)."""
+        """The task's terminal status. Raises TaskTimeout, UnreadableTask, PollerCrashed, or a
+        ProviderError the provider answered about this task (e.g. an unknown task id)."""
         now = self.sleeper.monotonic()
         begun = now if started is None else started
         first = now + poll_delay(0, base_interval=self.interval, elapsed=now - begun, rng=self.rng)
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Entry(first, next(self._seq), handle, begun, future))
+        entry = _Entry(first, next(self._seq), handle, begun, future)
+        self._waiting[id(entry)] = entry
+        future.add_done_callback(lambda _f: self._waiting.pop(id(entry), None))
+        heapq.heappush(self._heap, entry)
         self._wakeup.set()
         return await future
 
     async def run(self) -> None:
-        """Serve :meth:`wait` calls until cancelled."""
+        """Serve :meth:`wait` calls until cancelled; a crash fails every waiting job."""
+        try:
+            await self._schedule()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            crashed = PollerCrashed(f"the poller failed: {type(exc).__name__}: {exc}")
+            for entry in list(self._waiting.values()):
+                _fail(entry, crashed)
+            raise
+        finally:
+            for task in list(self._inflight):
+                task.cancel()
+
+    async def _schedule(self) -> None:
         while True:
             if not self._heap:
                 self._wakeup.clear()
@@ -83,12 +127,7 @@ class Poller:
             now = self.sleeper.monotonic()
             head = self._heap[0].due
             if head > now:
-                self._wakeup.clear()
-                sleep = asyncio.ensure_future(self.sleeper.sleep(head - now))
-                woke = asyncio.ensure_future(self._wakeup.wait())
-                _, pending = await asyncio.wait({sleep, woke}, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
+                await self._sleep_until(head - now)
                 continue
             while not self.breaker.allow():
                 await self.sleeper.sleep(max(self.breaker.retry_in(), 0.05))
@@ -97,25 +136,46 @@ class Poller:
                 entry = heapq.heappop(self._heap)
                 if not entry.future.done():  # its job was cancelled: forget the task here
                     due.append(entry)
-            await self._round(due)
+            if type(self.provider).has_batch_poll:
+                for i in range(0, len(due), BATCH_SIZE):
+                    await self._start(self._batch(due[i : i + BATCH_SIZE]))
+            else:
+                for entry in due:
+                    await self._start(self._single(entry))
 
-    async def _round(self, due: list[_Entry]) -> None:
-        if type(self.provider).has_batch_poll:
-            chunks = [due[i : i + BATCH_SIZE] for i in range(0, len(due), BATCH_SIZE)]
-            await asyncio.gather(*(self._batch(chunk) for chunk in chunks))
-        else:
-            gate = asyncio.Semaphore(PARALLEL_POLLS)
+    async def _sleep_until(self, seconds: float) -> None:
+        self._wakeup.clear()
+        sleep = asyncio.ensure_future(self.sleeper.sleep(seconds))
+        woke = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({sleep, woke}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            woke.cancel()
 
-            async def one(entry: _Entry) -> None:
-                async with gate:
-                    await self._single(entry)
+    async def _start(self, poll: Coroutine[Any, Any, None]) -> None:
+        """Run one poll as a task of its own once a slot is free; do not wait for its answer."""
+        await self._gate.acquire()
 
-            await asyncio.gather(*(one(e) for e in due))
+        async def bounded() -> None:
+            try:
+                await poll
+            finally:
+                self._gate.release()
+
+        task = asyncio.create_task(bounded(), name="poll")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _batch(self, entries: list[_Entry]) -> None:
         self.calls += 1
         try:
             found = await self.provider.poll_many([e.handle for e in entries])
+        except BadReplyError as exc:
+            self.breaker.record_success()  # it answered, if badly
+            for entry in entries:
+                self._bad_reply(entry, exc)
+            return
         except TransientError:
             self.breaker.record_failure()
             for entry in entries:
@@ -124,6 +184,10 @@ class Poller:
         except ProviderError as exc:
             for entry in entries:
                 _fail(entry, exc)
+            return
+        except Exception as exc:  # a parser bug must cost one poll, not the batch
+            for entry in entries:
+                self._bad_reply(entry, exc)
             return
         self.breaker.record_success()
         for entry in entries:
@@ -137,15 +201,19 @@ class Poller:
         self.calls += 1
         try:
             status = await self.provider.poll(entry.handle)
+        except BadReplyError as exc:
+            self.breaker.record_success()
+            self._bad_reply(entry, exc)
+            return
         except TransientError:
             self.breaker.record_failure()
             self._retry_later(entry)
             return
-        except RefusedError as exc:
-            _fail(entry, exc)
-            return
         except ProviderError as exc:
             _fail(entry, exc)
+            return
+        except Exception as exc:  # a parser bug must cost one poll, not the batch
+            self._bad_reply(entry, exc)
             return
         self.breaker.record_success()
         self._settle(entry, status)
@@ -157,30 +225,48 @@ class Poller:
             return
         entry.polls += 1
         entry.errors = 0
+        entry.bad = 0
         now = self.sleeper.monotonic()
-        if now - entry.started > self.task_timeout:
-            _fail(entry, TaskTimeout(f"task ran past task_timeout ({self.task_timeout:g} s)"))
+        if self._timed_out(entry, now):
             return
         delay = poll_delay(
             entry.polls, base_interval=self.interval, elapsed=now - entry.started, rng=self.rng
         )
         self._push(entry, now + delay)
 
+    def _bad_reply(self, entry: _Entry, exc: BaseException) -> None:
+        entry.bad += 1
+        if entry.bad >= MAX_BAD_REPLIES:
+            _fail(
+                entry,
+                UnreadableTask(
+                    f"{entry.bad} answers in a row about task {entry.handle.task_id} could not be "
+                    f"read (last: {type(exc).__name__}: {exc})"
+                ),
+            )
+            return
+        self._retry_later(entry)
+
     def _retry_later(self, entry: _Entry) -> None:
         entry.errors += 1
         now = self.sleeper.monotonic()
-        if now - entry.started > self.task_timeout:
-            _fail(entry, TaskTimeout(f"task ran past task_timeout ({self.task_timeout:g} s)"))
+        if self._timed_out(entry, now):
             return
-        wait = max(
-            self.interval, backoff(entry.errors, base=self.interval, cap=300.0, rng=self.rng)
-        )
+        jittered = backoff(entry.errors, base=self.interval, cap=self.backoff_cap, rng=self.rng)
+        wait = max(self.interval, jittered)
         self._push(entry, now + wait)
+
+    def _timed_out(self, entry: _Entry, now: float) -> bool:
+        if now - entry.started <= self.task_timeout:
+            return False
+        _fail(entry, TaskTimeout(f"task ran past task_timeout ({self.task_timeout:g} s)"))
+        return True
 
     def _push(self, entry: _Entry, due: float) -> None:
         entry.due = due
         entry.seq = next(self._seq)
         heapq.heappush(self._heap, entry)
+        self._wakeup.set()
 
 
 def _fail(entry: _Entry, exc: BaseException) -> None:

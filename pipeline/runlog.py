@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,20 @@ class RedactFilter(logging.Filter):
         return printable(redact(text, self._secrets), keep_newlines=True)
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that cannot be written (a full disk) says so once, instead of printing a
+    traceback for every line: the run goes on, and its own messages name the disk."""
+
+    _complained = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._complained:
+            self._complained = True
+            exc = sys.exc_info()[1]
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            sys.stderr.write(f"motion-pipeline: cannot write {self.baseFilename}: {reason}\n")
+
+
 def open_run_log(output_dir: Path, secrets: Sequence[str]) -> logging.Logger:
     """A logger appending to ``<output_dir>/run.log`` with UTC timestamps, every line redacted.
 
@@ -70,7 +85,7 @@ def open_run_log(output_dir: Path, secrets: Sequence[str]) -> logging.Logger:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     redactor = RedactFilter(secrets)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _QuietFileHandler(path, mode="a", encoding="utf-8")
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     formatter.converter = time.gmtime
     formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"

@@ -16,33 +16,26 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from pipeline import outputs, providers
-from pipeline.batchbase import TIMEOUT_REASON, RunOptions
+from pipeline.batchbase import RunOptions
 from pipeline.commits import GroupCommitter
 from pipeline.crashpoints import arm
-from pipeline.errors import MissingKeyError
-from pipeline.jobs import State
-from pipeline.planning import cache_dir
+from pipeline.errors import BatchStopped
+from pipeline.jobs import RECHECK, State
 from pipeline.poller import Poller
 from pipeline.provenance import rewrite_metadata
-from pipeline.providers.base import Credentials, ProviderConfig
 from pipeline.reporting import Notice
-from pipeline.settings import Settings
+from pipeline.session import endpoint
 from pipeline.storage import Storage
 from pipeline.submitting import Submitter
 
-__all__ = ["Batch", "RunOptions", "RunSummary", "credentials_for"]
-
-EMBEDDED = "embedded"
-"""``base_url`` of a provider served by the in-process sandbox."""
-INTERRUPT_GRACE = 1.5
-"""Seconds an in-flight create may take to answer after Ctrl-C before it is cancelled."""
+__all__ = ["Batch", "RunOptions", "RunSummary"]
 
 
 @dataclass
@@ -59,22 +52,6 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
-    """The provider's keys from the environment; an unset variable is an exit-2 error."""
-    values: dict[str, str] = {}
-    missing: list[str] = []
-    for role, var in config.key_envs.items():
-        value = settings.secret(var)
-        if value is None:
-            missing.append(var)
-        else:
-            values[role] = value
-    if missing:
-        names = " and ".join(missing)
-        raise MissingKeyError(f"set {names} in the environment: provider {config.name} needs it")
-    return Credentials(values)
-
-
 class Batch(Submitter):
     """One run of one manifest against its state. Built by :func:`pipeline.operations.run_batch`."""
 
@@ -88,7 +65,7 @@ class Batch(Submitter):
             self.unsettled.setdefault(row.key, row.id)
         limits = httpx.Limits(max_connections=max(32, 2 * self.concurrency))
         timeout = httpx.Timeout(60.0, connect=15.0)
-        with self._embedded_provider() as config:
+        with endpoint(self.manifest, self.tools) as config:
 
             async def count(_request: httpx.Request) -> None:
                 self.requests += 1
@@ -108,26 +85,39 @@ class Batch(Submitter):
                     rng=self.rng,
                     breaker=self.breaker,
                 )
-                async with GroupCommitter(self.store) as self.commits:
+                loop = asyncio.get_running_loop()
+
+                def disk_full() -> bool:  # called from the commit thread
+                    loop.call_soon_threadsafe(self.stop_new, self.disk.shortage() or "disk full", 3)
+                    return self.disk.release()
+
+                committer = GroupCommitter(self.store, on_disk_full=disk_full)
+                async with committer as self.commits:
                     await self._work()
-        summary = self._summary(started)
-        rewrite_metadata(self.store, self.planned, self.config, self.manifest.output_dir)
-        return summary
+        try:
+            rewrite_metadata(self.store, self.planned, self.config, self.manifest.output_dir)
+        except BatchStopped as exc:
+            self.stop_new(str(exc), exc.exit_code)
+        return self._summary(started)
 
     async def _work(self) -> None:
         main = asyncio.current_task()
-        assert main is not None
+        if main is None:  # asyncio.run always gives one; say so rather than misbehave
+            raise RuntimeError("Batch.run must run inside an asyncio task")
+        self.halt.attach(main, lambda: self.creates_in_flight)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal, main)
+                loop.add_signal_handler(sig, self.halt.abort, "interrupted", 130)
         poller = asyncio.create_task(self.poller.run(), name="poller")
+        # Nothing can be collected without the poller: its crash stops the run at once.
+        poller.add_done_callback(self._watch("the poller"))
         try:
             async with asyncio.TaskGroup() as tg:
                 self._resume_all(tg)
-                tg.create_task(self._feed(tg), name="feed")
+                tg.create_task(self._guarded("the feed", self._feed(tg)), name="feed")
         except asyncio.CancelledError:
-            if not self.interrupted:
+            if not self.halt.aborted:
                 raise
             main.uncancel()
         finally:
@@ -138,28 +128,34 @@ class Batch(Submitter):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
-    def _on_signal(self, main: asyncio.Task[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        if self.interrupted:  # a second Ctrl-C: stop now
-            main.cancel()
-            return
-        self.interrupted = True
-        self.stop_new("interrupted", 130)
-        deadline = loop.time() + INTERRUPT_GRACE
+    def _watch(self, where: str) -> Callable[[asyncio.Task[Any]], None]:
+        """A done-callback for a background task whose failure must stop the run now."""
 
-        def cancel_when_quiet() -> None:
-            # Let creates already on the wire answer (their task ids get committed), briefly.
-            if self.creates_in_flight and loop.time() < deadline:
-                loop.call_later(0.05, cancel_when_quiet)
-            else:
-                main.cancel()
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            if exc is not None:
+                self._internal_error(where, exc, abort=True)
 
-        cancel_when_quiet()
+        return done
+
+    async def _guarded(self, where: str, work: Awaitable[None]) -> None:
+        """Run one job's (or the feed's) work; a bug in it stops new work, never the others."""
+        try:
+            await work
+        except BatchStopped as exc:  # the disk: every later job would hit it too
+            self.stop_new(str(exc), exc.exit_code)
+        except Exception as exc:  # a bug: the state is consistent (every move is atomic)
+            self._internal_error(where, exc, abort=False)
+
+    def _internal_error(self, where: str, exc: BaseException, *, abort: bool) -> None:
+        reason = self.halt.internal_error(where, exc, abort=abort)
+        self.log.error("%s", reason, exc_info=(type(exc), exc, exc.__traceback__))
 
     def _resume_all(self, tg: asyncio.TaskGroup) -> None:
         for row in self.store.rows([State.SUBMITTING, State.RUNNING, State.DOWNLOADING]):
-            if row.id not in self.planned:
-                continue  # no longer in the manifest: left alone, still in the state
+            # Orphans too: a paid task is collected whatever the manifest now says.
             self.resumed.add(row.id)
             if row.state is State.SUBMITTING:
                 resume = self._resume_submitting(row)
@@ -167,23 +163,21 @@ class Batch(Submitter):
                 resume = self._resume(
                     row, self.slots.take() if row.state is State.RUNNING else None
                 )
-            self._track(row.key, tg.create_task(resume, name=f"resume:{row.id}"))
+            work = self._guarded(f"job {row.id}", resume)
+            self._track(row.key, tg.create_task(work, name=f"resume:{row.id}"))
         if self.options.retry_failed:
             for row in self.store.rows([State.FAILED]):
-                if row.id in self.planned and row.task_id and TIMEOUT_REASON in (row.error or ""):
+                if row.id in self.planned and row.task_id and row.fail_kind in RECHECK:
                     lease = self.slots.take()
-                    tg.create_task(self._recheck(row, lease), name=f"recheck:{row.id}")
+                    work = self._guarded(f"job {row.id}", self._recheck(row, lease))
+                    tg.create_task(work, name=f"recheck:{row.id}")
 
     def _fresh_ids(self) -> Iterator[str]:
         states = [State.PENDING] + ([State.FAILED] if self.options.retry_failed else [])
         for summary in self.store.summaries(states):
             if summary.id not in self.planned or summary.id in self.resumed:
                 continue
-            if (
-                summary.state is State.FAILED
-                and summary.task_id
-                and TIMEOUT_REASON in (summary.error or "")
-            ):
+            if summary.state is State.FAILED and summary.task_id and summary.fail_kind in RECHECK:
                 continue  # re-checked, never re-submitted blindly
             yield summary.id
 
@@ -209,7 +203,8 @@ class Batch(Submitter):
                 finally:
                     admission.release()
 
-            self._track(key, tg.create_task(job(), name=f"job:{job_id}"))
+            work = self._guarded(f"job {job_id}", job())
+            self._track(key, tg.create_task(work, name=f"job:{job_id}"))
 
     def _track(self, key: str, task: asyncio.Task[Any]) -> None:
         self.latest[key] = task
@@ -227,32 +222,15 @@ class Batch(Submitter):
             if row.state is State.PENDING or (row.state is State.FAILED and not row.task_id):
                 continue
             seconds = row.billed_seconds or 0.0
-            self.committed_seconds += seconds
             pj = self.planned.get(row.id)
-            if pj is not None:
-                self.committed_cost += (
-                    self.manifest.budget.cost(pj.job.settings.mode, seconds) or 0.0
-                )
-
-    @contextlib.contextmanager
-    def _embedded_provider(self) -> Iterator[ProviderConfig]:
-        config = self.config
-        if config.base_url != EMBEDDED:
-            yield config
-            return
-        from pipeline.sandbox import SandboxServer  # the sandbox costs nothing unless used
-
-        data = cache_dir(self.manifest) / "sandbox"
-        with SandboxServer(data_dir=data, tools=self.tools) as server:
-            yield ProviderConfig(
-                **{**config.__dict__, "base_url": server.base_url, "upload_url": server.base_url}
-            )
+            mode = pj.job.settings.mode if pj else row.spec.get("settings", {}).get("mode", "std")
+            self.spending.count(row.id, seconds, self.manifest.budget.cost(mode, seconds) or 0.0)
 
     def _summary(self, started: float) -> RunSummary:
         counts = self.store.counts()
         planned = set(self.planned)
-        if self.stop_code:
-            code = self.stop_code
+        if self.halt.code:
+            code = self.halt.code
         elif counts[State.FAILED] or counts[State.NEEDS_ATTENTION] or self._unfinished(planned):
             code = 1
         else:
@@ -263,7 +241,7 @@ class Batch(Submitter):
         return RunSummary(
             counts=counts,
             exit_code=code,
-            stop_reason=self.stop_reason,
+            stop_reason=self.halt.reason,
             seconds_billed=seconds,
             wall_seconds=time.monotonic() - started,
             http_requests=self.requests,
@@ -273,7 +251,9 @@ class Batch(Submitter):
 
     def _unfinished(self, planned: set[str]) -> bool:
         """A job of the manifest is not done yet, though nothing stopped the run (exit 1, not 0)."""
-        left = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
-        if self.options.max_jobs is None:  # --max-jobs leaves the rest pending on purpose
-            left.append(State.PENDING)
-        return any(s.id in planned for s in self.store.summaries(left))
+        in_flight = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
+        if self.store.summaries(in_flight):  # a paid task left to collect, orphans included
+            return True
+        if self.options.max_jobs is not None:  # --max-jobs leaves the rest pending on purpose
+            return False
+        return any(s.id in planned for s in self.store.summaries([State.PENDING]))

@@ -54,6 +54,10 @@ class Settings:
     """Testing switch: retry/poll waits are recorded, not slept (see :mod:`pipeline.retry`)."""
     crash_at: str | None = None
     """Testing switch: kill the run at a named point (see :mod:`pipeline.crashpoints`)."""
+    min_free_bytes: int = 256 * 1024**2
+    """No new create below this much free space on the output disk (:mod:`pipeline.diskguard`)."""
+    reserve_bytes: int = 8 * 1024**2
+    """Room kept aside so task ids can still be committed on a full disk."""
     user_cache: Path | None = None
     """``$XDG_CACHE_HOME/motion-pipeline`` (default ``~/.cache``): where planning caches go when
     the output directory cannot hold them (a read-only manifest folder). None without a home."""
@@ -67,6 +71,8 @@ class Settings:
             ffprobe=env.get("MOTION_PIPELINE_FFPROBE") or None,
             no_sleep=env.get("MOTION_PIPELINE_NO_SLEEP") == "1",
             crash_at=env.get("MOTION_PIPELINE_CRASH_AT") or None,
+            min_free_bytes=_megabytes(env, "MOTION_PIPELINE_MIN_FREE_MB", 256),
+            reserve_bytes=_megabytes(env, "MOTION_PIPELINE_RESERVE_MB", 8),
             user_cache=_user_cache(env),
         )
 
@@ -190,6 +196,15 @@ def _common_prefix(text: str, start: int, form: str) -> int:
 @functools.lru_cache(maxsize=64)
 def _matcher(secrets: frozenset[str]) -> _SecretMatcher:
     return _SecretMatcher(tuple(sorted(secrets)))
+
+
+def _megabytes(env: Mapping[str, str], var: str, default: float) -> int:
+    """A size in MB from the environment; an unreadable value falls back to the default."""
+    try:
+        value = float(env.get(var, default))
+    except ValueError:
+        value = default
+    return int(max(0.0, value) * 1024**2)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -29,17 +29,21 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from pipeline.diskguard import free_bytes
 from pipeline.errors import BatchStopped, PipelineError, StateError
 from pipeline.jobs import TRANSITIONS, State
 from pipeline.state_schema import busy_error, check_and_migrate, read_version
 from pipeline.state_values import (
     SELECT_JOBS,
     STATE_BY_VALUE,
+    DuplicateTaskError,
     Event,
     JobRecord,
     JobRow,
     JobSummary,
     KeyChange,
+    OutputRow,
+    RestoredJob,
     StaleStateError,
     SyncResult,
     job_row,
@@ -70,8 +74,18 @@ FIELDS = frozenset(
         "submitted_at",
         "finished_at",
         "result",
+        "fail_kind",
+        "inputs",
     }
 )
+
+
+#: The columns :meth:`StateStore.retire_job` copies to the retired row (everything but the id).
+_COPIED = (
+    "key", "state", "spec", "client_id", "attempt", "task_id", "result_url", "output",
+    "output_sha256", "billed_seconds", "duration", "error", "created_at", "updated_at",
+    "submitted_at", "finished_at", "result", "fail_kind", "inputs",
+)  # fmt: skip
 
 
 def _now() -> datetime:
@@ -155,6 +169,9 @@ class StateStore:
             busy = busy_error(exc, path) if readonly else None
             if busy is not None:
                 raise busy from None
+            error = _translate(exc, path)
+            if isinstance(error, BatchStopped):
+                raise error from exc
             raise StateError(f"state {path} is unreadable: {exc}") from exc
         except BaseException:
             conn.close()
@@ -298,6 +315,58 @@ class StateStore:
             )
         return SyncResult(inserted=len(new), changed=tuple(changed))
 
+    def retire_job(self, job_id: str, *, reason: str) -> str:
+        """Copy a job's row aside as ``<id>~<n>`` with its task, so the task is still collected
+        after the job itself is replaced; returns the new id. The original row is left as is."""
+        with self._write() as conn:
+            n = 1
+            while conn.execute("SELECT 1 FROM jobs WHERE id=?", (f"{job_id}~{n}",)).fetchone():
+                n += 1
+            new_id = f"{job_id}~{n}"
+            columns = ", ".join(_COPIED)
+            conn.execute(
+                f"INSERT INTO jobs (id, {columns}) SELECT ?, {columns} FROM jobs WHERE id=?",  # noqa: S608 - fixed column list
+                (new_id, job_id),
+            )
+            old = self._get(conn, new_id)
+            now = _stamp(self._clock())
+            self._event(conn, new_id, now, None, old.state, {"op": "retire", "from": job_id,
+                                                             "reason": reason})  # fmt: skip
+        return new_id
+
+    def restore_jobs(self, jobs: Iterable[RestoredJob]) -> int:
+        """Insert jobs rebuilt from the outputs of a lost state (into an empty store)."""
+        now = _stamp(self._clock())
+        count = 0
+        with self._write() as conn:
+            for job in jobs:
+                conn.execute(
+                    "INSERT INTO jobs (id, key, state, spec, task_id, output, output_sha256, "
+                    "duration, billed_seconds, result, submitted_at, finished_at, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job.id, job.key, job.state.value, _dumps(job.spec), job.task_id, job.output,
+                     job.output_sha256, job.duration, job.billed_seconds, job.result,
+                     job.submitted_at, job.finished_at, now, now),
+                )  # fmt: skip
+                self._event(conn, job.id, now, None, job.state, {"op": "restore"})
+                count += 1
+        return count
+
+    # ----------------------------------------------------------------------- meta
+
+    def meta(self, key: str) -> str | None:
+        with self._locked():
+            r = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
     def replace_job(self, record: JobRecord, *, reason: str = "replaced") -> JobRow:
         """Reset a job to ``pending`` under a new key and spec (the user's explicit replace).
 
@@ -309,7 +378,7 @@ class StateStore:
             conn.execute(
                 "UPDATE jobs SET key=?, spec=?, state=?, client_id=NULL, attempt=0, task_id=NULL, "
                 "result_url=NULL, output=NULL, output_sha256=NULL, billed_seconds=NULL, "
-                "result=NULL, "
+                "result=NULL, fail_kind=NULL, inputs=NULL, "
                 "duration=NULL, error=NULL, submitted_at=NULL, finished_at=NULL, updated_at=? "
                 "WHERE id=?",
                 (record.key, _dumps(record.spec), State.PENDING.value, now, record.id),
@@ -339,13 +408,23 @@ class StateStore:
 
     def summaries(self, states: Iterable[State] | None = None) -> list[JobSummary]:
         """What ``status`` lists per job, without decoding specs: cheap for 100,000 rows."""
-        sql = "SELECT id, state, task_id, error, output FROM jobs"
+        sql = "SELECT id, state, task_id, error, output, fail_kind FROM jobs"
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
         with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4]) for r in found]
+        return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
+
+    def outputs(self) -> list[OutputRow]:
+        """Every done job's result columns (no specs decoded: cheap for 100,000 rows)."""
+        with self._locked():
+            found = self._conn.execute(
+                "SELECT id, task_id, output, output_sha256, result FROM jobs WHERE state=? "
+                "ORDER BY id",
+                (State.DONE.value,),
+            ).fetchall()
+        return [OutputRow(*r) for r in found]
 
     def counts(self) -> dict[State, int]:
         """Jobs per state; every state is present (zero when none)."""
@@ -396,6 +475,8 @@ class StateStore:
                 fields.setdefault("submitted_at", now)
             if to in (State.DONE, State.FAILED):
                 fields.setdefault("finished_at", now)
+            if old.state is State.FAILED and to is not State.FAILED:
+                fields.setdefault("fail_kind", None)  # the failure is over
             self._update(conn, job_id, now, to, fields)
             self._event(
                 conn,
@@ -470,6 +551,9 @@ class StateStore:
         fields: Mapping[str, Any],
     ) -> None:
         values = dict(fields)
+        task_id = values.get("task_id")
+        if task_id is not None:
+            self._check_task_unique(conn, job_id, str(task_id))
         if to is not None:
             values["state"] = to.value
         values["updated_at"] = now
@@ -479,6 +563,20 @@ class StateStore:
             f"UPDATE jobs SET {assignments} WHERE id=?",  # noqa: S608 - whitelisted column names
             (*values.values(), job_id),
         )
+
+    def _check_task_unique(self, conn: sqlite3.Connection, job_id: str, task_id: str) -> None:
+        """Refuse a task id another generation holds (same-key twins share theirs on purpose)."""
+        r = conn.execute(
+            "SELECT other.id FROM jobs AS other, jobs AS me WHERE me.id=? AND other.task_id=? "
+            "AND other.id<>me.id AND other.key<>me.key LIMIT 1",
+            (job_id, task_id),
+        ).fetchone()
+        if r is not None:
+            raise DuplicateTaskError(
+                f"job {job_id}: task id {task_id} already belongs to job {r[0]}, another "
+                "generation",
+                holder=str(r[0]),
+            )
 
     def _event(
         self,
@@ -552,9 +650,20 @@ def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"set": dict(fields)} if fields else {}
 
 
+def _no_room(folder: Path) -> bool:
+    try:
+        return free_bytes(folder) < 1024**2
+    except OSError:
+        return False
+
+
 def _translate(exc: sqlite3.Error, path: Path) -> PipelineError:
     code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL:
+    primary = code & 0xFF if isinstance(code, int) else None
+    # A full disk is SQLITE_FULL, or an I/O error of the WAL or its index on a disk with no room.
+    if primary == sqlite3.SQLITE_FULL or (
+        primary == sqlite3.SQLITE_IOERR and _no_room(path.parent)
+    ):
         return BatchStopped(f"disk full: cannot write the state {path} ({exc})")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StateError(f"state {path} is busy: another process holds it ({exc})")

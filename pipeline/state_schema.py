@@ -64,8 +64,21 @@ def _v1(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID""")
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    # fail_kind: why a job failed, as data (the runner used to match error text to decide
+    # whether a failed task may be asked about again). inputs: what was really sent (JSON).
+    conn.execute("ALTER TABLE jobs ADD COLUMN fail_kind TEXT")
+    conn.execute("ALTER TABLE jobs ADD COLUMN inputs TEXT")
+    conn.execute(
+        "UPDATE jobs SET fail_kind='timeout' "
+        "WHERE state='failed' AND error LIKE '%task ran past task_timeout%'"
+    )
+    # Who else holds a task id: one id answered for two jobs must not give both the same video.
+    conn.execute("CREATE INDEX jobs_task ON jobs(task_id) WHERE task_id IS NOT NULL")
+
+
 #: Applied in order on open; ``schema_version`` is how many have run. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -28,6 +28,24 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class RestoredJob:
+    """A job rebuilt from the output directory (metadata.jsonl) after the state was lost."""
+
+    id: str
+    key: str
+    state: State
+    spec: Mapping[str, Any]
+    task_id: str | None
+    output: str | None = None
+    output_sha256: str | None = None
+    duration: float | None = None
+    billed_seconds: float | None = None
+    result: str | None = None
+    submitted_at: str | None = None
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
 class KeyChange:
     """A registered job whose manifest key no longer matches the stored one."""
 
@@ -65,6 +83,10 @@ class JobRow:
     finished_at: str | None
     result: str | None
     """JSON facts about the downloaded result (width, height, fps, codec, size) for metadata."""
+    fail_kind: str | None = None
+    """Why a failed job failed (:class:`FailKind`), as data."""
+    inputs: str | None = None
+    """JSON facts about what was sent to the provider (prepared files, hashes, recipe)."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -82,6 +104,18 @@ class JobSummary:
     task_id: str | None
     error: str | None
     output: str | None
+    fail_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputRow:
+    """A done job's result as the state knows it: what the output check compares with the disk."""
+
+    id: str
+    task_id: str | None
+    output: str | None
+    output_sha256: str | None
+    result: str | None
 
 
 @dataclass(frozen=True)
@@ -102,11 +136,23 @@ class StaleStateError(StateError):
         self.actual = actual
 
 
+class DuplicateTaskError(StateError):
+    """A task id already belongs to another job of a different generation (key).
+
+    A provider that answers one id for two different creates would otherwise give both jobs
+    the same video and credit both prompts with it.
+    """
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 #: The columns of ``jobs`` in :class:`JobRow`'s field order, for :func:`job_row`.
 SELECT_JOBS = (
     "SELECT id, key, state, spec, client_id, attempt, task_id, result_url, output, output_sha256, "
-    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at, result "
-    "FROM jobs"
+    "billed_seconds, duration, error, created_at, updated_at, submitted_at, finished_at, result, "
+    "fail_kind, inputs FROM jobs"
 )
 
 

@@ -10,7 +10,8 @@ clear error asking for URLs (S3 and friends come later as storage backends).
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -19,14 +20,15 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import aiofiles
 import httpx
 
-from pipeline.errors import InputError, TransientError
+from pipeline.errors import InputError, PipelineError, TransientError
+from pipeline.fetch import Limits, disk_error, download, move_into
 from pipeline.hashing import sha256_file, sha256_text
 from pipeline.jobs import InputRef
 from pipeline.providers.base import InputURLs, Provider, ProviderConfig
 from pipeline.settings import public_url
+from pipeline.urls import display_url
 
 #: Re-upload this long before the provider deletes an upload: a job may wait in the queue, and
 #: the provider fetches the input only when the task starts.
@@ -161,6 +163,8 @@ class Storage:
 
 #: Largest input fetched for preparation: the providers' own video limit.
 MAX_INPUT_BYTES = 100 * 1024 * 1024
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,7}")
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
 async def download_input(
@@ -170,41 +174,64 @@ async def download_input(
     *,
     job_id: str,
     max_bytes: int = MAX_INPUT_BYTES,
+    limits: Limits | None = None,
 ) -> Path:
     """Fetch an http(s) input that must be prepared before it is sent; cached by its URL.
 
-    Written to a temporary name and renamed, so a half download is never taken for the file.
+    The one streaming download of :mod:`pipeline.fetch` (``limits``: ``max_bytes`` with its
+    default deadline, speed and redirect rules unless given) writes a temporary name that is
+    renamed when complete, so a half download is never taken for the file. An unusable URL or
+    answer is an :class:`InputError` (the user must fix the manifest), trouble that may pass is
+    a :class:`TransientError`, a full or unwritable disk :class:`BatchStopped`.
     """
-    suffix = Path(urlsplit(url).path).suffix.lower()[:8]
-    target = folder / f"{sha256_text(url)[:24]}{suffix}"
+    where = display_url(url)
+    target = folder / f"{sha256_text(url)[:24]}{_suffix(url)}"
     if await asyncio.to_thread(_nonempty, target):
         return target
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    tmp = folder / f".{target.name}.{secrets.token_hex(4)}.part"
-    size = 0
     try:
-        async with client.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise InputError(
-                    f"input URL answered HTTP {response.status_code}", job_id=job_id, path=url
-                )
-            async with aiofiles.open(tmp, "wb") as fh:
-                async for block in response.aiter_bytes(1 << 20):
-                    size += len(block)
-                    if size > max_bytes:
-                        raise InputError(
-                            f"input is larger than {max_bytes // 1024**2} MB",
-                            job_id=job_id,
-                            path=url,
-                        )
-                    await fh.write(block)
-        await asyncio.to_thread(os.replace, tmp, target)
-    except httpx.HTTPError as exc:
-        raise TransientError(f"job {job_id}: fetching input {url}: {exc}") from None
-    finally:
-        await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, folder) from None
+    tmp = folder / f".{target.name}.{secrets.token_hex(4)}.part"
+
+    def unusable(reason: str) -> InputError:
+        return InputError(f"input {reason}", job_id=job_id, path=where)
+
+    def check_status(status: int, retry_after: float | None) -> PipelineError | None:
+        if 200 <= status < 300:
+            return None
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            return TransientError(
+                f"job {job_id}: input download from {where} answered HTTP {status}",
+                http_status=status,
+                retry_after=retry_after,
+            )
+        return InputError(f"input URL answered HTTP {status}", job_id=job_id, path=where)
+
+    try:
+        await download(
+            client, url, tmp, job_id=job_id, label="input download",
+            limits=limits or Limits(max_bytes), unusable=unusable, check_status=check_status,
+        )  # fmt: skip
+        await asyncio.to_thread(move_into, tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
+def _suffix(url: str) -> str:
+    """The URL path's extension when it is a plain one (ffprobe and names rely on it), else ""."""
+    try:
+        suffix = Path(urlsplit(url).path).suffix.lower()
+    except ValueError:  # a malformed URL: download() says what is wrong with it
+        return ""
+    return suffix if _SUFFIX.fullmatch(suffix) else ""
+
+
 def _nonempty(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:  # unreadable: the download below reports the folder properly
+        return False

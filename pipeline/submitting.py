@@ -14,19 +14,20 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.batchbase import CALL_TRIES, UNKNOWN, ambiguous_reason
+from pipeline.batchbase import CALL_TRIES, UNKNOWN
 from pipeline.collecting import Collector
 from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     AmbiguousError,
     BatchFatalError,
+    BatchStopped,
     InputError,
     ProviderError,
     RateLimitedError,
     RefusedError,
     TransientError,
 )
-from pipeline.jobs import Handle, InputRef, State
+from pipeline.jobs import FailKind, Handle, InputRef, Job, State
 from pipeline.media import MediaInfo
 from pipeline.mediaplan import MediaPlan
 from pipeline.mediaprep import PreparedMedia, prepare
@@ -34,7 +35,7 @@ from pipeline.planning import PlannedJob, cache_dir
 from pipeline.providers.base import InputURLs
 from pipeline.reporting import Notice
 from pipeline.retry import next_wait
-from pipeline.state_values import JobRow
+from pipeline.state_values import DuplicateTaskError, JobRow
 from pipeline.storage import LocalFile, Source, download_input
 
 _CONTENT_TYPES = {
@@ -45,6 +46,10 @@ _CONTENT_TYPES = {
     "mov": "video/quicktime",
     "mkv": "video/x-matroska",
 }
+
+
+class _NotSubmitted(Exception):
+    """The job left the way to its create before the intent was committed."""
 
 
 class Submitter(Collector):
@@ -67,7 +72,7 @@ class Submitter(Collector):
         try:
             urls = await self._inputs(pj)
         except (InputError, RefusedError) as exc:
-            await self._move(job_id, State.FAILED, error=str(exc))
+            await self._fail(job_id, FailKind.INPUT, str(exc))
             return
         except TransientError as exc:
             self.log.warning(
@@ -77,49 +82,80 @@ class Submitter(Collector):
         except BatchFatalError as exc:
             self.stop_new(self._redact(exc.message), exc.exit_code)
             return
+        except BatchStopped as exc:  # a full disk while fetching or preparing: stays pending
+            self.stop_new(str(exc), exc.exit_code)
+            return
         lease = await self.slots.acquire()
         try:
-            if self.stopping or not self._within_budget(pj):
+            if self.stopping:
                 return
-            await self.gate.wait()
-            crash_point("before-intent")
-            client_id = f"mp-{pj.key[:20]}-{row.attempt + 1}"
-            row = await self._move(
-                job_id,
-                State.SUBMITTING,
-                expect=State.PENDING,
-                client_id=client_id,
-                attempt=row.attempt + 1,
-                billed_seconds=pj.billed_seconds,
-                error=None,
+            shortage = self.disk.shortage()
+            if shortage is not None:
+                self.stop_new(shortage, 3)
+                return
+            # Checked and booked in one step, no await between: concurrent jobs cannot all pass.
+            refusal = self.spending.reserve(
+                job_id, pj.billed_seconds or 0.0, pj.estimated_cost or 0.0
             )
-            self.committed_seconds += pj.billed_seconds or 0.0
-            self.committed_cost += pj.estimated_cost or 0.0
+            if refusal is not None:
+                self.stop_new(refusal.text, 3)
+                return
+            try:
+                await self.gate.wait()
+                if self.stopping:
+                    raise _NotSubmitted
+                crash_point("before-intent")
+                client_id = f"mp-{pj.key[:20]}-{row.attempt + 1}"
+                row = await self._move(
+                    job_id,
+                    State.SUBMITTING,
+                    expect=State.PENDING,
+                    client_id=client_id,
+                    attempt=row.attempt + 1,
+                    billed_seconds=pj.billed_seconds,
+                    error=None,
+                )
+            except _NotSubmitted:
+                self.spending.release(job_id)
+                return
+            except BaseException:
+                # The intent may or may not be committed (a cancelled commit still lands): keep
+                # the booking unless the job is certainly still pending.
+                if self.store.get(job_id).state is State.PENDING:
+                    self.spending.release(job_id)
+                raise
             self.submitted += 1
             crash_point("after-intent")
             handle = await self._create(pj, urls, client_id)
             if handle is None:
                 return
             crash_point("after-create-sent")
-            await self._move(job_id, State.RUNNING, task_id=handle.task_id)
+            try:
+                await self._move(job_id, State.RUNNING, task_id=handle.task_id)
+            except BatchStopped as exc:
+                self._task_id_not_saved(job_id, handle, exc)
+                return
+            except DuplicateTaskError as exc:
+                # Which job the id really names, and what this create made, only the provider
+                # can say: never give two generations one video.
+                what = f"the provider answered task id {handle.task_id}, already job {exc.holder}'s"
+                await self._move(job_id, State.NEEDS_ATTENTION, error=self._ambiguous(what, job_id))
+                return
             crash_point("after-task-id")
             await self._collect(job_id, handle, lease)
         finally:
             await lease.release()
 
-    def _within_budget(self, pj: PlannedJob) -> bool:
-        budget = self.manifest.budget
-        seconds = pj.billed_seconds or 0.0
-        if budget.max_seconds is not None and self.committed_seconds + seconds > budget.max_seconds:
-            used = f"{self.committed_seconds:.1f}"
-            self.stop_new(f"budget reached: {used} of {budget.max_seconds:g} s billed", 3)
-            return False
-        cost = pj.estimated_cost or 0.0
-        if budget.max_cost is not None and self.committed_cost + cost > budget.max_cost:
-            used = f"{self.committed_cost:.2f}"
-            self.stop_new(f"budget reached: {used} of {budget.max_cost:g} {budget.currency}", 3)
-            return False
-        return True
+    def _task_id_not_saved(self, job_id: str, handle: Handle, exc: BatchStopped) -> None:
+        """The last resort when even the reserve could not hold a task id: say it, loudly."""
+        text = (
+            f"job {job_id}: the provider accepted task {handle.task_id} but it could not be saved "
+            f"({exc}); free space, then `motion-pipeline resolve "
+            f"{self.manifest.path} {job_id} --adopt {handle.task_id}`"
+        )
+        self.stop_new(str(exc), exc.exit_code)
+        self.reporter.emit(Notice(text, "error"))
+        self.log.error("%s", text)
 
     async def _adopt_twin(self, pj: PlannedJob) -> bool:
         """Same key already done under another id: reuse that result, pay nothing."""
@@ -145,12 +181,12 @@ class Submitter(Collector):
         return True
 
     async def _inputs(self, pj: PlannedJob) -> InputURLs:
-        media = pj.media
-        assert media is not None and media.image_info is not None and media.video_info is not None
+        media = _probed(pj)
         job = pj.job
         if media.video.is_identity and media.image.is_identity:
+            source_image, source_video = _infos(media, pj)
             prepared = PreparedMedia(
-                image=Path(media.image_info.source), video=Path(media.video_info.source)
+                image=Path(source_image.source), video=Path(source_video.source)
             )
         else:
             media = await self._localized(pj)
@@ -162,16 +198,19 @@ class Submitter(Collector):
                     cache_dir(self.manifest) / "prepared",
                     hasher=self.hasher,
                 )
-        assert media.image_info is not None and media.video_info is not None
+        image_info, video_info = _infos(media, pj)
         # A URL goes out as it is unless it was prepared; then the prepared file is uploaded.
+        # A prepared file's type is the recipe's (a webp converted to png is a png).
+        image_format = media.image.format or image_info.format
+        video_format = "mp4" if not media.video.is_identity else video_info.format
         image: Source = (job.image.url if media.image.is_identity else None) or LocalFile(
             prepared.image,
-            _content_type(prepared.image, media.image_info.format),
+            _content_type(prepared.image, image_format),
             pj.image_sha256 if media.image.is_identity else None,
         )
         video: Source = (job.video.url if media.video.is_identity else None) or LocalFile(
             prepared.video,
-            _content_type(prepared.video, media.video_info.format),
+            _content_type(prepared.video, video_format),
             pj.video_sha256 if media.video.is_identity else None,
         )
         async with self.upload_pool:
@@ -179,14 +218,10 @@ class Submitter(Collector):
 
     async def _localized(self, pj: PlannedJob) -> MediaPlan:
         """The job's media plan with every http(s) input that must be prepared fetched to disk."""
-        media = pj.media
-        assert media is not None and media.image_info is not None and media.video_info is not None
-        image_info = await self._fetched(
-            pj.job.image, media.image.is_identity, media.image_info, pj
-        )
-        video_info = await self._fetched(
-            pj.job.video, media.video.is_identity, media.video_info, pj
-        )
+        media = _probed(pj)
+        image, video = _infos(media, pj)
+        image_info = await self._fetched(pj.job.image, media.image.is_identity, image, pj)
+        video_info = await self._fetched(pj.job.video, media.video.is_identity, video, pj)
         return replace(media, image_info=image_info, video_info=video_info)
 
     async def _fetched(
@@ -229,18 +264,18 @@ class Submitter(Collector):
                 )
             except AmbiguousError as exc:
                 self.breaker.record_failure()
-                found = await self._lookup(pj, client_id) if cls.has_client_id else UNKNOWN
+                found = await self._lookup(job, client_id) if cls.has_client_id else UNKNOWN
                 if isinstance(found, Handle):
                     return found
                 if found is UNKNOWN or reconciles >= 3 or self.stopping:
-                    reason = ambiguous_reason(str(exc))
+                    reason = self._ambiguous(str(exc), job.id)
                     await self._move(job.id, State.NEEDS_ATTENTION, error=reason)
                     return None
                 # The lookup says the create never happened: sending it again is safe.
                 reconciles += 1
             except RefusedError as exc:
                 self.breaker.record_success()
-                await self._move(job.id, State.FAILED, error=f"refused by {cls.name}: {exc}")
+                await self._fail(job.id, FailKind.REFUSED, f"refused by {cls.name}: {exc}")
                 return None
             except BatchFatalError as exc:
                 self.stop_new(self._redact(exc.message), exc.exit_code)
@@ -250,49 +285,60 @@ class Submitter(Collector):
                 self.creates_in_flight -= 1
             attempt += 1
 
-    async def _lookup(self, pj: PlannedJob, client_id: str) -> Handle | object | None:
+    async def _lookup(self, job: Job, client_id: str) -> Handle | object | None:
         """The task an unanswered create made (Handle), None if it never happened, or UNKNOWN."""
         try:
             found: Handle | None = await self._retrying(
-                lambda: self.provider.reconcile(pj.job, client_id)
+                lambda: self.provider.reconcile(job, client_id)
             )
         except ProviderError as exc:
-            self.log.warning("job %s: lookup by client id failed: %s", pj.job.id, exc)
+            self.log.warning("job %s: lookup by client id failed: %s", job.id, exc)
             return UNKNOWN
         return found
 
     async def _unsubmit(self, job_id: str, why: str) -> None:
         """The create certainly did not happen: back to pending for a later run."""
         await self._move(job_id, State.PENDING, error=why)
-        pj = self.planned[job_id]
-        self.committed_seconds -= pj.billed_seconds or 0.0
-        self.committed_cost -= pj.estimated_cost or 0.0
+        self.spending.release(job_id)
         self.submitted -= 1
 
     async def _resume_submitting(self, row: JobRow) -> None:
         """A run stopped between the intent and the provider's answer."""
-        pj = self.planned[row.id]
         cls = type(self.provider)
         if cls.has_client_id and row.client_id:
-            handle = await self._lookup(pj, row.client_id)
+            handle = await self._lookup(self._job(row), row.client_id)
             if handle is UNKNOWN:
-                reason = ambiguous_reason("the provider could not be asked about the create")
+                reason = self._ambiguous("the provider could not be asked about the create", row.id)
                 await self._move(row.id, State.NEEDS_ATTENTION, error=reason)
                 return
             if handle is None:
                 await self._unsubmit(row.id, "previous create never reached the provider")
-                if not self.stopping:  # the feed skips resumed jobs: submit it here, once
-                    await self._fresh(row.id)
+                if not self.stopping and not self.is_orphan(row.id):
+                    await self._fresh(row.id)  # the feed skips resumed jobs: submit it here, once
                 return
-            assert isinstance(handle, Handle)
+            if not isinstance(handle, Handle):
+                raise TypeError(f"lookup gave {handle!r}")
             await self._move(row.id, State.RUNNING, task_id=handle.task_id)
             await self._resume(self.store.get(row.id), self.slots.take())
             return
         await self._move(
             row.id,
             State.NEEDS_ATTENTION,
-            error=ambiguous_reason("the run stopped while the create was in flight"),
+            error=self._ambiguous("the run stopped while the create was in flight", row.id),
         )
+
+
+def _probed(pj: PlannedJob) -> MediaPlan:
+    """The job's media plan; planning made one for every job it did not reject."""
+    if pj.media is None:
+        raise InputError("the plan has no media facts for this job", job_id=pj.job.id)
+    return pj.media
+
+
+def _infos(media: MediaPlan, pj: PlannedJob) -> tuple[MediaInfo, MediaInfo]:
+    if media.image_info is None or media.video_info is None:
+        raise InputError("an input of this job was never probed", job_id=pj.job.id)
+    return media.image_info, media.video_info
 
 
 def _content_type(path: Path, detected: str) -> str:

@@ -1,17 +1,20 @@
 """A scripted HTTP/1.1 server on 127.0.0.1 for provider-client tests: real sockets, real faults.
 
 Each accepted connection reads one request, records it, and performs the next scripted action:
-answer, close without answering, reset (RST), send half a body, or hang. It is deliberately
+answer, close without answering, reset (RST), send half a body, hang, or run a callable that
+writes whatever bytes it likes to the socket (trickles, endless bodies). It is deliberately
 dumb so a test can produce exactly the byte-level fault it is about.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +64,10 @@ RESET = "reset"  # read the request, then RST the connection
 PARTIAL = "partial"  # headers promise a body, half of it arrives, then close
 HANG = "hang"  # read the request, never answer (client read timeout)
 
-Action = Answer | str
+Script = Callable[[socket.socket], None]
+"""A custom action: write anything to the connection; a client hanging up ends it quietly."""
+
+Action = Answer | str | Script
 
 
 class Loopback:
@@ -117,6 +123,9 @@ class Loopback:
                 )
             if isinstance(action, Answer):
                 conn.sendall(action.encode())
+            elif callable(action):
+                with contextlib.suppress(OSError):  # the client gave up, as hostile tests expect
+                    action(conn)
             elif action == RESET:
                 # SO_LINGER with a zero timeout turns close() into a TCP RST.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -156,3 +165,59 @@ def refused_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+# Scripts for hostile servers: whole responses written byte by byte as a test needs them.
+
+
+def head(status: int = 200, content_type: str = "application/json", **headers: str) -> bytes:
+    """A status line and headers (``Content_Length`` means ``Content-Length``), connection closing."""
+    lines = [f"HTTP/1.1 {status} X", "Connection: close", f"Content-Type: {content_type}"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def raw(data: bytes, status: int = 200, **headers: str) -> Script:
+    """Exactly these body bytes, with a matching Content-Length."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(head(status, Content_Length=str(len(data)), **headers) + data)
+
+    return script
+
+
+def endless(suffix: bytes, total: int, **headers: str) -> Script:
+    """``total`` bytes of JSON whitespace, then ``suffix``, without a Content-Length: still a
+    valid answer for whoever reads it all."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(head(**headers))
+        block = b" " * 65536
+        for _ in range(total // len(block)):
+            conn.sendall(block)
+        conn.sendall(suffix)
+
+    return script
+
+
+def trickle(
+    body: bytes, every: float, stop: threading.Event, *, step: int = 1, headers_too: bool = False
+) -> Script:
+    """The answer ``step`` bytes at a time, one write every ``every`` seconds, until ``stop``."""
+
+    def script(conn: socket.socket) -> None:
+        status_and_headers = head(Content_Length=str(len(body)))
+        data = status_and_headers + body
+        if not headers_too:
+            conn.sendall(status_and_headers)
+            data = body
+        for i in range(0, len(data), step):
+            conn.sendall(data[i : i + step])
+            if stop.wait(every):
+                return
+
+    return script
+
+
+def redirect(location: str, status: int = 302) -> Answer:
+    return Answer(status, b"", {"Location": location})

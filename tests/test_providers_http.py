@@ -26,6 +26,7 @@ from pipeline.errors import (
     ProviderError,
     RateLimitedError,
     TransientError,
+    UnreachableError,
 )
 from pipeline.jobs import Handle, InputRef, Job, JobSettings, TaskStatus
 from pipeline.providers.acedata import AceDataProvider
@@ -170,11 +171,13 @@ def test_create_that_may_have_happened_is_ambiguous(kind: str, fault: Any) -> No
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)
-def test_create_that_never_connected_is_transient(kind: str) -> None:
-    with pytest.raises(TransientError) as info:
-        submit(kind, refused_url())
-    assert type(info.value) is TransientError
-    assert "could not connect" in str(info.value)
+def test_create_that_never_connected_is_unreachable_and_names_the_host(kind: str) -> None:
+    with pytest.raises(UnreachableError) as info:
+        submit(kind, refused_url().replace("://", "://user:pw@"))
+    assert isinstance(info.value, TransientError)  # nothing was sent: safe to send again
+    assert info.value.host == "127.0.0.1"
+    assert "could not connect to 127.0.0.1" in str(info.value)
+    assert "pw" not in str(info.value)
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)

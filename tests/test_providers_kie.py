@@ -10,6 +10,7 @@ import pytest
 from pipeline.errors import (
     AmbiguousError,
     AuthError,
+    BadReplyError,
     BatchFatalError,
     OutOfCreditsError,
     RateLimitedError,
@@ -205,7 +206,8 @@ def test_documented_waiting_example_is_running_even_with_a_result_json() -> None
     )
     status = query(body)
     assert status.phase == "running" and status.result_url is None  # type: ignore[attr-defined]
-    assert status.task_id == "281e5b0*********************f39b9"  # type: ignore[attr-defined]
+    # The echoed (here masked) taskId is not ours to adopt: the status names the task we asked.
+    assert status.task_id == "task_x"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("state", ["waiting", "queuing", "generating", "rendering-new", ""])
@@ -336,7 +338,7 @@ def test_upload_takes_download_url_then_file_url() -> None:
         ({"success": False, "code": 400, "msg": "file too large"}, 400, RefusedError),
         ({"success": False, "msg": "oops"}, 200, TransientError),
         ({"success": False, "code": 500, "msg": "oops"}, 500, TransientError),
-        ({"success": True, "data": {}}, 200, TransientError),
+        ({"success": True, "data": {}}, 200, BadReplyError),  # an answer we cannot use
         ({"code": 429, "msg": "slow"}, 200, RateLimitedError),
     ],
 )

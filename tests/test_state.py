@@ -296,16 +296,17 @@ def test_migrations_run_in_order_and_only_once(
         applied.append("v3")
         conn.execute("UPDATE jobs SET note = 'from v3'")  # needs v2's column: order matters
 
+    base = len(MIGRATIONS)
     monkeypatch.setattr(schema_module, "MIGRATIONS", [*MIGRATIONS, v2, v3])
-    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 3)
-    with pytest.raises(StateError, match="schema version 1, older than 3"):
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", base + 2)
+    with pytest.raises(StateError, match=f"schema version {base}, older than {base + 2}"):
         StateStore.open(tmp_path, readonly=True)  # a reader never migrates
     assert applied == []
     with StateStore.open(tmp_path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == base + 2
         assert store.counts()[State.PENDING] == 2
     with StateStore.open(tmp_path) as store:  # a second open finds nothing to do
-        assert store.schema_version == 3
+        assert store.schema_version == base + 2
     assert applied == ["v2", "v3"]
     conn = sqlite3.connect(state_path(tmp_path))
     assert conn.execute("SELECT DISTINCT note FROM jobs").fetchall() == [("from v3",)]
@@ -409,7 +410,7 @@ def test_sigkill_at_an_arbitrary_moment_leaves_rows_and_events_consistent(tmp_pa
                 for i in range(10):
                     job = f"job-{(n + i) % 20:03d}"
                     to = cycle[(cycle.index(store.get(job).state) + 1) % len(cycle)]
-                    store.transition(job, to, attempt=n, task_id=f"T{n}")
+                    store.transition(job, to, attempt=n, task_id=f"T{n}-{i}")
             store.set_fields(f"job-{n % 20:03d}", error="x" * (n % 300))
             n += 1
             if n % 50 == 0:
@@ -444,3 +445,44 @@ def test_disk_full_is_a_batch_stop_and_leaves_the_store_usable(tmp_path: Path) -
         assert sum(store.counts().values()) == 1
         store.transition("job-000", State.SUBMITTING)  # small writes still fit
         assert store.integrity_check() == "ok"
+
+
+def test_v2_turns_timeout_text_into_fail_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema_module, "MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 1)
+    StateStore.open(tmp_path).close()  # a version-1 file, as the first release wrote it
+    monkeypatch.undo()
+    conn = sqlite3.connect(state_path(tmp_path))
+    insert = (
+        "INSERT INTO jobs (id, key, state, spec, task_id, error, created_at, updated_at) "
+        "VALUES (?, ?, 'failed', '{}', ?, ?, 'now', 'now')"
+    )
+    conn.execute(insert, ("late", "k0", "t0", "task ran past task_timeout (60 s); kept"))
+    conn.execute(insert, ("bad", "k1", None, "bad input"))
+    conn.commit()
+    conn.close()
+    with StateStore.open(tmp_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.get("late").fail_kind == "timeout"
+        assert store.get("bad").fail_kind is None
+        store.transition("late", State.RUNNING)
+        assert store.get("late").fail_kind is None  # leaving failed clears why it failed
+
+
+def test_a_task_id_belongs_to_one_generation(tmp_path: Path) -> None:
+    from pipeline.state_values import DuplicateTaskError
+
+    with StateStore.open(tmp_path) as store:
+        store.sync_jobs(
+            [JobRecord("a", "k1", SPEC), JobRecord("b", "k2", SPEC), JobRecord("twin", "k1", SPEC)]
+        )
+        for job in ("a", "b"):
+            store.transition(job, State.SUBMITTING)
+        store.transition("a", State.RUNNING, task_id="T1")
+        with pytest.raises(DuplicateTaskError, match="already belongs to job a") as info:
+            store.transition("b", State.RUNNING, task_id="T1")
+        assert info.value.holder == "a"
+        assert store.get("b").state is State.SUBMITTING and store.get("b").task_id is None
+        store.transition("twin", State.DONE, task_id="T1")  # the same generation may share it

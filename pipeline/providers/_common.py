@@ -1,5 +1,6 @@
-"""What the provider clients do the same way: reading a reply that is no JSON object, asking
-again for a task's result URL, polling one task at a time, and saying what a provider lacks.
+"""What the provider clients do the same way: reading a reply that is no JSON object, checking
+the task id a provider hands out, asking again for a task's result URL, polling one task at a
+time, and saying what a provider lacks.
 
 Each protocol module keeps its own envelope, codes and wording; only logic that is the same for
 every provider that needs it lives here.
@@ -8,7 +9,7 @@ every provider that needs it lives here.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -16,8 +17,10 @@ import httpx
 
 from pipeline.errors import AmbiguousError, ConfigError, ProviderError, TransientError
 from pipeline.jobs import Handle, TaskStatus
-from pipeline.providers._http import Purpose, Reply, garbage_error, snippet
+from pipeline.providers._http import DEADLINES, Purpose, Reply, garbage_error, snippet
 from pipeline.providers.base import Credentials, ProviderConfig
+from pipeline.settings import redact
+from pipeline.text import printable
 
 C_contra = TypeVar("C_contra", contravariant=True)
 
@@ -52,6 +55,55 @@ def require_object(
         message = snippet(reply.text, secrets) or f"HTTP {reply.status}"
         raise classify(no_code, message, what=what, purpose=purpose, reply=reply)
     raise garbage_error(what, reply, purpose, secrets)
+
+
+#: Longest task id accepted: real ids are 20-40 characters; ours go into URLs, files and logs.
+MAX_TASK_ID = 200
+#: How much of an unusable id an error message shows (escaped).
+_SHOWN_ID = 80
+
+
+def task_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be used as a task id, or None when it can (pure)."""
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_TASK_ID:
+        return f"it is longer than {MAX_TASK_ID} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate"
+    if printable(value) != value:
+        return "it holds control or bidi characters"
+    if value.strip() != value:
+        return "it has leading or trailing whitespace"
+    return None
+
+
+def checked_task_id(value: Any, *, what: str, secrets: Iterable[str] = ()) -> str:
+    """The task id a provider answered for an ACCEPTED create (or found by a lookup).
+
+    Ints become strings (Kling's ids are numeric). Anything else unusable is an
+    :class:`AmbiguousError`: the task may exist and cost money, but an id we cannot store,
+    print or send back is not one we can follow, so a human must resolve the job. The message
+    shows an escaped, truncated form and the length; the raw value is never kept.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise AmbiguousError(
+            f"{what}: the task id in the answer is a {type(value).__name__}, not a string; "
+            "the task may exist: resolve the job by hand (motion-pipeline resolve)"
+        )
+    problem = task_id_problem(value)
+    if problem is None:
+        return value
+    shown = printable(value[:_SHOWN_ID]) + ("..." if len(value) > _SHOWN_ID else "")
+    raise AmbiguousError(
+        f"{what}: the task id in the answer is unusable ({problem}; {len(value)} characters): "
+        f'"{redact(shown, secrets)}"; the task may exist: resolve the job by hand '
+        "(motion-pipeline resolve)"
+    )
 
 
 def float_or_none(value: Any) -> float | None:
@@ -96,7 +148,9 @@ def no_client_id(provider: str, job_id: str) -> AmbiguousError:
 
 
 class ClientBase:
-    """What every provider client holds: its config, keys, the shared HTTP client and a clock."""
+    """What every provider client holds: its config, keys, the shared HTTP client, a clock and
+    the deadline of each kind of call (:data:`~pipeline.providers._http.DEADLINES` unless given;
+    tests shorten them)."""
 
     def __init__(
         self,
@@ -105,8 +159,10 @@ class ClientBase:
         client: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.time,
+        deadlines: Mapping[Purpose, float] | None = None,
     ) -> None:
         self.config = config
         self._credentials = credentials
         self._client = client
         self._clock = clock
+        self._deadlines: dict[Purpose, float] = {**DEADLINES, **(deadlines or {})}

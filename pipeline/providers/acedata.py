@@ -26,6 +26,7 @@ from pipeline.errors import (
 from pipeline.jobs import Handle, Job, TaskStatus
 from pipeline.providers._common import (
     ClientBase,
+    checked_task_id,
     float_or_none,
     no_client_id,
     no_upload_api,
@@ -135,19 +136,19 @@ def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
     if err is not None:
         raise classify(*err, what=what, purpose="create", reply=reply)
     task_id = reply.body.get("task_id")
-    if not isinstance(task_id, str) or not task_id:
+    if task_id is None:
         raise AmbiguousError(
             f"{what}: accepted without a task_id: {snippet(reply.text, secrets)!r}",
             http_status=reply.status,
         )
-    return task_id
+    return checked_task_id(task_id, what=what, secrets=secrets)
 
 
 def parse_record(
     record: Mapping[str, Any], task_id: str, secrets: Iterable[str] = ()
 ) -> TaskStatus:
     """One /kling/tasks record as a TaskStatus; no ``response`` yet means still running."""
-    tid = str(record.get("id") or task_id)
+    tid = task_id  # ours, never the echoed ``id``: a reply must not rename our task
     response = record.get("response")
     if not isinstance(response, dict):
         if record.get("finished_at"):
@@ -267,6 +268,7 @@ class AceDataProvider(ClientBase):
             purpose=purpose,
             secrets=self._secrets(),
             now=self._clock,
+            deadline=self._deadlines[purpose],
             headers=headers,
             json=body,
         )

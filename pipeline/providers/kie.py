@@ -34,6 +34,7 @@ from pipeline.errors import (
 from pipeline.jobs import Handle, Job, TaskStatus
 from pipeline.providers._common import (
     ClientBase,
+    checked_task_id,
     no_client_id,
     poll_each,
     requery_result_url,
@@ -143,15 +144,13 @@ def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
         )
     data = reply.body.get("data")
     task_id = data.get("taskId") if isinstance(data, dict) else None
-    if isinstance(task_id, int) and not isinstance(task_id, bool):
-        task_id = str(task_id)
-    if not isinstance(task_id, str) or not task_id:
+    if task_id is None:
         # Success without an id: the task may exist, but we cannot name it.
         raise AmbiguousError(
             f"{what}: success without a taskId: {snippet(reply.text, secrets)!r}",
             http_status=reply.status,
         )
-    return task_id
+    return checked_task_id(task_id, what=what, secrets=secrets)
 
 
 def result_urls(raw: Any) -> list[str]:
@@ -192,7 +191,7 @@ def parse_param(raw: Any) -> dict[str, Any]:
 def parse_record(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] = ()) -> TaskStatus:
     """A recordInfo ``data`` object as a TaskStatus. Unknown states mean still running."""
     state = str(data.get("state") or "").strip().lower()
-    tid = str(data.get("taskId") or task_id)
+    tid = task_id  # ours, never the echoed ``taskId``: a reply must not rename our task
     if state in _SUCCESS_STATES:
         urls = result_urls(data.get("resultJson"))
         if not urls:
@@ -276,7 +275,7 @@ def parse_upload(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
     Uploads are free and carry a unique file name, so every doubt is a TransientError.
     """
     secrets = list(secrets)
-    _require_envelope(reply, what, "query", secrets)
+    _require_envelope(reply, what, "upload", secrets)
     body = reply.body
     code = envelope_code(reply)
     flag = body.get("success")
@@ -284,14 +283,14 @@ def parse_upload(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
         # success:false with code 200 says nothing more: treat it as a server fault.
         failed = code if code != 200 else (reply.status if reply.status >= 400 else 500)
         message = envelope_message(reply, secrets)
-        raise classify(failed, message, what=what, purpose="query", reply=reply)
+        raise classify(failed, message, what=what, purpose="upload", reply=reply)
     data = body.get("data")
     if isinstance(data, dict):
         for key in ("downloadUrl", "fileUrl"):
             url = data.get(key)
             if isinstance(url, str) and url.startswith(("http://", "https://")):
                 return url
-    raise garbage_error(what, reply, "query", secrets)
+    raise garbage_error(what, reply, "upload", secrets)
 
 
 # --------------------------------------------------------------------------- client
@@ -339,6 +338,7 @@ class KieProvider(ClientBase):
             purpose=purpose,
             secrets=self._secrets(),
             now=self._clock,
+            deadline=self._deadlines[purpose],
             headers=self._headers(),
             **kw,
         )
@@ -357,7 +357,7 @@ class KieProvider(ClientBase):
                 "POST",
                 self._url(UPLOAD_PATH, upload=True),
                 what=what,
-                purpose="query",
+                purpose="upload",
                 data={"uploadPath": f"{self.upload_folder}/{kind}", "fileName": file_name},
                 files={"file": (file_name, handle, content_type)},
             )

@@ -34,6 +34,7 @@ from pipeline.errors import (
 from pipeline.jobs import Handle, Job, TaskStatus
 from pipeline.providers._common import (
     ClientBase,
+    checked_task_id,
     float_or_none,
     no_upload_api,
     poll_each,
@@ -193,11 +194,15 @@ def _classify_status(
     return TransientError(text, retry_after=reply.retry_after, **kw)
 
 
-def _task_id(data: Any) -> str | None:
+def _answered_id(reply: Reply, data: Any, *, what: str, secrets: Iterable[str]) -> str:
+    """``data.task_id`` checked (Kling's ids are numeric strings; a bare number is tolerated)."""
     value = data.get("task_id") if isinstance(data, dict) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # Kling's ids are numeric strings; tolerate a bare number
-    return value if isinstance(value, str) and value else None
+    if value is None:
+        raise AmbiguousError(
+            f"{what}: accepted without a task_id: {snippet(reply.text, secrets)!r}",
+            http_status=reply.status,
+        )
+    return checked_task_id(value, what=what, secrets=secrets)
 
 
 def _require_object(reply: Reply, what: str, purpose: Purpose, secrets: list[str]) -> None:
@@ -214,18 +219,12 @@ def parse_create(reply: Reply, *, what: str, secrets: Iterable[str] = ()) -> str
         raise classify(
             code, envelope_message(reply, secrets), what=what, purpose="create", reply=reply
         )
-    task_id = _task_id(reply.body.get("data"))
-    if task_id is None:
-        raise AmbiguousError(
-            f"{what}: accepted without a task_id: {snippet(reply.text, secrets)!r}",
-            http_status=reply.status,
-        )
-    return task_id
+    return _answered_id(reply, reply.body.get("data"), what=what, secrets=secrets)
 
 
 def parse_task(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] = ()) -> TaskStatus:
     """A task ``data`` object as a TaskStatus. Unknown statuses mean still running."""
-    tid = _task_id(data) or task_id
+    tid = task_id  # ours, never the echoed ``task_id``: a reply must not rename our task
     state = str(data.get("task_status") or "").strip().lower()
     if state == "failed":
         reason = data.get("task_status_msg")
@@ -289,10 +288,7 @@ def parse_lookup(
     if external not in (None, "", client_id):
         # The path matched some other task (a task_id equal to our client id): not ours.
         return None
-    task_id = _task_id(data)
-    if task_id is None:
-        raise AmbiguousError(f"{what}: found a task without a task_id", http_status=reply.status)
-    return task_id
+    return _answered_id(reply, data, what=what, secrets=secrets)
 
 
 # --------------------------------------------------------------------------- client
@@ -321,8 +317,9 @@ class KlingProvider(ClientBase):
         client: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.time,
+        deadlines: Mapping[Purpose, float] | None = None,
     ) -> None:
-        super().__init__(config, credentials, client, clock=clock)
+        super().__init__(config, credentials, client, clock=clock, deadlines=deadlines)
         self._tokens = TokenCache(
             credentials.get("access_key"), credentials.get("secret_key"), clock=clock
         )
@@ -345,6 +342,7 @@ class KlingProvider(ClientBase):
             purpose=purpose,
             secrets=[*self._secrets(), token],
             now=self._clock,
+            deadline=self._deadlines[purpose],
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             **kw,
         )

@@ -14,8 +14,9 @@ Public API::
     with SandboxServer(host="127.0.0.1", port=0, keys=keys, faults=profile,
                        protocols=("kie", "acedata", "kling"), data_dir=tmp_path) as srv:
         srv.base_url         # "http://127.0.0.1:PORT": every protocol, and Kie's upload host too
-        srv.ledger           # thread-safe list of accepted creates:
-                             #   LedgerEntry(protocol, task_id, client_id, body, at)
+        srv.ledger           # thread-safe list of accepted creates (each billed, whatever id
+                             #   its answer carried):
+                             #   LedgerEntry(protocol, task_id, client_id, body, at, answered_id)
         srv.file_url(path)   # an http URL on the sandbox serving a local file (URL inputs)
         srv.expire_results() # every result URL issued so far now answers 404 (Kling: 403);
                              #   a new status query of the task issues a fresh URL

@@ -7,6 +7,7 @@ Protocol modules (:mod:`.kie`, :mod:`.acedata`, :mod:`.kling`) turn requests int
 from __future__ import annotations
 
 import ipaddress
+import json
 import mimetypes
 import re
 import threading
@@ -21,10 +22,10 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import MediaError
-from pipeline.sandbox import acedata, kie, kling
+from pipeline.sandbox import acedata, hostile, kie, kling, results
 from pipeline.sandbox.faults import (
+    ANSWER_KINDS,
     DEFAULT_FAIL_REASON,
-    DOWNLOAD_KINDS,
     REQUEST_KINDS,
     TASK_KINDS,
     FaultPicker,
@@ -102,6 +103,10 @@ class SandboxApp:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-media")
         self._seq = 0
         self._seq_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        # The (task id, answered id text) of the create this thread is answering, when an
+        # ANSWER fault (weird_task_id, duplicate_task_id) makes the answer lie about the id.
+        self._answer = threading.local()
         self._journal = TaskJournal(data_dir / "tasks.jsonl")
         for task, fate_code in self._journal.load():
             self._start(task, fate_code)
@@ -133,11 +138,23 @@ class SandboxApp:
             if found is None:
                 continue
             endpoint, handler = found
+            handler = self._answering(handler)
             rule = self.picker.pick(protocol, endpoint, REQUEST_KINDS)
             if rule is None:
                 return handler(self, req)
             return self._with_fault(rule, endpoint, handler, req, module.fault_reply)
         return self._not_found(req)
+
+    def _answering(self, handler: Handler) -> Handler:
+        """``handler``, with its answer's task id replaced when :meth:`commit` said so."""
+
+        def run(app: SandboxApp, req: Request) -> Reply:
+            self._answer.value = None
+            reply = handler(app, req)
+            chosen, self._answer.value = getattr(self._answer, "value", None), None
+            return reply if chosen is None else hostile.with_task_id(reply, *chosen)
+
+        return run
 
     def _with_fault(
         self,
@@ -150,6 +167,10 @@ class SandboxApp:
         if rule.kind == "slow":
             time.sleep(rule.seconds)
             return handler(self, req)
+        if rule.kind == "trickle":
+            return hostile.trickled(handler(self, req), rule)
+        if rule.kind == "huge_body":  # handled first: a create is made, then answered hugely
+            return hostile.huge(handler(self, req), rule)
         if rule.kind == "reset_before_commit":
             return Reply(reset=True)
         if rule.kind == "reset_after_commit":
@@ -180,21 +201,43 @@ class SandboxApp:
         client_id: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Task:
-        """Accept a create: the task exists, is in the ledger, and its work is queued."""
+        """Accept a create: the task exists, is in the ledger, and its work is queued.
+
+        The ledger records the task as billed even when an ANSWER fault makes the create's
+        answer carry another id (``LedgerEntry.answered_id``).
+        """
         rule = self.picker.pick(protocol, "create", TASK_KINDS)
         task = Task(protocol, task_id, client_id, body, spec, created=time.time(),
                     extra=extra or {})  # fmt: skip
         fate_code = None
         if rule is not None and rule.kind == "never_finish":
             task.fate = "never"
+        elif rule is not None and rule.kind == "bad_result_url":
+            task.bad_url = rule.url
         elif rule is not None:
             task.fate = "fail"
             task.fate_reason = rule.message or DEFAULT_FAIL_REASON
             fate_code = rule.code or "500"
-        self._journal.append(task, fate_code)
-        self.ledger.append(LedgerEntry(protocol, task_id, client_id, body, task.created))
+        with self._commit_lock:  # "the previous accepted create" must be well defined
+            answered = self._answered_id(protocol)
+            self._journal.append(task, fate_code)
+            self.ledger.append(LedgerEntry(protocol, task_id, client_id, body, task.created,
+                                           answered_id=answered and answered[0]))  # fmt: skip
+        if answered is not None:
+            self._answer.value = (task_id, answered[1])
         self._start(task, fate_code)
         return task
+
+    def _answered_id(self, protocol: str) -> tuple[str, str] | None:
+        """(what the ledger records, the JSON text answered) when an ANSWER fault fires."""
+        previous = self.ledger.for_protocol(protocol)
+        rule = self.picker.pick(protocol, "create", ANSWER_KINDS if previous else ANSWER_KINDS[:1])
+        if rule is None:
+            return None
+        if rule.kind == "weird_task_id":
+            return rule.answered_id, rule.answered_id
+        earlier = previous[-1].task_id
+        return earlier, json.dumps(earlier)[1:-1]
 
     def _start(self, task: Task, fate_code: str | None) -> None:
         self.store.add(task)
@@ -322,7 +365,7 @@ class SandboxApp:
 
     def _serve_files(self, req: Request) -> Reply | None:
         if req.path.startswith("/results/"):
-            return self._serve_result(req)
+            return results.serve(req, self.store, self.picker)
         path = self._path_for(unquote(req.path))
         if path is None:
             return None
@@ -330,39 +373,6 @@ class SandboxApp:
             return json_reply(404, {"code": 404, "msg": "file not found"})
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return Reply(200, headers={"Content-Type": content_type}, file=path)
-
-    def _serve_result(self, req: Request) -> Reply:
-        token = req.path[len("/results/") :].removesuffix(".mp4")
-        link = self.store.link(token)
-        if link is None:
-            return Reply(404, b"Not Found", {"Content-Type": "text/plain"})
-        # Kling's CDN answers an expired signed URL with 403; the others with 404 (inferred).
-        expired_status = 403 if link.protocol == "kling" else 404
-        rule = self.picker.pick(link.protocol, "download", REQUEST_KINDS + DOWNLOAD_KINDS)
-        if rule is not None and rule.kind == "expired_result":
-            self.store.expire(token)
-        elif rule is not None and rule.kind == "slow":
-            time.sleep(rule.seconds)
-        elif rule is not None and rule.kind == "malformed_json" and not link.expired:
-            # A download cut short: the bytes stop half-way, with a matching Content-Length.
-            data = link.path.read_bytes()
-            return Reply(200, data[: len(data) // 2], {"Content-Type": "video/mp4"})
-        elif rule is not None:
-            return _download_fault(rule)
-        if link.expired:
-            return Reply(expired_status, b"Request has expired", {"Content-Type": "text/plain"})
-        return Reply(200, headers={"Content-Type": "video/mp4"}, file=link.path)
-
-
-def _download_fault(rule: FaultRule) -> Reply:
-    if rule.kind in ("reset_before_commit", "reset_after_commit"):
-        return Reply(reset=True)
-    defaults = {"rate_limit": 429, "server_error": 503, "bad_key": 403, "out_of_credits": 403}
-    status = rule.status or defaults.get(rule.kind, 500)
-    headers = {"Content-Type": "text/plain"}
-    if rule.retry_after is not None:
-        headers["Retry-After"] = f"{rule.retry_after:g}"
-    return Reply(status, (rule.message or rule.kind).encode(), headers)
 
 
 def _loopback(host: str | None) -> bool:

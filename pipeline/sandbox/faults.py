@@ -1,4 +1,4 @@
-"""Fault profiles: how slow the sandbox is and which failures it injects, read from YAML or JSON.
+r"""Fault profiles: how slow the sandbox is and which failures it injects, read from YAML or JSON.
 
 A profile is a small file; every key is optional and unknown keys are errors::
 
@@ -22,7 +22,14 @@ A profile is a small file; every key is optional and unknown keys are errors::
         code: "1303"         # override the provider's own error code
         message: "..."       # override the error message / the task failure reason
         commit: true         # malformed_json on create: was the task created? (default true)
-        seconds: 2.5         # slow only: how long the reply is held back
+        seconds: 2.5         # slow: how long the reply is held back; trickle: between chunks
+        chunk: 4             # trickle: bytes per write (default 4)
+        size: 67108864       # huge_body / huge_result: body bytes (default 64 MiB)
+        content_length: true # huge_body / huge_result: announce the size (default true; false:
+                             #   chunked, so only counting tells the reader it is too big)
+        url: "ftp://x/y"     # bad_result_url: the exact result URL text
+        task_id: "\\ud800"   # weird_task_id: the id text, written verbatim between the quotes
+        repeat: 1            #   of the JSON answer's id field, ``repeat`` times (see below)
 
 KINDS (request level: answered instead of, or around, the normal handler)
     rate_limit           429 with a Retry-After header when ``retry_after`` is set. Kie says it in
@@ -35,12 +42,38 @@ KINDS (request level: answered instead of, or around, the normal handler)
                          reset before any answer byte is sent.
     malformed_json       the answer is truncated JSON with a 200 status.
     slow                 the normal answer, held back ``seconds``.
+    trickle              the normal answer (a result video too, on ``download``): status and
+                         headers at once, then the body ``chunk`` bytes every ``seconds``
+                         (default 1 s): no single read times out, only a deadline ends it.
+    huge_body            (create | poll | upload | account) the request is handled as usual (a
+                         create IS made and in the ledger), then answered with a ``size``-byte
+                         body generated while it is sent: JSON whitespace, then the normal
+                         answer, so a client that reads it all gets a valid reply.
 TASK level (creates only, drawn from accepted creates; ``endpoint`` is ignored)
     task_fail            the task runs and fails with ``message`` (a moderation-like reason).
     never_finish         the task stays running forever.
+    bad_result_url       the task succeeds, but every status query answers ``url`` as its result
+                         URL (default ``http://127.0.0.1:99999/x``; ``ftp://...`` and
+                         ``http://[::1`` are other classics).
+ANSWER level (creates only, drawn from accepted creates; ``endpoint`` is ignored). The task is
+made, billed and in the ledger (``LedgerEntry.answered_id`` records what the client was told);
+only the create's answer lies about its id:
+    weird_task_id        the answered id is ``task_id`` repeated ``repeat`` times, written
+                         verbatim into the JSON string, so JSON escapes reach the client
+                         decoded: ``task_id: ""`` (empty); ``task_id: "x"`` with ``repeat:
+                         10000``; ``task_id: "\\ud800"`` (the same text in YAML, JSON and
+                         Python source for ``from_dict``: backslash, u, d800), which the body
+                         carries as the escape ``\ud800``, a lone surrogate once decoded;
+                         ``"\\u001b[2J"``. It must stay a JSON string body (escape ``"``, ``\``).
+    duplicate_task_id    the answer carries the task id of the previous accepted create of the
+                         same protocol, so two jobs receive one id (counted only on creates that
+                         have a predecessor).
 DOWNLOAD level
     expired_result       the result URL being fetched expires now: 404 (Kie, AceData) or 403
                          (Kling); a new status query issues a fresh URL.
+    redirect_loop        302 to the very URL asked, for ever.
+    huge_result          200 with a ``size``-byte body of zeros, streamed (``content_length``
+                         false: chunked, no length announced).
 
 Counting: every rule counts the requests it matches (endpoint and protocol), whether or not an
 earlier rule fired; ``times`` counts only the requests the rule actually handled.
@@ -71,10 +104,18 @@ REQUEST_KINDS = (
     "reset_after_commit",
     "malformed_json",
     "slow",
+    "trickle",
+    "huge_body",
 )
-TASK_KINDS = ("task_fail", "never_finish")
-DOWNLOAD_KINDS = ("expired_result",)
-KINDS = REQUEST_KINDS + TASK_KINDS + DOWNLOAD_KINDS
+TASK_KINDS = ("task_fail", "never_finish", "bad_result_url")
+ANSWER_KINDS = ("weird_task_id", "duplicate_task_id")
+DOWNLOAD_KINDS = ("expired_result", "redirect_loop", "huge_result")
+KINDS = REQUEST_KINDS + TASK_KINDS + ANSWER_KINDS + DOWNLOAD_KINDS
+
+DEFAULT_HUGE_SIZE = 64 * 1024 * 1024
+DEFAULT_BAD_URL = "http://127.0.0.1:99999/x"
+DEFAULT_TRICKLE_SECONDS = 1.0
+DEFAULT_TRICKLE_CHUNK = 4
 
 DEFAULT_FAIL_REASON = (
     "The content you submitted may violate our content policy (moderation check failed)."
@@ -106,14 +147,27 @@ class FaultRule:
     message: str | None = None
     commit: bool = True
     seconds: float = 0.0
+    chunk: int = DEFAULT_TRICKLE_CHUNK
+    size: int = DEFAULT_HUGE_SIZE
+    content_length: bool = True
+    url: str = DEFAULT_BAD_URL
+    task_id: str = ""
+    repeat: int = 1
+
+    @property
+    def answered_id(self) -> str:
+        """weird_task_id: the JSON string text the create answer carries as the id."""
+        return self.task_id * self.repeat
 
     def matches(self, protocol: str, endpoint: str) -> bool:
         if self.protocol is not None and self.protocol != protocol:
             return False
-        if self.kind in TASK_KINDS:
+        if self.kind in TASK_KINDS or self.kind in ANSWER_KINDS:
             return endpoint == "create"
         if self.kind in DOWNLOAD_KINDS:
             return endpoint == "download"
+        if self.kind == "huge_body" and endpoint == "download":
+            return False  # a result download's huge body is huge_result
         return self.endpoint in ("any", endpoint)
 
 
@@ -242,8 +296,14 @@ def _rule(data: Any, where: str) -> FaultRule:
     for key in ("code", "message"):
         if key in raw and not isinstance(raw[key], str | int):
             raise ValueError(f"{where}.{key}: must be a string")
-    if "commit" in raw and not isinstance(raw["commit"], bool):
-        raise ValueError(f"{where}.commit: must be true or false")
+    for key in ("commit", "content_length"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise ValueError(f"{where}.{key}: must be true or false")
+    if kind == "huge_body" and endpoint == "download":
+        raise ValueError(f"{where}.endpoint: huge_body answers API calls; use huge_result")
+    if kind == "weird_task_id" and "task_id" not in raw:
+        raise ValueError(f"{where}.task_id: weird_task_id needs the id text to answer")
+    default_seconds = DEFAULT_TRICKLE_SECONDS if kind == "trickle" else 0.0
     return FaultRule(
         kind=kind,
         endpoint=endpoint,
@@ -257,8 +317,46 @@ def _rule(data: Any, where: str) -> FaultRule:
         code=str(raw["code"]) if "code" in raw else None,
         message=str(raw["message"]) if "message" in raw else None,
         commit=raw.get("commit", True),
-        seconds=_number(raw, "seconds", where, float, 0.0),
+        seconds=_number(raw, "seconds", where, float, default_seconds),
+        chunk=_positive(raw, "chunk", where, DEFAULT_TRICKLE_CHUNK),
+        size=_positive(raw, "size", where, DEFAULT_HUGE_SIZE),
+        content_length=raw.get("content_length", True),
+        url=_text(raw, "url", where, DEFAULT_BAD_URL),
+        task_id=_json_string_text(raw, where),
+        repeat=_positive(raw, "repeat", where, 1),
     )
+
+
+def _positive(data: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    value: int = _number(data, key, where, int, default)
+    if value < 1:
+        raise ValueError(f"{where}.{key}: must be at least 1, got {value!r}")
+    return value
+
+
+def _text(data: Mapping[str, Any], key: str, where: str, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}.{key}: must be a string, got {value!r}")
+    return value
+
+
+def _json_string_text(data: Mapping[str, Any], where: str) -> str:
+    """``task_id``: the inside of a JSON string (escapes allowed), kept exactly as written."""
+    text = _text(data, "task_id", where, "")
+    try:
+        text.encode("utf-8")
+        json.loads(f'"{text}"')
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{where}.task_id: a lone surrogate cannot be sent as UTF-8; write it as the JSON "
+            'escape (task_id: "\\\\ud800")'
+        ) from None
+    except ValueError:
+        raise ValueError(
+            f'{where}.task_id: must be the inside of a JSON string (escape \\" and \\\\)'
+        ) from None
+    return text
 
 
 class FaultPicker:

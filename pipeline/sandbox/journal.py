@@ -30,6 +30,7 @@ def task_line(task: Task, fate_code: str | None) -> str:
         "fate_reason": task.fate_reason,
         "fate_code": fate_code,
         "extra": task.extra,
+        "bad_url": task.bad_url,
     }
     return json.dumps(doc, separators=(",", ":"))
 
@@ -47,6 +48,7 @@ def task_from_line(line: str) -> tuple[Task, str | None]:
         fate=doc["fate"],
         fate_reason=doc["fate_reason"],
         extra=dict(doc["extra"]),
+        bad_url=doc.get("bad_url"),  # absent in journals written before the fault existed
     )
     return task, doc.get("fate_code")
 

@@ -13,7 +13,9 @@ class LedgerEntry:
     """One accepted create: which protocol, the task id it got, our client id, the request body.
 
     ``client_id`` is Kling's ``external_task_id`` (None where the protocol has no such field);
-    ``at`` is the acceptance time in epoch seconds.
+    ``at`` is the acceptance time in epoch seconds. ``answered_id`` is set when the answer
+    carried another id than the task's own (weird_task_id: the JSON text sent;
+    duplicate_task_id: the earlier task's id): the task is billed whatever it was called.
     """
 
     protocol: str
@@ -21,6 +23,7 @@ class LedgerEntry:
     client_id: str | None
     body: dict[str, Any]
     at: float
+    answered_id: str | None = None
 
 
 class Ledger:

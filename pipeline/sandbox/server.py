@@ -12,6 +12,7 @@ import struct
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -21,7 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.sandbox.app import SandboxApp, SandboxKeys
 from pipeline.sandbox.faults import PROTOCOLS, FaultProfile
 from pipeline.sandbox.ledger import Ledger
-from pipeline.sandbox.wire import Reply, Request, json_reply
+from pipeline.sandbox.wire import Pace, Reply, Request, json_reply
 from pipeline.tools import MediaTools, find_tools
 
 log = logging.getLogger("pipeline.sandbox")
@@ -37,6 +38,8 @@ class _HTTPServer(ThreadingHTTPServer):
     base_url: str
     connections: set[socket.socket]
     connections_lock: threading.Lock
+    stopping: threading.Event
+    """Set by stop(): a trickling answer gives up instead of outliving the server."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -92,7 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.reset:
             self._reset()
             return
-        self._send(reply)
+        try:
+            self._send(reply)
+        except OSError:
+            # The client hung up on a huge or trickled body, as a careful client should.
+            self.close_connection = True
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -124,31 +131,55 @@ class _Handler(BaseHTTPRequestHandler):
             os.close(self.connection.detach())
 
     def _send(self, reply: Reply) -> None:
-        length, start, status = len(reply.body), 0, reply.status
+        length: int | None = len(reply.body)
+        start, status = 0, reply.status
         headers = dict(reply.headers)
         if reply.file is not None:
             size = reply.file.stat().st_size
             start, length, status, extra = _range(self.headers.get("Range"), size)
             headers.update(extra)
             headers["Accept-Ranges"] = "bytes"
+        elif reply.stream is not None:
+            length = reply.length  # None: chunked, the reader learns the size only by counting
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(length))
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command == "HEAD" or status == 416:
             return
-        if reply.file is None:
-            self.wfile.write(reply.body)
-            return
+        for block in _blocks(reply, start, length or 0):
+            self._write(block, reply.pace, chunked=length is None)
+        if length is None:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write(self, block: bytes, pace: Pace | None, *, chunked: bool) -> None:
+        step = pace.chunk if pace is not None else max(len(block), 1)
+        for i in range(0, len(block), step):
+            piece = block[i : i + step]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            if pace is not None and self.server.stopping.wait(pace.seconds):
+                raise ConnectionAbortedError("the sandbox is stopping")
+
+
+def _blocks(reply: Reply, start: int, length: int) -> Iterator[bytes]:
+    """The body of ``reply`` in blocks: its bytes, a range of its file, or its stream."""
+    if reply.stream is not None:
+        yield from reply.stream()
+    elif reply.file is None:
+        yield reply.body
+    else:
         with reply.file.open("rb") as handle:
             handle.seek(start)
             remaining = length
             while remaining > 0:
                 block = handle.read(min(_CHUNK, remaining))
                 if not block:
-                    break
-                self.wfile.write(block)
+                    return
+                yield block
                 remaining -= len(block)
 
 
@@ -248,6 +279,7 @@ class SandboxServer:
         httpd.base_url = self.base_url
         httpd.connections = set()
         httpd.connections_lock = threading.Lock()
+        httpd.stopping = threading.Event()
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -259,6 +291,7 @@ class SandboxServer:
     def stop(self) -> None:
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
+            httpd.stopping.set()
             httpd.shutdown()
             httpd.server_close()
             with httpd.connections_lock:

@@ -59,6 +59,8 @@ class Task:
     shown_terminal: bool = False
     finished: float | None = None
     token: str | None = None
+    bad_url: str | None = None
+    """bad_result_url: answered as the result URL instead of a real one."""
     done: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
     """Protocol-specific constant facts (ids, trace ids) fixed at create time."""
@@ -140,6 +142,8 @@ class TaskStore:
         """The task's current result URL; a new one when the last expired or ``fresh``."""
         if task.outcome is None or task.outcome.rendered is None:
             raise RuntimeError(f"sandbox bug: task {task.task_id} has no video to link to")
+        if task.bad_url is not None:
+            return task.bad_url
         with self._lock:
             link = self._links.get(task.token or "")
             if link is None or link.expired or fresh:

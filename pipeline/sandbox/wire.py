@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +47,30 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """Send the body ``chunk`` bytes at a time, ``seconds`` apart (the trickle fault)."""
+
+    chunk: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Reply:
-    """An answer: status, headers, body bytes, or a file to stream; ``reset`` sends a TCP RST."""
+    """An answer: status, headers, body bytes, or a file to stream; ``reset`` sends a TCP RST.
+
+    ``stream`` makes the body while it is sent (a huge body is never built in memory); its
+    ``length`` is announced as Content-Length, or the body goes out chunked when None.
+    ``pace`` slows whichever body this is down to a trickle.
+    """
 
     status: int = 200
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     file: Path | None = None
     reset: bool = False
+    stream: Callable[[], Iterator[bytes]] | None = None
+    length: int | None = None
+    pace: Pace | None = None
 
 
 def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:

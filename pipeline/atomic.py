@@ -1,0 +1,61 @@
+"""The one way this tool writes a file that must never be seen half-written.
+
+Write to a temporary name in the same folder, fsync, rename over the target, fsync the folder:
+a crash leaves the old file or the new one, never a mix. A full disk (or a folder that cannot
+be written) is a :class:`~pipeline.errors.BatchStopped` naming the file; the temporary file is
+removed on every failure path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from pipeline.errors import BatchStopped
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_error(exc: OSError, path: Path) -> BatchStopped:
+    """A local write failure stops the batch: every later write would hit the same disk."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _DISK_FULL:
+        return BatchStopped(f"disk full writing {path}: {reason}")
+    return BatchStopped(f"cannot write {path}: {reason}")
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> Path:
+    """Replace ``path`` with ``data`` atomically; ``durable=False`` skips the fsyncs (caches)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("xb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        tmp.replace(path)
+        if durable:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_error(exc, path) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return path

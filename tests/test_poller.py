@@ -1,0 +1,143 @@
+"""The poller: one slow answer delays only its own task; unreadable answers and crashes end in a
+clear outcome, never a job waiting forever. The provider here is an in-process fake whose polls
+are driven by the test through events (no HTTP: the scheduling is what is tested)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import pytest
+
+from pipeline.errors import BadReplyError, TransientError
+from pipeline.jobs import Handle, TaskStatus
+from pipeline.poller import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
+from pipeline.retry import CircuitBreaker, RealSleeper
+
+DEADLINE = 20.0  # bound on each test's waits, not a timing assertion
+
+
+class FakeProvider:
+    """Answers polls from a script per task; a task listed in ``hold`` answers only when
+    released. Records every poll it was asked."""
+
+    name: ClassVar[str] = "fake"
+    has_batch_poll: ClassVar[bool] = False
+
+    def __init__(self, script: dict[str, list[Any]]) -> None:
+        self.script = {k: list(v) for k, v in script.items()}
+        self.asked: list[str] = []
+        self.hold: dict[str, asyncio.Event] = {}
+        self.polled = asyncio.Event()
+
+    async def poll(self, handle: Handle) -> TaskStatus:
+        self.asked.append(handle.task_id)
+        self.polled.set()
+        gate = self.hold.get(handle.task_id)
+        if gate is not None:
+            await gate.wait()
+        steps = self.script[handle.task_id]
+        step = steps.pop(0) if len(steps) > 1 else steps[0]
+        if isinstance(step, BaseException):
+            raise step
+        return TaskStatus(handle.task_id, step, result_url="http://x/r.mp4")
+
+    async def poll_many(self, handles: Sequence[Handle]) -> dict[str, TaskStatus]:
+        raise NotImplementedError
+
+
+def poller(provider: Any, *, task_timeout: float = 60.0) -> Poller:
+    return Poller(
+        provider,
+        interval=0.1,
+        task_timeout=task_timeout,
+        sleeper=RealSleeper(),
+        rng=random.Random(1),
+        breaker=CircuitBreaker(threshold=1000, cooldown=1.0, clock=RealSleeper().monotonic),
+        backoff_cap=0.3,
+    )
+
+
+async def serving(p: Poller, *waits: Any) -> list[Any]:
+    runner = asyncio.create_task(p.run())
+    try:
+        async with asyncio.timeout(DEADLINE):
+            return await asyncio.gather(*waits, return_exceptions=True)
+    finally:
+        runner.cancel()
+
+
+def test_a_poll_that_hangs_does_not_delay_the_other_tasks() -> None:
+    async def main() -> None:
+        fake = FakeProvider({"slow": ["succeeded"], "fast": ["running", "running", "succeeded"]})
+        fake.hold["slow"] = asyncio.Event()
+        p = poller(fake)
+        runner = asyncio.create_task(p.run())
+        try:
+            async with asyncio.timeout(DEADLINE):
+                slow = asyncio.ensure_future(p.wait(Handle("fake", "slow")))
+                fast = await p.wait(Handle("fake", "fast"))
+                assert fast.phase == "succeeded"
+                assert not slow.done()  # its poll is still hanging; the other went on anyway
+                assert fake.asked.count("fast") == 3 and fake.asked.count("slow") == 1
+                fake.hold["slow"].set()
+                assert (await slow).phase == "succeeded"
+        finally:
+            runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_unreadable_answers_fail_the_task_after_a_streak() -> None:
+    async def main() -> None:
+        fake = FakeProvider(
+            {
+                "bad": [BadReplyError("garbage")],
+                "bug": [KeyError("a parser bug")],
+                "ok": [BadReplyError("once"), "running", "succeeded"],
+            }
+        )
+        p = poller(fake)
+        bad, bug, ok = await serving(p, *(p.wait(Handle("fake", t)) for t in ("bad", "bug", "ok")))
+        assert isinstance(bad, UnreadableTask) and "garbage" in str(bad)
+        assert isinstance(bug, UnreadableTask) and "KeyError" in str(bug)
+        assert fake.asked.count("bad") == MAX_BAD_REPLIES
+        assert ok.phase == "succeeded"
+
+    asyncio.run(main())
+
+
+def test_transport_errors_are_ridden_out_until_task_timeout() -> None:
+    async def main() -> None:
+        fake = FakeProvider({"t": [TransientError("refused")]})
+        p = poller(fake, task_timeout=0.5)
+        (result,) = await serving(p, p.wait(Handle("fake", "t")))
+        assert isinstance(result, TaskTimeout)
+        assert len(fake.asked) >= 2  # asked again, not failed on the first transport error
+
+    asyncio.run(main())
+
+
+def test_a_crashed_scheduler_fails_every_waiting_job() -> None:
+    async def main() -> None:
+        fake = FakeProvider({"a": ["running"], "b": ["running"]})
+        p = poller(fake)
+
+        def broken(*_a: Any, **_k: Any) -> bool:
+            raise RuntimeError("scheduler bug")
+
+        runner = asyncio.create_task(p.run())
+        async with asyncio.timeout(DEADLINE):
+            waits = [asyncio.ensure_future(p.wait(Handle("fake", t))) for t in ("a", "b")]
+            while len(fake.asked) < 2:
+                fake.polled.clear()
+                await fake.polled.wait()
+            p.breaker.allow = broken  # type: ignore[method-assign]
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            with pytest.raises(RuntimeError, match="scheduler bug"):
+                await runner
+        assert all(isinstance(r, PollerCrashed) for r in results), results
+
+    asyncio.run(main())
