@@ -22,6 +22,7 @@ from test_sandbox_helpers import (
     kie_client,
     make_media,
 )
+from waiting import wait_until_async
 
 from pipeline.errors import (
     AmbiguousError,
@@ -89,12 +90,11 @@ async def submit(p: Provider, srv: SandboxServer, media: Media, n: int = 1) -> H
 
 
 async def finished(p: Provider, handle: Handle) -> TaskStatus:
-    for _ in range(600):  # bounded: the sandbox renders a 3.5 s clip in well under that
+    async def terminal() -> TaskStatus | None:
         status = await p.poll(handle)
-        if status.is_terminal:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {handle.task_id} never finished")
+        return status if status.is_terminal else None
+
+    return await wait_until_async(terminal, what=f"task {handle.task_id} to finish")
 
 
 # --------------------------------------------------------------------------- huge_body
