@@ -1,23 +1,25 @@
 """Content hashes of input files, each file read at most once per run and not at all when unchanged.
 
 The cache maps (path, size, mtime_ns, inode, device) to the sha256 of the content. It lives in
-the output directory (``cache/hashes.json``) so a second ``plan``/``run`` of a 10,000-job matrix
-does not re-read its inputs.
+the output directory (``cache/hashes.json``; a per-user folder when that is read-only, see
+:mod:`pipeline.plancache`) so a second ``plan``/``run`` of a 10,000-job matrix does not re-read
+its inputs. A damaged cache file reads as empty: the worst it can cost is hashing again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from pipeline.plancache import CacheFolder
 
 _CHUNK = 1024 * 1024
 _VERSION = 1
+CACHE_NAME = "hashes.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -36,17 +38,22 @@ def sha256_text(text: str) -> str:
 class FileHasher:
     """sha256 of files with a persistent stat-keyed cache; thread-parallel for many files."""
 
-    def __init__(self, cache_file: Path | None = None) -> None:
-        self.cache_file = cache_file
+    def __init__(
+        self, cache_file: Path | None = None, *, folder: CacheFolder | None = None
+    ) -> None:
+        """``cache_file``: one file to keep the cache in; ``folder``: a :class:`CacheFolder`
+        (with its fallbacks) holding ``hashes.json``. Neither: no persistent cache."""
+        if cache_file is not None:
+            folder, self._name = CacheFolder([cache_file.parent]), cache_file.name
+        else:
+            self._name = CACHE_NAME
+        self._folder = folder
         self._entries: dict[str, list[object]] = {}
         self._dirty = False
         self.reads = 0
         """Files actually read in this process (the benchmark checks a warm run reads none)."""
-        if cache_file is not None:
-            with contextlib.suppress(OSError, ValueError):
-                doc = json.loads(cache_file.read_text("utf-8"))
-                if doc.get("version") == _VERSION:
-                    self._entries = doc["files"]
+        if folder is not None:
+            self._entries = _valid_entries(folder.read_json(self._name))
 
     @staticmethod
     def _fingerprint(st: os.stat_result) -> list[object]:
@@ -79,17 +86,29 @@ class FileHasher:
         return result
 
     def save(self) -> None:
-        """Write the cache atomically (no-op when nothing changed or there is no cache file)."""
-        if self.cache_file is None or not self._dirty:
+        """Write the cache atomically (no-op when nothing changed or there is no cache folder).
+
+        Never raises: when no folder takes the file the cache lives on in memory only.
+        """
+        if self._folder is None or not self._dirty:
             return
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, prefix=".hashes-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"version": _VERSION, "files": self._entries}, fh, separators=(",", ":"))
-            os.replace(tmp, self.cache_file)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        self._folder.write_json(self._name, {"version": _VERSION, "files": self._entries})
         self._dirty = False
+
+
+def _valid_entries(doc: Any) -> dict[str, list[object]]:
+    """The well-formed entries of a cache document; anything else is dropped (re-hashed)."""
+    if not isinstance(doc, dict) or doc.get("version") != _VERSION:
+        return {}
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        return {}
+    return {
+        key: entry
+        for key, entry in files.items()
+        if isinstance(entry, list)
+        and len(entry) == 5
+        and all(type(n) is int for n in entry[:4])
+        and isinstance(entry[4], str)
+        and len(entry[4]) == 64
+    }

@@ -1,19 +1,19 @@
 """From a manifest to a plan: every job with its key, media facts, action, billed seconds, cost.
 
 Planning spends nothing: it hashes inputs (cached), probes media and decides preparation, but
-never calls a provider.
+never calls a provider. Its caches (``hashes.json``, ``probes.json``) live where
+:mod:`pipeline.plancache` finds room: a read-only manifest folder still plans.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import tempfile
+import functools
+import types
+import typing
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from pipeline.limits import limits_for
 from pipeline.manifest import Manifest
 from pipeline.media import MediaInfo, probe_many
 from pipeline.mediaplan import MediaPlan, plan_media
+from pipeline.plancache import CacheFolder
 from pipeline.settings import Settings
 from pipeline.tools import MediaTools, find_tools
 
@@ -100,11 +101,19 @@ def input_hash(ref: InputRef, hashes: dict[str, str]) -> str:
 
 
 def cache_dir(manifest: Manifest) -> Path:
+    """``<output_dir>/cache``: the run's caches (prepared media, fetched inputs)."""
     return manifest.output_dir / "cache"
 
 
-def hash_inputs(manifest: Manifest, hasher: FileHasher | None = None) -> dict[str, str]:
-    hasher = hasher or FileHasher(cache_dir(manifest) / "hashes.json")
+def plan_cache(manifest: Manifest, settings: Settings) -> CacheFolder:
+    """Where planning's caches go: the output dir's ``cache/``, else a per-user folder."""
+    return CacheFolder.for_output(manifest.output_dir, settings)
+
+
+def hash_inputs(
+    manifest: Manifest, hasher: FileHasher | None = None, *, cache: CacheFolder | None = None
+) -> dict[str, str]:
+    hasher = hasher or FileHasher(folder=cache)
     paths = [ref.path for job in manifest.jobs for ref in (job.image, job.video) if ref.path]
     hashes = hasher.hash_many(paths)
     hasher.save()
@@ -120,9 +129,11 @@ def make_plan(
     done_keys: Sequence[str] = (),
 ) -> Plan:
     """Hash, probe and plan every job. ``done_keys``: keys already generated (action ``done``)."""
-    hashes = hash_inputs(manifest, hasher)
+    settings = settings or Settings.from_env()
+    cache = plan_cache(manifest, settings)
+    hashes = hash_inputs(manifest, hasher, cache=cache)
     tools = tools or find_tools(settings)
-    facts = probe_inputs(manifest, hashes, tools)
+    facts = probe_inputs(manifest, hashes, tools, cache=cache)
     provider_cls = providers.get(manifest.provider.name)
     done = set(done_keys)
     planned = []
@@ -184,23 +195,27 @@ def _check_url_inputs(job: Job, media: MediaPlan, *, has_upload: bool) -> MediaP
 
 
 def probe_inputs(
-    manifest: Manifest, hashes: dict[str, str], tools: MediaTools
+    manifest: Manifest,
+    hashes: dict[str, str],
+    tools: MediaTools,
+    *,
+    cache: CacheFolder | None = None,
 ) -> dict[str, MediaInfo | MediaError]:
     """Probe facts per input hash; local files are probed once per content, cached on disk."""
     sources: dict[str, Path | str] = {}
     for job in manifest.jobs:
         for ref in (job.image, job.video):
             sources.setdefault(input_hash(ref, hashes), ref.path or ref.url or ref.raw)
-    cache_file = cache_dir(manifest) / "probes.json"
-    cached = _load_probe_cache(cache_file)
+    cached = _load_probe_cache(cache)
     facts: dict[str, MediaInfo | MediaError] = {}
     todo: list[str] = []
     for sha, source in sources.items():
         # URLs are cached by their text too: a URL's identity is its text (see input_hash), and a
         # re-run of a finished batch must not send a single request.
         hit = cached.get(sha)
-        if hit is not None:
-            facts[sha] = MediaInfo(**{**hit, "source": str(source)})
+        info = _cached_info(hit, str(source)) if hit is not None else None
+        if info is not None:
+            facts[sha] = info
         else:
             todo.append(sha)
     if todo:
@@ -211,31 +226,52 @@ def probe_inputs(
             if isinstance(result, MediaInfo):
                 cached[sha] = result.facts()
                 fresh = True
-        if fresh:
-            _save_json(cache_file, {"version": 1, "probes": cached})
+        if fresh and cache is not None:
+            cache.write_json(PROBE_CACHE, {"version": 1, "probes": cached})
     return facts
 
 
-def _load_probe_cache(path: Path) -> dict[str, dict[str, Any]]:
-    with contextlib.suppress(OSError, ValueError):
-        doc = json.loads(path.read_text("utf-8"))
-        if doc.get("version") == 1:
-            probes: dict[str, dict[str, Any]] = doc["probes"]
-            return probes
+PROBE_CACHE = "probes.json"
+
+
+def _load_probe_cache(cache: CacheFolder | None) -> dict[str, Any]:
+    doc = cache.read_json(PROBE_CACHE) if cache is not None else None
+    if isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("probes"), dict):
+        probes: dict[str, Any] = doc["probes"]
+        return probes
     return {}
 
 
-def _save_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+@functools.cache
+def _info_types() -> dict[str, Any]:
+    return typing.get_type_hints(MediaInfo)
+
+
+def _cached_info(hit: Any, source: str) -> MediaInfo | None:
+    """A cached probe entry as MediaInfo, or None when it is not one (edited, older, damaged)."""
+    if not isinstance(hit, dict):
+        return None
+    values = {**hit, "source": source}
+    hints = _info_types()
+    if set(values) != {f.name for f in fields(MediaInfo)}:
+        return None  # a field added or removed since it was written: probe again
+    if not all(_fits(values[name], hints[name]) for name in values):
+        return None
+    return MediaInfo(**values)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a simple annotation (int, float, str, bool, Literal, X | None)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return type(value) in (int, float)  # JSON writes 3.0 as 3.0, but a hand edit says 3
+    return type(value) is hint
 
 
 def _facts(info: MediaInfo | None) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """``<output_dir>/run.log``: an append-only log of a run in which every line is redacted.
 
 :class:`RedactFilter` rewrites each record (message, arguments, exception and stack text) so no
-API key or token reaches the file; :func:`open_run_log` and :func:`close_run_log` attach and
-detach the file handler.
+API key or token reaches the file, and no terminal control character either: provider text is
+logged, and ``tail run.log`` must not let it clear a screen or forge a line. :func:`open_run_log`
+and :func:`close_run_log` attach and detach the file handler.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.settings import redact
+from pipeline.text import printable
 
 RUN_LOG = "run.log"
 
 
 class RedactFilter(logging.Filter):
-    """Rewrites each record so message, arguments, exception and stack text are redacted.
+    """Rewrites each record so message, arguments, exception and stack text are redacted and
+    printable (control characters escaped as ``\\x1b``).
 
-    Attach it to every handler that leaves the process; it is idempotent.
+    The message is one line: a newline in it is escaped, so a provider's text cannot forge a log
+    line. Tracebacks keep their own newlines. Attach the filter to every handler that leaves the
+    process; it is idempotent.
     """
 
     def __init__(self, secrets: Sequence[str]) -> None:
@@ -35,16 +40,19 @@ class RedactFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string must not crash the logging call itself
             message = f"{record.msg} (unformattable arguments {record.args!r})"
-        record.msg = redact(message, self._secrets)
+        record.msg = printable(redact(message, self._secrets))
         record.args = None
         if record.exc_info:
             record.exc_text = self._formatter.formatException(record.exc_info)
             record.exc_info = None  # so no later formatter renders the raw exception again
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, self._secrets)
+            record.exc_text = self._multiline(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info, self._secrets)
+            record.stack_info = self._multiline(record.stack_info)
         return True
+
+    def _multiline(self, text: str) -> str:
+        return printable(redact(text, self._secrets), keep_newlines=True)
 
 
 class _QuietFileHandler(logging.FileHandler):

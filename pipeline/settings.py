@@ -1,14 +1,24 @@
 """Process-wide configuration read from the environment, and secret redaction.
 
 This is the only module that reads ``os.environ``: everything else receives a :class:`Settings`.
+
+Redaction has to catch a key the way it comes back from a provider, not only as we sent it: an
+error body may quote it percent-encoded (it was in a query string), JSON-escaped, or cut short
+("key abcd1234... is invalid"). A password written into a URL's userinfo is a secret too: it is
+removed wherever a URL appears in text (:func:`redact`), and URLs are stored and shown without it
+(:func:`public_url`).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, quote_plus, unquote
 
 #: Environment variables whose values are secrets by default (manifests may name others).
 DEFAULT_SECRET_VARS = (
@@ -18,10 +28,19 @@ DEFAULT_SECRET_VARS = (
     "KLING_SECRET_KEY",
 )
 
+#: Shorter values are not redacted: replacing every "ab" in a log would say nothing and hide much.
+MIN_SECRET = 4
+#: A cut-short secret is recognised from this many of its first characters on. Shorter secrets
+#: (MIN_SECRET..7 characters) are only recognised whole.
+MIN_PREFIX = 8
+
 _REDACTED = "***"
 # Bearer tokens and JWTs can appear in echoed request headers or URLs; redact their shape too.
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b")
+# scheme://user:password@host: the password runs to the last "@" of the authority (people do
+# write a raw "@" in passwords); the user name is kept, it tells which account was used.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)([^\s/?#]+)@")
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,9 @@ class Settings:
     """Room kept aside so task ids can still be committed on a full disk."""
     outage_seconds: float = 60.0
     """No answer from the provider for this long stops the batch (:mod:`pipeline.outage`)."""
+    user_cache: Path | None = None
+    """``$XDG_CACHE_HOME/motion-pipeline`` (default ``~/.cache``): where planning caches go when
+    the output directory cannot hold them (a read-only manifest folder). None without a home."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +76,7 @@ class Settings:
             min_free_bytes=_megabytes(env, "MOTION_PIPELINE_MIN_FREE_MB", 256),
             reserve_bytes=_megabytes(env, "MOTION_PIPELINE_RESERVE_MB", 8),
             outage_seconds=_number(env, "MOTION_PIPELINE_OUTAGE_SECONDS", 60.0),
+            user_cache=_user_cache(env),
         )
 
     def secret(self, var: str) -> str | None:
@@ -64,7 +87,118 @@ class Settings:
     def secrets(self, extra_vars: Iterable[str] = ()) -> list[str]:
         """Every secret value currently set, for :func:`redact`."""
         names = {*DEFAULT_SECRET_VARS, *extra_vars}
-        return [v for v in (self.env.get(n, "") for n in names) if len(v) >= 4]
+        return [v for v in (self.env.get(n, "") for n in names) if len(v) >= MIN_SECRET]
+
+
+def _user_cache(env: Mapping[str, str]) -> Path | None:
+    # The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
+    xdg = env.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "motion-pipeline"
+    home = env.get("HOME", "")
+    if home and os.path.isabs(home):
+        return Path(home) / ".cache" / "motion-pipeline"
+    return None
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def _split_authority(url: str) -> tuple[str, str, str]:
+    """``(scheme://, authority, rest)``; parsed by hand so no URL, however malformed, raises."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return scheme + sep, rest[:end], rest[end:]
+
+
+def public_url(url: str) -> str:
+    """``url`` without its userinfo (``https://user:pw@host/x`` -> ``https://host/x``).
+
+    What is stored (the upload cache's endpoint) and shown: the credentials stay in the manifest.
+    """
+    head, authority, rest = _split_authority(url)
+    if "@" not in authority:
+        return url
+    return head + authority.rpartition("@")[2] + rest
+
+
+def url_secrets(*urls: str | None) -> list[str]:
+    """The passwords in the userinfo of ``urls`` (as written and decoded), for :func:`redact`."""
+    found: dict[str, None] = {}
+    for url in urls:
+        # The password runs to the last "@" of the authority, as urlsplit reads it.
+        userinfo = _split_authority(url or "")[1].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        if password:
+            found.update(dict.fromkeys(p for p in (password, unquote(password)) if p))
+    return list(found)
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+def _variants(secret: str) -> set[str]:
+    """The forms a provider may echo a secret back in: as sent, percent-encoded, JSON-escaped."""
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), f) for f in forms}
+    forms |= {f.replace("/", "\\/") for f in forms}  # PHP-style JSON escapes "/" too
+    return forms
+
+
+class _SecretMatcher:
+    """Finds the longest echo of any secret at each place: a variant, or a long enough prefix."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        by_head: dict[str, set[str]] = {}
+        for secret in secrets:
+            for form in _variants(secret):
+                # A long secret is caught from its first MIN_PREFIX characters on; a short one
+                # only whole.
+                head = form[:MIN_PREFIX] if len(secret) >= MIN_PREFIX else form
+                by_head.setdefault(head, set()).add(form)
+        self._forms = {
+            head: sorted(forms, key=len, reverse=True) for head, forms in by_head.items()
+        }
+        self._heads = tuple(sorted(by_head, key=len, reverse=True))
+        # Longest heads first: at one place, a longer head always belongs to the longer match.
+        self._pattern = re.compile("|".join(re.escape(h) for h in self._heads))
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where echoes of the secrets are in ``text``, left to right, never overlapping."""
+        # Fast path: most log lines hold no secret, and ``in`` is a C loop per head.
+        if not any(head in text for head in self._heads):
+            return []
+        found: list[tuple[int, int]] = []
+        pos = 0
+        while (match := self._pattern.search(text, pos)) is not None:
+            start = match.start()
+            pos = max(start + _common_prefix(text, start, f) for f in self._forms[match.group()])
+            found.append((start, pos))
+        return found
+
+
+def _common_prefix(text: str, start: int, form: str) -> int:
+    """How many characters of ``form`` ``text`` repeats from ``start`` on."""
+    n = 0
+    for a, b in zip(form, text[start : start + len(form)], strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(secrets: frozenset[str]) -> _SecretMatcher:
+    return _SecretMatcher(tuple(sorted(secrets)))
 
 
 def _number(env: Mapping[str, str], var: str, default: float) -> float:
@@ -81,8 +215,30 @@ def _megabytes(env: Mapping[str, str], var: str, default: float) -> int:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace every known secret, bearer token and JWT in ``text`` with ``***``."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
-    text = _BEARER.sub(lambda m: m.group(1) + _REDACTED, text)
-    return _JWT.sub(_REDACTED, text)
+    """``text`` with every known secret, URL password, bearer token and JWT replaced by ``***``.
+
+    A secret is caught as sent, percent-encoded (``quote``/``quote_plus``), JSON-escaped, and cut
+    short (any prefix of at least :data:`MIN_PREFIX` characters; a shorter secret only whole).
+    Values shorter than :data:`MIN_SECRET` are ignored.
+    """
+    wanted = frozenset(s for s in secrets if len(s) >= MIN_SECRET)
+    # Every detector looks at the original text and the spans are merged: replacing in turn let
+    # one detector eat the beginning another needs (a Kling token shares its JWT header with
+    # every older token, whose signature would then survive the JWT pattern).
+    spans = _matcher(wanted).spans(text) if wanted else []
+    if "://" in text and "@" in text:
+        spans += [m.span(2) for m in _USERINFO.finditer(text)]
+    if "bearer" in text.lower():
+        spans += [m.span(2) for m in _BEARER.finditer(text)]
+    if "eyJ" in text:
+        spans += [m.span() for m in _JWT.finditer(text)]
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        if start > pos or not out:
+            out += [text[pos:start], _REDACTED]
+        pos = max(pos, end)
+    out.append(text[pos:])
+    return "".join(out)

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from pipeline.diskguard import free_bytes
 from pipeline.errors import BatchStopped, PipelineError, StateError
 from pipeline.jobs import TRANSITIONS, State
-from pipeline.state_schema import check_and_migrate, read_version
+from pipeline.state_schema import busy_error, check_and_migrate, read_version
 from pipeline.state_values import (
     SELECT_JOBS,
     STATE_BY_VALUE,
@@ -166,6 +166,9 @@ class StateStore:
             check_and_migrate(conn, path, readonly=readonly)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            busy = busy_error(exc, path) if readonly else None
+            if busy is not None:
+                raise busy from None
             error = _translate(exc, path)
             if isinstance(error, BatchStopped):
                 raise error from exc

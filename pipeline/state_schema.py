@@ -87,11 +87,32 @@ def read_version(conn: sqlite3.Connection) -> int:
     return int(r[0]) if r else 0
 
 
+BEING_CREATED = "the state is being created; try again in a moment"
+
+
+def busy_error(exc: sqlite3.Error, path: Path) -> StateError | None:
+    """The StateError for a reader refused by a lock, or None for any other error.
+
+    A reader of a WAL file meets a lock only while a writer sets the file up (creating it,
+    switching it to WAL): not damage, a moment of contention.
+    """
+    if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return None
+    return StateError(
+        f"state {path} is busy: another process is creating or changing it; try again in a moment"
+    )
+
+
 def check_and_migrate(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    version = read_version(conn) if "meta" in tables else 0
     if tables and "meta" not in tables:
         raise StateError(f"{path} is not a motion-pipeline state file (tables: {sorted(tables)})")
-    version = read_version(conn) if "meta" in tables else 0
+    if readonly and version == 0:
+        # An empty file, or meta without schema_version: a writer is between creating the file
+        # and committing its first migration (one transaction). `status` must not call that
+        # damage, nor an old version.
+        raise StateError(f"state {path}: {BEING_CREATED}")
     if version > SCHEMA_VERSION:
         raise StateError(
             f"state {path} has schema version {version}, newer than this motion-pipeline "
@@ -118,7 +139,10 @@ def check_and_migrate(conn: sqlite3.Connection, path: Path, *, readonly: bool) -
             )
         if version == 0:
             created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            conn.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (created_at,))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('created_at', ?) ON CONFLICT DO NOTHING",
+                (created_at,),
+            )
             conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -27,6 +27,7 @@ from pipeline.fetch import Limits, disk_error, download, move_into
 from pipeline.hashing import sha256_file, sha256_text
 from pipeline.jobs import InputRef
 from pipeline.providers.base import InputURLs, Provider, ProviderConfig
+from pipeline.settings import public_url
 from pipeline.urls import display_url
 
 #: Re-upload this long before the provider deletes an upload: a job may wait in the queue, and
@@ -105,7 +106,9 @@ class Storage:
     ) -> None:
         self._provider = provider
         self._name = type(provider).name
-        self._endpoint = config.upload_url or config.base_url
+        # The cache key names the endpoint without userinfo: it is stored in state.sqlite, and a
+        # proxy password in the manifest's URL must never be written anywhere.
+        self._endpoint = public_url(config.upload_url or config.base_url)
         self._cache = cache
         self._clock = clock
         self._margin = safety_margin

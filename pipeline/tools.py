@@ -137,10 +137,12 @@ def run_tool(argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProc
             elif len(into) < STDOUT_LIMIT:
                 into.extend(chunk[: STDOUT_LIMIT - len(into)])
 
-    assert proc.stdout is not None and proc.stderr is not None
+    # Popen with PIPE always makes both streams; typed Optional, so each is taken only if set.
+    streams = ((proc.stdout, out, False), (proc.stderr, err, True))
+    pipes = [(stream, into, tail) for stream, into, tail in streams if stream is not None]
     readers = [
-        threading.Thread(target=drain, args=(proc.stdout, out), kwargs={"keep_tail": False}),
-        threading.Thread(target=drain, args=(proc.stderr, err), kwargs={"keep_tail": True}),
+        threading.Thread(target=drain, args=(stream, into), kwargs={"keep_tail": tail})
+        for stream, into, tail in pipes
     ]
     for reader in readers:
         reader.daemon = True
@@ -156,8 +158,8 @@ def run_tool(argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProc
     finally:
         for reader in readers:
             reader.join(timeout=5)
-        proc.stdout.close()
-        proc.stderr.close()
+        for stream, _into, _tail in pipes:
+            stream.close()
     return subprocess.CompletedProcess(
         proc.args, proc.returncode, bytes(out), bytes(err[-STDERR_KEPT:])
     )

@@ -255,6 +255,20 @@ def state_rows(output: Path) -> dict[str, dict[str, Any]]:
         return {r["id"]: dict(r) for r in conn.execute("SELECT * FROM jobs")}
 
 
+def try_state_rows(output: Path) -> dict[str, dict[str, Any]] | None:
+    """:func:`state_rows` while a run may still be creating the file: None until it can be read.
+
+    A running ``run`` creates ``state.sqlite`` before its tables exist (one transaction later),
+    so a reader racing it sees no file, no tables, or briefly a lock.
+    """
+    if not (output / "state.sqlite").exists():
+        return None
+    try:
+        return state_rows(output)
+    except sqlite3.OperationalError:  # "no such table: jobs", "database is locked"
+        return None
+
+
 def integrity(output: Path) -> str:
     uri = f"file:{output / 'state.sqlite'}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from loopback import Answer, Loopback, Script, head, raw, redirect, trickle
+from waiting import wait_until_async
 
 from pipeline.errors import (
     BatchStopped,
@@ -234,12 +235,11 @@ def test_cancelled_input_download_leaves_nothing(tmp_path: Path, stop: threading
     async def go(url: str) -> None:
         async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
             task = asyncio.create_task(download_input(client, url, tmp_path, job_id="j1"))
-            for _ in range(2000):  # until the temp file exists mid-stream (bounded, not timed)
-                if any(name.endswith(".part") for name in os.listdir(tmp_path)):
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                pytest.fail("the download never created its temp file")
+
+            async def temp_file_exists() -> bool:
+                return any(name.endswith(".part") for name in os.listdir(tmp_path))
+
+            await wait_until_async(temp_file_exists, what="the download's temp file mid-stream")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from mediagen import make_image, make_video
+from waiting import wait_until_async
 
 from pipeline.errors import (
     BatchStopped,
@@ -284,12 +285,11 @@ def test_cancelled_download_removes_its_temp_file(
                 )
             )
             part = f"{PART_PREFIX}job1-"
-            for _ in range(2000):  # until the temp file exists mid-stream (bounded, not timed)
-                if any(name.startswith(part) for name in os.listdir(tmp_path)):
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                pytest.fail("the download never created its temp file")
+
+            async def temp_file_exists() -> bool:
+                return any(name.startswith(part) for name in os.listdir(tmp_path))
+
+            await wait_until_async(temp_file_exists, what="the download's temp file mid-stream")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

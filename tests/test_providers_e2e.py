@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from mediagen import make_image, make_video
+from waiting import wait_until_async
 
 from pipeline.errors import (
     AmbiguousError,
@@ -105,12 +106,11 @@ async def urls_for(kind: str, srv: SandboxServer, p: Provider, media: Media) -> 
 
 
 async def until_done(p: Provider, handle: Handle) -> TaskStatus:
-    for _ in range(600):  # a bound, not a timing assertion: renders take a few seconds
+    async def terminal() -> TaskStatus | None:
         status = await p.poll(handle)
-        if status.is_terminal:
-            return status
-        await asyncio.sleep(0.1)
-    raise AssertionError("task never finished")
+        return status if status.is_terminal else None
+
+    return await wait_until_async(terminal, what=f"task {handle.task_id} to finish")
 
 
 @pytest.mark.parametrize("kind", [*PROTOCOLS, "sandbox"])

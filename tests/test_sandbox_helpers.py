@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import httpx
 from mediagen import make_image, make_video
+from waiting import wait_until
 
 from pipeline.media import MediaInfo, probe_file
 from pipeline.sandbox.kling import mint_jwt
@@ -55,14 +55,16 @@ def kling_client(base_url: str, access: str = KLING_AK, secret: str = KLING_SK) 
     return httpx.Client(base_url=base_url, headers=headers, timeout=30)
 
 
-def until(fetch: Callable[[], Any], done: Callable[[Any], bool], *, limit: int = 600) -> Any:
-    """Call ``fetch`` until ``done(answer)``; fails the test after ``limit`` tries."""
-    for _ in range(limit):
-        answer = fetch()
-        if done(answer):
-            return answer
-        time.sleep(0.05)
-    raise AssertionError(f"never finished; last answer: {answer!r}")
+def until(fetch: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
+    """Call ``fetch`` until ``done(answer)``; fails the test after a generous deadline."""
+    last: list[Any] = []
+
+    def finished() -> bool:
+        last[:] = [fetch()]
+        return done(last[0])
+
+    wait_until(finished, what="the sandbox task to finish")
+    return last[0]
 
 
 def kie_create(client: httpx.Client, image_url: str, video_url: str, **input_: Any) -> str:

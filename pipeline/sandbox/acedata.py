@@ -143,7 +143,8 @@ def _wait(app: SandboxApp, task: Task, base_url: str) -> Reply:
 
 def result(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
     """The final result: the sync answer, the callback body and the record's ``response``."""
-    assert task.outcome is not None
+    if task.outcome is None:
+        raise RuntimeError(f"sandbox bug: task {task.task_id} has no outcome to report")
     rendered = task.outcome.rendered
     if rendered is None:
         return {

@@ -212,7 +212,8 @@ def record(app: SandboxApp, task: Task, phase: str, base_url: str) -> dict[str, 
         url = app.store.result_url(task, base_url)
         data.update(state="success", resultJson=json.dumps({"resultUrls": [url]}))
     elif phase == "failed":
-        assert task.outcome is not None
+        if task.outcome is None:
+            raise RuntimeError(f"sandbox bug: task {task.task_id} failed without an outcome")
         data.update(state="fail", failCode=task.outcome.code, failMsg=task.outcome.reason,
                     costTime=None)  # fmt: skip
     return data

@@ -231,7 +231,8 @@ def query(app: SandboxApp, req: Request) -> Reply:
     status = {"queued": "submitted", "running": "processing", "succeeded": "succeed"}
     data = _task_doc(task, status.get(phase, "failed"))
     if phase == "succeeded":
-        assert task.outcome is not None and task.outcome.rendered is not None
+        if task.outcome is None or task.outcome.rendered is None:
+            raise RuntimeError(f"sandbox bug: task {task.task_id} succeeded without a video")
         duration = task.outcome.rendered.duration
         data["final_unit_deduction"] = f"{duration:.1f}"
         data["task_result"] = {"videos": [{
@@ -240,7 +241,8 @@ def query(app: SandboxApp, req: Request) -> Reply:
             "duration": f"{duration:.3f}",
         }]}  # fmt: skip
     elif phase == "failed":
-        assert task.outcome is not None
+        if task.outcome is None:
+            raise RuntimeError(f"sandbox bug: task {task.task_id} failed without an outcome")
         data["task_status_msg"] = task.outcome.reason or "failed"
     return json_reply(
         200, {"code": 0, "message": "SUCCEED", "request_id": new_uuid(), "data": data}

@@ -340,8 +340,8 @@ def serve(
     stop = stop or threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        assert stop is not None
-        stop.set()
+        if stop is not None:  # always set above; a closure does not keep that narrowing
+            stop.set()
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = {}

@@ -131,7 +131,8 @@ class TaskStore:
         )
         if task.shown_terminal or ready:
             task.shown_terminal = True
-            assert task.outcome is not None  # ready implies it; shown_terminal was ready once
+            if task.outcome is None:  # ready implies it; shown_terminal was ready once
+                raise RuntimeError(f"sandbox bug: task {task.task_id} terminal without an outcome")
             return "failed" if task.outcome.rendered is None else "succeeded"
         return "queued" if counted <= 1 else "running"
 
@@ -139,7 +140,8 @@ class TaskStore:
 
     def result_url(self, task: Task, base_url: str, *, fresh: bool = False) -> str:
         """The task's current result URL; a new one when the last expired or ``fresh``."""
-        assert task.outcome is not None and task.outcome.rendered is not None
+        if task.outcome is None or task.outcome.rendered is None:
+            raise RuntimeError(f"sandbox bug: task {task.task_id} has no video to link to")
         if task.bad_url is not None:
             return task.bad_url
         with self._lock:
