@@ -44,6 +44,7 @@ from pipeline.retry import (
     next_wait,
     sleeper_for,
 )
+from pipeline.session import run_secrets
 from pipeline.settings import Settings, redact
 from pipeline.slots import Slots
 from pipeline.state import StateStore
@@ -95,7 +96,7 @@ class BatchBase:
         self.disk = disk or DiskGuard(
             manifest.output_dir, floor=settings.min_free_bytes, reserve=settings.reserve_bytes
         )
-        self.secrets = [*credentials.secrets(), *settings.secrets(self.config.key_envs.values())]
+        self.secrets = run_secrets(self.config, credentials, settings)
         self.sleeper: Sleeper = sleeper_for(settings)
         self.rng = random.Random()  # noqa: S311 - jitter for waits, not a secret
         self.gate = PauseGate(self.sleeper)

@@ -29,6 +29,7 @@ from pipeline.errors import Diagnostic, ManifestError
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
 from pipeline.manifest_diagnostics import report_schema_error
 from pipeline.providers.base import ProviderConfig, RateLimit
+from pipeline.settings import public_url
 from pipeline.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
 
 SETTING_KEYS = ("mode", "character_orientation", "keep_original_sound", "prompt", "trim")
@@ -192,6 +193,18 @@ class _Checker:
                     f"provider {cls.name} takes no {role}",
                     "its keys: " + (", ".join(f"{r}_env" for r in cls.key_envs) or "none"),
                     at_key=True,
+                )
+        for field_name in ("base_url", "upload_url"):
+            url = doc.get(field_name)
+            if isinstance(url, str) and public_url(url) != url:
+                # httpx would send them as Basic auth over the provider's own Authorization
+                # header; they would also end up wherever the URL is written down.
+                self.error(
+                    ("provider", field_name),
+                    f"{field_name} carries credentials ({public_url(url)} with user:password@); "
+                    "the provider's key goes in the Authorization header, so URL credentials "
+                    "cannot be used",
+                    "for a proxy that needs a password, set HTTPS_PROXY in the environment",
                 )
         rate = doc.get("rate_limit")
         config = ProviderConfig(

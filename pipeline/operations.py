@@ -32,7 +32,7 @@ from pipeline.providers.base import ProviderConfig
 from pipeline.reporting import BatchFinished, BatchStarted, Notice, Reporter
 from pipeline.runlog import close_run_log, open_run_log
 from pipeline.runner import Batch, RunOptions, RunSummary
-from pipeline.session import credentials_for, endpoint, provider_client
+from pipeline.session import credentials_for, endpoint, provider_client, run_secrets
 from pipeline.settings import Settings
 from pipeline.state import StateStore, state_path
 from pipeline.state_values import DuplicateTaskError, JobRecord
@@ -75,7 +75,7 @@ def run_batch(
                 notes.insert(
                     0, f"the state was lost: rebuilt {restored} job(s) from metadata.jsonl"
                 )
-            log = open_run_log(output_dir, [*credentials.secrets(), *settings.secrets()])
+            log = open_run_log(output_dir, run_secrets(manifest.provider, credentials, settings))
             try:
                 reporter.emit(BatchStarted(total=len(plan.jobs), counts=store.counts()))
                 for note in notes:

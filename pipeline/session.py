@@ -16,7 +16,7 @@ from pipeline.errors import MissingKeyError
 from pipeline.manifest import Manifest
 from pipeline.planning import cache_dir
 from pipeline.providers.base import Credentials, Provider, ProviderConfig
-from pipeline.settings import Settings
+from pipeline.settings import Settings, url_secrets
 from pipeline.tools import MediaTools
 
 EMBEDDED = "embedded"
@@ -37,6 +37,16 @@ def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
         names = " and ".join(missing)
         raise MissingKeyError(f"set {names} in the environment: provider {config.name} needs it")
     return Credentials(values)
+
+
+def run_secrets(config: ProviderConfig, credentials: Credentials, settings: Settings) -> list[str]:
+    """Everything a run must never print: its keys, every key variable's value, and the
+    passwords of its provider URLs (``https://user:pw@proxy``)."""
+    return [
+        *credentials.secrets(),
+        *settings.secrets(config.key_envs.values()),
+        *url_secrets(config.base_url, config.upload_url),
+    ]
 
 
 @contextlib.contextmanager

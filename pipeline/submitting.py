@@ -129,8 +129,10 @@ class Submitter(Collector):
             handle = await self._create(pj, urls, client_id)
             if handle is None:
                 return
-            crash_point("after-create-sent")
+            # The create stays "in flight" for an abort until its task id is committed: a Ctrl-C
+            # between the answer and the commit must not cancel the commit.
             try:
+                crash_point("after-create-sent")
                 await self._move(job_id, State.RUNNING, task_id=handle.task_id)
             except BatchStopped as exc:
                 self._task_id_not_saved(job_id, handle, exc)
@@ -141,6 +143,8 @@ class Submitter(Collector):
                 what = f"the provider answered task id {handle.task_id}, already job {exc.holder}'s"
                 await self._move(job_id, State.NEEDS_ATTENTION, error=self._ambiguous(what, job_id))
                 return
+            finally:
+                self.creates_in_flight -= 1
             crash_point("after-task-id")
             await self._collect(job_id, handle, lease)
         finally:
@@ -250,8 +254,11 @@ class Submitter(Collector):
             await self.limiter.acquire()
             await self.gate.wait()
             self.creates_in_flight += 1
+            accepted = False
             try:
-                return await self.provider.submit(job, urls, client_id=client_id)
+                handle = await self.provider.submit(job, urls, client_id=client_id)
+                accepted = True  # the caller lowers creates_in_flight once the id is committed
+                return handle
             except RateLimitedError as exc:
                 self.breaker.record_success()
                 wait = next_wait(attempt, exc.retry_after, base=1.0, cap=120.0, rng=self.rng)
@@ -275,6 +282,7 @@ class Submitter(Collector):
                                  self._redact(cause(exc)))  # fmt: skip
                 found = await self._lookup(job, client_id) if cls.has_client_id else UNKNOWN
                 if isinstance(found, Handle):
+                    accepted = True
                     return found
                 if found is UNKNOWN or reconciles >= 3 or self.stopping:
                     reason = self._ambiguous(str(exc), job.id)
@@ -291,7 +299,8 @@ class Submitter(Collector):
                 await self._unsubmit(job.id, str(exc))
                 return None
             finally:
-                self.creates_in_flight -= 1
+                if not accepted:
+                    self.creates_in_flight -= 1
             attempt += 1
 
     async def _lookup(self, job: Job, client_id: str) -> Handle | object | None:

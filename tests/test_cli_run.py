@@ -185,13 +185,6 @@ def test_no_key_or_jwt_leaks_anywhere(kind: str, media: Media, tmp_path: Path) -
     assert sweep(output, texts) == []
 
 
-@pytest.mark.xfail(
-    reason="runner race (submitting.py/halt.py): creates_in_flight drops when the create's answer "
-    "arrives, before its task id is committed; the interrupt grace then cancels the commit and "
-    "the job stays 'submitting' (seen under load, and whenever the answer comes right after the "
-    "signal). Remove this mark once the task-id commit is inside the in-flight window.",
-    strict=False,
-)
 def test_interrupt_while_a_create_is_on_the_wire(media: Media, tmp_path: Path) -> None:
     # Ctrl-C arrives while the sandbox holds the create; the answer is still awaited briefly and
     # its task id committed, so the next run collects the task instead of asking the user.
