@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.errors import MediaError
 from pipeline.jobs import Job
@@ -59,6 +59,18 @@ class VideoRecipe:
     def length(self) -> float | None:
         return None if self.end is None else self.end - self.start
 
+    def as_dict(self) -> dict[str, Any]:
+        """What was done to the clip, for provenance: the window cut, the size, the audio."""
+        return {
+            "trim": None if self.end is None else {"start": self.start, "end": self.end},
+            "scale": None if self.width is None else {"width": self.width, "height": self.height},
+            "audio": "stripped" if self.strip_audio else "re-encoded" if self.reencode_audio
+            else "kept",
+            "video_reencoded": self.reencode_video,
+            "video_kbps": self.video_kbps,
+            "container": "mp4" if self.to_mp4 else None,
+        }  # fmt: skip
+
     @property
     def is_identity(self) -> bool:
         return self.text == ""
@@ -95,6 +107,10 @@ class ImageRecipe:
     def is_identity(self) -> bool:
         return self.format is None
 
+    def as_dict(self) -> dict[str, Any]:
+        scale = None if self.width is None else {"width": self.width, "height": self.height}
+        return {"format": self.format, "scale": scale}
+
     @property
     def text(self) -> str:
         if self.format is None:
@@ -128,6 +144,11 @@ class MediaPlan:
     @property
     def image_recipe(self) -> str:
         return self.image.text
+
+    @property
+    def is_identity(self) -> bool:
+        """Both inputs go as they are: nothing to prepare."""
+        return self.video.is_identity and self.image.is_identity
 
     @property
     def key_recipe(self) -> str:

@@ -64,7 +64,7 @@ def run_batch(
     with RunLock.acquire(output_dir):
         credentials = credentials_for(manifest.provider, settings)
         tools = find_tools(settings)
-        plan = make_plan(manifest, settings, tools=tools)
+        plan = make_plan(manifest, settings, tools=tools, prepare=True)
         _refuse_rejected(plan)
         found = outdir.claim(output_dir, manifest.name)
         with StateStore.open(output_dir) as store:

@@ -341,8 +341,13 @@ class ResultMetadata:
     submitted_at: str | None
     finished_at: str | None
     trim: Mapping[str, Any] | None = None
-    """The window applied to the driving video; defaults to ``settings["trim"]``."""
-    prepared_video_sha256: str | None = None
+    """The window actually cut from the driving video (``{start, end}`` in source seconds), or
+    None when the clip was sent whole; the manifest's request is ``settings["trim"]``."""
+    sent: Mapping[str, Any] | None = None
+    """What the provider received: ``{"image": {...}, "video": {...}}`` with each file's sha256,
+    size, duration and whether it was prepared (:class:`pipeline.sending.Sent`)."""
+    preparation: Mapping[str, Any] | None = None
+    """The steps applied: ``{"video": {trim, scale, audio, ...}, "image": {format, scale}}``."""
     media_recipe: str = ""
     """The deterministic preparation applied to the driving video (trim, scale, audio strip)."""
     fps: float | None = None
@@ -360,9 +365,14 @@ def metadata_record(meta: ResultMetadata) -> dict[str, Any]:
         "driving_video": meta.driving_video,
         "source_image_sha256": meta.source_image_sha256,
         "driving_video_sha256": meta.driving_video_sha256,
-        "prepared_video_sha256": meta.prepared_video_sha256,
+        "prepared_video_sha256": _sent(meta, "video", "sha256"),
+        "prepared_video_size": _sent(meta, "video", "size"),
+        "prepared_video_duration": _sent(meta, "video", "duration"),
+        "prepared_image_sha256": _sent(meta, "image", "sha256"),
+        "prepared_image_size": _sent(meta, "image", "size"),
         "media_recipe": meta.media_recipe,
-        "trim": dict(meta.trim if meta.trim is not None else meta.settings.get("trim") or {}),
+        "preparation": dict(meta.preparation) if meta.preparation else None,
+        "trim": dict(meta.trim) if meta.trim else None,
         "settings": dict(meta.settings),
         "provider": meta.provider,
         "model": meta.model,
@@ -380,6 +390,11 @@ def metadata_record(meta: ResultMetadata) -> dict[str, Any]:
     }
     check_record_keys(record)
     return record
+
+
+def _sent(meta: ResultMetadata, role: str, fact: str) -> Any:
+    entry = (meta.sent or {}).get(role)
+    return entry.get(fact) if isinstance(entry, Mapping) else None
 
 
 def check_record_keys(record: Mapping[str, Any]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import providers
+from pipeline import providers, sending
 from pipeline.errors import MediaError
 from pipeline.hashing import FileHasher, sha256_text
 from pipeline.jobs import InputRef, Job, job_key
@@ -26,6 +26,7 @@ from pipeline.manifest import Manifest
 from pipeline.media import MediaInfo, probe_many
 from pipeline.mediaplan import MediaPlan, plan_media
 from pipeline.plancache import CacheFolder
+from pipeline.sending import SentMedia
 from pipeline.settings import Settings
 from pipeline.tools import MediaTools, find_tools
 
@@ -42,6 +43,8 @@ class PlannedJob:
     estimated_cost: float | None = None
     error: str | None = None
     media: MediaPlan | None = None
+    sent: SentMedia | None = None
+    """What the provider will receive (prepared files measured); None when not prepared yet."""
 
     def as_dict(self) -> dict[str, Any]:
         job = self.job
@@ -56,6 +59,8 @@ class PlannedJob:
             "steps": list(self.steps),
             "billed_seconds": self.billed_seconds,
             "estimated_cost": self.estimated_cost,
+            "billed_measured": self.sent is not None and self.sent.measured,
+            "sent": self.sent.as_dict() if self.sent else None,
             "error": self.error,
         }
 
@@ -127,10 +132,16 @@ def make_plan(
     hasher: FileHasher | None = None,
     tools: MediaTools | None = None,
     done_keys: Sequence[str] = (),
+    prepare: bool = False,
 ) -> Plan:
-    """Hash, probe and plan every job. ``done_keys``: keys already generated (action ``done``)."""
+    """Hash, probe and plan every job. ``done_keys``: keys already generated (action ``done``).
+
+    ``prepare``: also prepare what the provider will receive and measure it, so the billed
+    seconds are the prepared clips' own (``plan`` and ``run``; ``validate`` only checks).
+    """
     settings = settings or Settings.from_env()
     cache = plan_cache(manifest, settings)
+    hasher = hasher or FileHasher(folder=cache)
     hashes = hash_inputs(manifest, hasher, cache=cache)
     tools = tools or find_tools(settings)
     facts = probe_inputs(manifest, hashes, tools, cache=cache)
@@ -151,7 +162,7 @@ def make_plan(
         media = _check_url_inputs(job, media, has_upload=provider_cls.has_upload)
         key = job_key(job, image_sha256=image_sha, video_sha256=video_sha, recipe=media.key_recipe)
         action = "done" if key in done and media.action != "reject" else media.action
-        billed = media.billed_seconds if action not in {"reject", "done"} else 0.0
+        billed = media.billed_seconds if action != "reject" else 0.0
         planned.append(
             PlannedJob(
                 job=job,
@@ -166,7 +177,71 @@ def make_plan(
                 media=media,
             )
         )
+    if prepare:
+        planned = _prepared(manifest, planned, tools, hasher, cache)
+        hasher.save()
     return Plan(manifest=manifest, jobs=tuple(planned), totals=totals(manifest, planned))
+
+
+def _prepared(
+    manifest: Manifest,
+    planned: list[PlannedJob],
+    tools: MediaTools,
+    hasher: FileHasher,
+    cache: CacheFolder,
+) -> list[PlannedJob]:
+    """Each job with what it sends: prepared local inputs made and measured (see sending)."""
+    todo = [
+        pj.media
+        for pj in planned
+        if pj.media is not None and pj.action != "reject" and not pj.media.is_identity
+        and not pj.job.image.is_url and not pj.job.video.is_url
+    ]  # fmt: skip
+    folder = cache_dir(manifest) / "prepared"
+    made = sending.prepare_all(todo, tools, folder, hasher) if todo else {}
+    out = []
+    for pj in planned:
+        media = pj.media
+        if media is None or pj.action == "reject":
+            out.append(pj)
+            continue
+        result = made.get(pj.job.id)
+        if isinstance(result, MediaError):
+            out.append(replace(pj, action="reject", steps=("reject",), billed_seconds=0.0,
+                               estimated_cost=manifest.budget.cost(pj.job.settings.mode, 0.0),
+                               error=result.reason))  # fmt: skip
+            continue
+        sent = _sent(pj, media, result, hasher, tools)
+        billed = sent.billed_seconds if sent.measured and sent.billed_seconds else pj.billed_seconds
+        cost = manifest.budget.cost(pj.job.settings.mode, billed or 0.0)
+        out.append(replace(pj, sent=sent, billed_seconds=billed, estimated_cost=cost))
+    return out
+
+
+def _sent(
+    pj: PlannedJob,
+    media: MediaPlan,
+    made: tuple[Path, Path, float | None] | None,
+    hasher: FileHasher,
+    tools: MediaTools,
+) -> sending.SentMedia:
+    image_info, video_info = media.image_info, media.video_info
+    if image_info is None or video_info is None:
+        return sending.SentMedia(None, None, measured=False)
+    job = pj.job
+    image: sending.Sent | None = sending.as_is(image_info, pj.image_sha256, url=job.image.url)
+    video: sending.Sent | None = sending.as_is(video_info, pj.video_sha256, url=job.video.url)
+    if made is not None:
+        image_path, video_path, duration = made
+        if not media.image.is_identity:
+            image = sending.prepared(image_path, hasher, tools, duration=None)
+        if not media.video.is_identity:
+            video = sending.prepared(video_path, hasher, tools, duration=duration)
+    elif not media.is_identity:  # a URL the run fetches and prepares: not measured yet
+        image = None if not media.image.is_identity else image
+        video = None if not media.video.is_identity else video
+        return sending.SentMedia(image, video, measured=False)
+    return sending.SentMedia(image, video, measured=True)
 
 
 def _check_url_inputs(job: Job, media: MediaPlan, *, has_upload: bool) -> MediaPlan:

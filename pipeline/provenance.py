@@ -7,9 +7,11 @@ its video instead, so it is kept with its provenance but is not part of the data
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pipeline import outputs
 from pipeline.atomic import write_atomic
@@ -23,6 +25,8 @@ from pipeline.state_values import JobRow
 def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> outputs.ResultMetadata:
     facts = json.loads(row.result) if row.result else {}
     job = pj.job
+    sent = _sent_doc(row, pj)
+    video = sent.get("video_recipe") or {}
     return outputs.ResultMetadata(
         job_id=row.id,
         job_key=row.key,
@@ -44,8 +48,26 @@ def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> outputs
         billed_seconds=row.billed_seconds,
         submitted_at=row.submitted_at,
         finished_at=row.finished_at,
+        trim=video.get("trim"),
+        sent={"image": sent.get("image"), "video": sent.get("video")},
+        preparation={"video": video or None, "image": sent.get("image_recipe")},
         media_recipe=pj.media.key_recipe if pj.media else "",
     )
+
+
+def _sent_doc(row: JobRow, pj: PlannedJob) -> dict[str, Any]:
+    """What the create of this row sent (recorded at its intent), else what the plan would send."""
+    if row.inputs:
+        with contextlib.suppress(ValueError):
+            doc = json.loads(row.inputs)
+            if isinstance(doc, dict):
+                return doc
+    media = pj.media
+    return {
+        "video_recipe": media.video.as_dict() if media else None,
+        "image_recipe": media.image.as_dict() if media else None,
+        **(pj.sent.as_dict() if pj.sent else {}),
+    }
 
 
 def job_from_spec(row: JobRow, config: ProviderConfig) -> Job:
@@ -74,6 +96,11 @@ def record_from_row(row: JobRow, output_dir: Path) -> dict[str, object]:
     """A metadata line for a result from the state alone (orphans: no manifest job to ask)."""
     facts = json.loads(row.result) if row.result else {}
     spec = row.spec
+    sent: dict[str, Any] = {}
+    if row.inputs:
+        with contextlib.suppress(ValueError):
+            sent = json.loads(row.inputs)
+    video = sent.get("video_recipe") or {}
     meta = outputs.ResultMetadata(
         job_id=row.id,
         job_key=row.key,
@@ -95,6 +122,9 @@ def record_from_row(row: JobRow, output_dir: Path) -> dict[str, object]:
         billed_seconds=row.billed_seconds,
         submitted_at=row.submitted_at,
         finished_at=row.finished_at,
+        trim=video.get("trim"),
+        sent={"image": sent.get("image"), "video": sent.get("video")},
+        preparation={"video": video or None, "image": sent.get("image_recipe")},
     )
     record = outputs.metadata_record(meta)
     if row.output:  # relative to the sidecar: the video sits right beside it

@@ -9,6 +9,7 @@ otherwise the job needs attention and is never re-sent automatically.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -113,6 +114,7 @@ class Submitter(Collector):
                     client_id=client_id,
                     attempt=row.attempt + 1,
                     billed_seconds=pj.billed_seconds,
+                    inputs=_sent_record(pj, urls),
                     error=None,
                 )
             except _NotSubmitted:
@@ -187,7 +189,14 @@ class Submitter(Collector):
     async def _inputs(self, pj: PlannedJob) -> InputURLs:
         media = _probed(pj)
         job = pj.job
-        if media.video.is_identity and media.image.is_identity:
+        sent = pj.sent
+        if sent is not None and sent.image is not None and sent.video is not None:
+            # The plan prepared (or needed nothing): send exactly what it measured.
+            prepared = PreparedMedia(
+                image=Path(sent.image.path or media.image_info.source if media.image_info else ""),
+                video=Path(sent.video.path or media.video_info.source if media.video_info else ""),
+            )
+        elif media.is_identity:
             source_image, source_video = _infos(media, pj)
             prepared = PreparedMedia(
                 image=Path(source_image.source), video=Path(source_video.source)
@@ -210,12 +219,12 @@ class Submitter(Collector):
         image: Source = (job.image.url if media.image.is_identity else None) or LocalFile(
             prepared.image,
             _content_type(prepared.image, image_format),
-            pj.image_sha256 if media.image.is_identity else None,
+            sent.image.sha256 if sent and sent.image else None,
         )
         video: Source = (job.video.url if media.video.is_identity else None) or LocalFile(
             prepared.video,
             _content_type(prepared.video, video_format),
-            pj.video_sha256 if media.video.is_identity else None,
+            sent.video.sha256 if sent and sent.video else None,
         )
         async with self.upload_pool:
             return await self._retrying(
@@ -347,6 +356,19 @@ class Submitter(Collector):
             State.NEEDS_ATTENTION,
             error=self._ambiguous("the run stopped while the create was in flight", row.id),
         )
+
+
+def _sent_record(pj: PlannedJob, urls: InputURLs) -> str:
+    """What this create sends, for the state and metadata.jsonl: files, hashes, the recipe."""
+    media = pj.media
+    doc: dict[str, object] = {
+        "image_url": urls.image_url,
+        "video_url": urls.video_url,
+        "video_recipe": media.video.as_dict() if media else None,
+        "image_recipe": media.image.as_dict() if media else None,
+        **(pj.sent.as_dict() if pj.sent else {"image": None, "video": None}),
+    }
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def _probed(pj: PlannedJob) -> MediaPlan:

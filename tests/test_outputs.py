@@ -448,7 +448,10 @@ def test_metadata_record_follows_the_videofolder_convention() -> None:
                 "output_sha256", "duration", "width", "height", "billed_seconds",
                 "submitted_at", "finished_at", "media_recipe"):  # fmt: skip
         assert key in record, key
-    assert record["trim"] == {"start": 0.0, "end": None}
+    assert record["trim"] is None  # nothing was cut; the request is settings.trim
+    assert record["settings"]["trim"] == {"start": 0.0, "end": None}
+    cut = metadata_record(meta("cut", trim={"start": 0.0, "end": 9.75}))
+    assert cut["trim"] == {"start": 0.0, "end": 9.75}
     assert record["settings"]["prompt"] == ""
     # Every row has the same keys: the loader infers one schema from the first rows.
     assert metadata_record(meta("bob")).keys() == record.keys()
