@@ -2,18 +2,28 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# Two stamps: `make demo` installs only the runtime dependencies (what a user of the tool
+# needs); test, lint and typecheck add the development tools on top, once.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+STAMP         := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Editable: a checkout's own changes are what the demo and the tests run.
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e .
 	@touch $@
 
-demo: $(STAMP)
+$(STAMP): $(RUNTIME_STAMP) pyproject.toml
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+demo: $(RUNTIME_STAMP)
 	$(BIN)/python manifests/make_demo_media.py
 	$(BIN)/motion-pipeline run manifests/demo.yaml --report
 

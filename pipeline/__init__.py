@@ -14,8 +14,9 @@ from pipeline.errors import (
 from pipeline.jobs import Job, JobSettings, State, Trim
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.planning import Plan, PlannedJob, make_plan
+from pipeline.version import installed_version
 
-__version__ = "0.1.0"
+__version__ = installed_version()
 
 __all__ = [
     "ConfigError",

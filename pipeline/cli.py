@@ -1,7 +1,11 @@
 """The ``motion-pipeline`` command: parse arguments, call one core function, map errors to exits.
 
-Exit codes (design.md §2): 0 all done, 1 some job failed / needs attention, 2 invalid manifest
-or inputs, 3 batch-wide stop, 4 locked by another run, 130 interrupted.
+The arguments, help texts and exit codes shown to users are in :mod:`pipeline.cli_args`. Exit
+codes (design.md §2): 0 all done, 1 some job failed / needs attention, 2 invalid manifest or
+inputs, 3 batch-wide stop, 4 locked by another run, 130 interrupted.
+
+Everything printed here that did not come from us (provider reasons, task ids, quoted manifest
+text) passes :func:`pipeline.text.printable`: a terminal control in it is shown, not obeyed.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.errors import Diagnostic, ManifestError, PipelineError
+from pipeline import cli_args
+from pipeline.errors import ConfigError, Diagnostic, ManifestError, PipelineError
 from pipeline.jobs import State
+from pipeline.lock import lock_path
 from pipeline.manifest import load_manifest
 from pipeline.operations import (
+    StatusReport,
     batch_status,
     done_keys,
-    output_dir_of,
     report_batch,
     resolve_job,
     run_batch,
@@ -27,8 +34,12 @@ from pipeline.planning import Plan, make_plan
 from pipeline.reporting import choose_reporter
 from pipeline.runner import RunOptions
 from pipeline.settings import Settings, redact
+from pipeline.state import state_path
+from pipeline.text import printable
 
 EXIT_OK = 0
+EXIT_INVALID = 2
+EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -41,17 +52,17 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         except ManifestError as exc:
             failed = True
             for diag in exc.diagnostics:
-                print(diag, file=sys.stderr)
+                print(printable(str(diag)), file=sys.stderr)
             continue
         rejected = media_diagnostics(path, plan)
         for diag in rejected:
-            print(diag, file=sys.stderr)
+            print(printable(str(diag)), file=sys.stderr)
         if rejected:
             failed = True
             continue
         jobs = len(manifest.jobs)
         print(f"{path}: ok ({jobs} jobs, provider {manifest.provider.name})", file=out)
-    return 2 if failed else EXIT_OK
+    return EXIT_INVALID if failed else EXIT_OK
 
 
 def media_diagnostics(shown: str, plan: Plan) -> list[Diagnostic]:
@@ -153,7 +164,14 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    report = batch_status(output_dir_of(args.target, settings))
+    output_dir, nothing_yet = _status_target(args.target)
+    if nothing_yet:
+        if args.json:  # the document a script expects, and the sentence for the person
+            empty = StatusReport(dict.fromkeys(State, 0), [])
+            out.write(json.dumps(empty.as_dict()) + "\n")
+        print(nothing_yet, file=sys.stderr if args.json else out)
+        return EXIT_OK
+    report = batch_status(output_dir)
     if args.json:
         out.write(json.dumps(report.as_dict()) + "\n")  # compact: 100,000 jobs stay fast
     else:
@@ -162,9 +180,37 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         for job in report.jobs:
             if job["state"] in ("failed", "needs_attention"):
                 task = f" task {job['task_id']}" if job["task_id"] else ""
-                print(f"  {job['state']:<15} {job['id']}{task}: {job['error']}", file=out)
+                # Reasons and task ids are the provider's text: one line, controls escaped.
+                line = f"  {job['state']:<15} {job['id']}{task}: {job['error']}"
+                print(printable(redact(line, settings.secrets())), file=out)
     bad = report.counts[State.FAILED] + report.counts[State.NEEDS_ATTENTION]
     return 1 if bad else EXIT_OK
+
+
+def _status_target(target: str) -> tuple[Path, str]:
+    """The output directory to read, and a sentence instead when nothing has run there yet."""
+    path = Path(target)
+    if _probe(path, Path.is_dir):
+        if _probe(state_path(path), Path.exists):
+            return path, ""
+        if _probe(lock_path(path), Path.exists):  # a run began here and stopped before any job
+            return path, f"nothing has run in {path} yet"
+        raise ConfigError(
+            f"{path} is not an output directory of motion-pipeline (it holds no state.sqlite); "
+            "give the manifest or its output directory"
+        )
+    output_dir = load_manifest(path, check_files=False).output_dir
+    if _probe(state_path(output_dir), Path.exists):
+        return output_dir, ""
+    return output_dir, f"nothing has run for {target} yet (output dir {output_dir})"
+
+
+def _probe(path: Path, test: Callable[[Path], bool]) -> bool:
+    """``test(path)``, with a directory we may not enter reported as the user's to fix."""
+    try:
+        return test(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _cmd_resolve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -192,74 +238,19 @@ def _cmd_sandbox(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
 Command = Callable[[argparse.Namespace, Settings, TextIO], int]
 
+COMMANDS: dict[str, Command] = {
+    "validate": _cmd_validate,
+    "plan": _cmd_plan,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "resolve": _cmd_resolve,
+    "report": _cmd_report,
+    "sandbox": _cmd_sandbox,
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="motion-pipeline",
-        description="Declarative, resumable batches of Kling motion-control generations.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "validate", help="check manifests against the schema and the files (no cost)"
-    )
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
-    p.set_defaults(func=_cmd_validate)
-
-    p = sub.add_parser("plan", help="expand jobs, probe inputs, show actions and cost (no cost)")
-    p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_plan)
-
-    p = sub.add_parser("run", help="run or resume the batch (spends money)")
-    p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("--concurrency", type=_positive, metavar="N", help="tasks in flight at once")
-    p.add_argument("--max-jobs", type=_positive, metavar="N", help="submit at most N new jobs")
-    p.add_argument(
-        "--retry-failed", action="store_true", help="re-check timed-out tasks, resubmit failed jobs"
-    )
-    p.add_argument(
-        "--replace",
-        action="append",
-        metavar="JOB",
-        help="allow re-generating a paid job whose inputs changed",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines)")
-    p.add_argument("--report", action="store_true", help="write report.html at the end")
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("status", help="jobs per state, failures with reasons (no cost)")
-    p.add_argument("target", metavar="MANIFEST_OR_OUTPUT_DIR")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_status)
-
-    p = sub.add_parser("resolve", help="settle a job whose submission is ambiguous")
-    p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("job", metavar="JOB")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--adopt", metavar="TASK_ID", help="the provider's task id for this job")
-    how.add_argument("--resubmit", action="store_true", help="submit again (pays again)")
-    how.add_argument("--abandon", action="store_true", help="give the job up (failed)")
-    p.set_defaults(func=_cmd_resolve)
-
-    p = sub.add_parser("report", help="write report.html, a contact sheet of the batch")
-    p.add_argument("manifest", metavar="MANIFEST")
-    p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("sandbox", help="run the local fake provider (no cost)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787)
-    p.add_argument("--protocol", action="append", choices=["kie", "acedata", "kling"])
-    p.add_argument("--faults", metavar="FILE", help="fault/latency profile (YAML or JSON)")
-    p.set_defaults(func=_cmd_sandbox)
-    return parser
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return cli_args.build_parser(dict(COMMANDS))
 
 
 def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None) -> int:
@@ -270,14 +261,27 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         return func(args, settings, sys.stdout)
     except ManifestError as exc:
         for diag in exc.diagnostics:
-            print(diag, file=sys.stderr)
+            print(printable(str(diag)), file=sys.stderr)
         return exc.exit_code
     except PipelineError as exc:
-        print(f"motion-pipeline: {redact(str(exc), settings.secrets())}", file=sys.stderr)
+        _say(str(exc), settings)
         return exc.exit_code
+    except OSError as exc:
+        # What the core did not turn into one of our errors: the system refused a file (a
+        # permission, a read-only or full disk, a port taken). Named, without a traceback; a
+        # run may have sent requests already, so it says "stopped" (3), the others "fix it" (2).
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{where}{exc.strerror or exc}", settings)
+        return EXIT_STOPPED if args.command == "run" else EXIT_INVALID
     except KeyboardInterrupt:
         print("motion-pipeline: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _say(message: str, settings: Settings) -> None:
+    """An error for the user on stderr: redacted, controls escaped, our own newlines kept."""
+    text = printable(redact(message, settings.secrets()), keep_newlines=True)
+    print(f"motion-pipeline: {text}", file=sys.stderr)
 
 
 def run_main() -> Any:  # pragma: no cover - console-script shim

@@ -57,7 +57,12 @@ class ConfigError(PipelineError):
 
 @dataclass(frozen=True, order=True)
 class Diagnostic:
-    """One problem in a manifest, printed as ``FILE:LINE:COL: PATH: message``."""
+    """One problem in a manifest, printed as ``FILE:LINE:COL: PATH: message``.
+
+    Without a position (line 0: the file is missing or unreadable) it is ``FILE: message``: a
+    ``:0:0:`` would send an editor to a line that does not exist, and the root path ``$`` says
+    nothing the file name does not.
+    """
 
     file: str
     line: int
@@ -67,7 +72,12 @@ class Diagnostic:
     hint: str = ""
 
     def __str__(self) -> str:
-        text = f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+        if self.line > 0:
+            text = f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+        elif self.path in ("", "$"):
+            text = f"{self.file}: {self.message}"
+        else:
+            text = f"{self.file}: {self.path}: {self.message}"
         if self.hint:
             text += f" (hint: {self.hint})"
         return text

@@ -1,37 +1,52 @@
 """Progress of a batch: frozen event values from the runner, and the reporters that show them.
 
 The runner only emits events (:class:`BatchStarted`, :class:`JobChanged`, :class:`Notice`,
-:class:`BatchFinished`); how they look is the reporter's business:
+:class:`Waiting`, :class:`BatchFinished`) and calls :meth:`Reporter.tick`; how they look is the
+reporter's business:
 
-* :class:`TqdmReporter`: one bar, jobs settled/total with ETA, counts per state and seconds billed
-  in the postfix; notices and failures are printed above the bar.
-* :class:`LineReporter`: one plain line per job state change and notice, no control characters:
-  what a log file, CI or ``nohup`` should get.
+* :class:`pipeline.progress_bar.TqdmReporter`: one bar, jobs settled/total with ETA, counts per
+  state and seconds billed in the postfix, what the batch waits for in the description; notices
+  and failures are printed above the bar.
+* :class:`pipeline.progress_line.LineReporter`: one plain line per job state change, notice and
+  change of what the batch waits for, plus a status line every 30 s (counts, seconds billed,
+  time running, the wait) so a log shows the batch is alive while tasks generate for minutes.
+  No control characters: what a log file, CI or ``nohup`` should get.
 * :class:`NullReporter` and :class:`RecordingReporter` (keeps the events, for tests).
+
+Ticks, not threads: a reporter never starts a timer of its own. The runner calls
+``reporter.tick(time.time())`` from its event loop about once a second, events or not; the
+reporter decides whether that is the moment for a status line or a redraw. Everything a reporter
+writes thus happens on the runner's thread, in order, and no second thread races the stream
+(tqdm's monitor thread is kept out for the same reason). All times given to reporters
+(``tick``'s ``now``, :attr:`Waiting.until`) are Unix times, :func:`time.time`.
 
 :func:`choose_reporter` decides: a bar only when the stream is a terminal and ``--no-progress``
 was not given; plain lines otherwise. ``--no-progress`` removes the redrawn bar, not the record
 of what happened: the lines are what a user reads the morning after an overnight batch, and
 ``2>/dev/null`` is the way to silence them.
 
-Texts from providers (failure reasons) reach a terminal here, so every line is redacted and
-stripped of control characters (a reason carrying ANSI escapes must not repaint the terminal).
+Texts from providers (failure reasons) reach a terminal here, so every line is redacted, put on
+one line and has its terminal controls escaped (a reason carrying ANSI escapes must not repaint
+the terminal; :func:`pipeline.text.printable`).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TextIO, TypeVar
 
-from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
-
 from pipeline.jobs import State
 from pipeline.settings import redact
+from pipeline.text import printable
 
 #: States a job does not leave during a run: they count as progress on the bar.
 SETTLED = frozenset({State.DONE, State.FAILED, State.NEEDS_ATTENTION})
+
+#: Seconds between two status lines of the line reporter.
+STATUS_EVERY = 30.0
 
 Level = Literal["info", "warning", "error"]
 _E = TypeVar("_E")
@@ -66,17 +81,37 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """What the batch as a whole waits for before it goes on; the latest event replaces the last.
+
+    ``reason`` is a few words a user understands: ``"429 pause"``, ``"circuit breaker open"``,
+    ``"rate limit"``, ``"budget"``, ``"provider unreachable"``. ``Waiting()`` (no reason) says the
+    batch no longer waits. ``until`` is when the wait ends, as a Unix time, when it is known;
+    reporters forget a wait by themselves once that time has passed.
+    """
+
+    reason: str = ""
+    until: float | None = None
+
+
+@dataclass(frozen=True)
 class BatchFinished:
     counts: Mapping[State, int]
     seconds_billed: float
     wall_seconds: float
 
 
-Event = BatchStarted | JobChanged | Notice | BatchFinished
+Event = BatchStarted | JobChanged | Notice | Waiting | BatchFinished
 
 
 class Reporter(Protocol):
     def emit(self, event: Event) -> None: ...
+
+    def tick(self, now: float) -> None:
+        """Called about once a second by the runner's event loop, events or not.
+
+        ``now`` is :func:`time.time`. Cheap when there is nothing to do; never blocks.
+        """
 
     def close(self) -> None: ...
 
@@ -84,21 +119,22 @@ class Reporter(Protocol):
 # --------------------------------------------------------------------------- shared
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]+")
+_BREAKS = re.compile(r"[\r\n\t\v\f]+")
 
 
 def clean(text: str, secrets: Sequence[str] = ()) -> str:
-    """Redacted, on one line, without control or bidi-override characters."""
-    return _UNSAFE.sub(" ", redact(text, secrets)).strip()
+    """Redacted, on one line, with terminal controls and bidi overrides escaped visibly."""
+    return printable(_BREAKS.sub(" ", redact(text, secrets))).strip()
 
 
 @dataclass
 class Tally:
-    """Counts per state and seconds billed, kept from the events alone."""
+    """Counts per state, seconds billed and the current wait, kept from the events alone."""
 
     total: int = 0
     counts: dict[State, int] = field(default_factory=lambda: dict.fromkeys(State, 0))
     billed_before: float = 0.0
+    waiting: Waiting | None = None
     _billed: dict[str, float] = field(default_factory=dict)
     _states: dict[str, State] = field(default_factory=dict)
 
@@ -115,8 +151,24 @@ class Tally:
         if event.billed_seconds is not None:
             self._billed[event.job_id] = event.billed_seconds
 
+    def wait(self, event: Waiting) -> bool:
+        """Take the new wait; True when what is shown changes."""
+        new = event if event.reason else None
+        changed = new != self.waiting
+        self.waiting = new
+        return changed
+
+    def expire(self, now: float) -> Waiting | None:
+        """Forget a wait whose end has passed; returns the wait forgotten."""
+        over = self.waiting
+        if over is None or over.until is None or now < over.until:
+            return None
+        self.waiting = None
+        return over
+
     def finish(self, event: BatchFinished) -> None:
         self.counts = dict.fromkeys(State, 0) | dict(event.counts)
+        self.waiting = None
 
     @property
     def settled(self) -> int:
@@ -133,6 +185,29 @@ def format_counts(counts: Mapping[State, int]) -> str:
     return ", ".join(parts) or "no jobs"
 
 
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12m 05s``, ``3h 02m``: how long, at the precision a person reads."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def format_waiting(waiting: Waiting, now: float | None = None) -> str:
+    """``429 pause until 21:04:05`` (local time), with ``, 42 s left`` when ``now`` is given."""
+    text = waiting.reason
+    if waiting.until is not None:
+        shape = "%H:%M:%S" if now is None or waiting.until - now < 86_400 else "%Y-%m-%d %H:%M:%S"
+        text += f" until {time.strftime(shape, time.localtime(waiting.until))}"
+        if now is not None:
+            text += f", {format_duration(waiting.until - now)} left"
+    return text
+
+
 # --------------------------------------------------------------------------- reporters
 
 
@@ -140,19 +215,26 @@ class NullReporter:
     def emit(self, event: Event) -> None:
         pass
 
+    def tick(self, now: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class RecordingReporter:
-    """Keeps every event, in order."""
+    """Keeps every event and tick, in order."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.ticks: list[float] = []
         self.closed = False
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
+
+    def tick(self, now: float) -> None:
+        self.ticks.append(now)
 
     def close(self) -> None:
         self.closed = True
@@ -161,110 +243,12 @@ class RecordingReporter:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class LineReporter:
-    """Plain lines for logs and pipes: one per job state change and notice."""
-
-    def __init__(self, stream: TextIO, *, secrets: Sequence[str] = ()) -> None:
-        self._stream = stream
-        self._secrets = tuple(secrets)
-        self._tally = Tally()
-
-    def emit(self, event: Event) -> None:
-        tally = self._tally
-        if isinstance(event, BatchStarted):
-            tally.start(event)
-            line = f"batch: {event.total} jobs ({format_counts(tally.counts)})"
-            if event.seconds_billed:
-                line += f"; {event.seconds_billed:.1f} s billed before"
-        elif isinstance(event, JobChanged):
-            tally.change(event)
-            line = f"{event.job_id}: {event.state.value}"
-            if tally.total:  # without a BatchStarted the total is unknown: no counter
-                line = f"[{tally.settled}/{tally.total}] {line}"
-            if event.detail:
-                line += f": {event.detail}"
-            if event.billed_seconds is not None and event.state is State.DONE:
-                line += f" ({event.billed_seconds:.1f} s billed)"
-        elif isinstance(event, Notice):
-            line = f"{event.level}: {event.text}"
-        else:
-            tally.finish(event)
-            line = (
-                f"finished in {event.wall_seconds:.1f} s: {format_counts(event.counts)}; "
-                f"{event.seconds_billed:.1f} s billed"
-            )
-        self._stream.write(clean(line, self._secrets) + "\n")
-        self._stream.flush()  # `tail -f` on a log should see each line as it happens
-
-    def close(self) -> None:
-        self._stream.flush()
-
-
-class TqdmReporter:
-    """A tqdm bar: jobs settled/total, ETA, counts per state and seconds billed."""
-
-    def __init__(
-        self, stream: TextIO, *, secrets: Sequence[str] = (), mininterval: float = 0.5
-    ) -> None:
-        self._stream = stream
-        self._secrets = tuple(secrets)
-        self._mininterval = mininterval
-        self._tally = Tally()
-        self._bar: tqdm | None = None
-
-    def _ensure_bar(self) -> tqdm:
-        if self._bar is None:
-            self._bar = tqdm(
-                total=self._tally.total or None,
-                initial=self._tally.settled,
-                file=self._stream,
-                desc="jobs",
-                unit="job",
-                dynamic_ncols=True,
-                mininterval=self._mininterval,
-                smoothing=0.05,  # generations take minutes; the rate should not jump per job
-            )
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
-        return self._bar
-
-    def _postfix(self) -> str:
-        return f"{format_counts(self._tally.counts)}, billed {self._tally.seconds_billed:.1f} s"
-
-    def _write(self, text: str) -> None:
-        tqdm.write(clean(text, self._secrets), file=self._stream)
-
-    def emit(self, event: Event) -> None:
-        if isinstance(event, BatchStarted):
-            self._tally.start(event)
-            self._ensure_bar()
-            return
-        if isinstance(event, Notice):
-            self._write(f"{event.level}: {event.text}")
-            return
-        bar = self._ensure_bar()
-        if isinstance(event, JobChanged):
-            self._tally.change(event)
-            if event.state in (State.FAILED, State.NEEDS_ATTENTION):
-                reason = f": {event.detail}" if event.detail else ""
-                self._write(f"{event.job_id}: {event.state.value}{reason}")
-            bar.set_postfix_str(self._postfix(), refresh=False)
-            bar.update(self._tally.settled - bar.n)
-            return
-        self._tally.finish(event)
-        bar.set_postfix_str(
-            f"{format_counts(event.counts)}, billed {event.seconds_billed:.1f} s", refresh=False
-        )
-        bar.update(self._tally.settled - bar.n)
-        self.close()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()  # draws the final state once more
-            self._bar = None
-
-
 def choose_reporter(*, no_progress: bool, stream: TextIO, secrets: Sequence[str] = ()) -> Reporter:
     """A bar on a terminal, plain lines elsewhere or with ``--no-progress`` (see module doc)."""
+    # Imported here: validate, plan and status never draw progress and need not load tqdm.
+    from pipeline.progress_bar import TqdmReporter
+    from pipeline.progress_line import LineReporter
+
     isatty = getattr(stream, "isatty", None)
     if not no_progress and isatty is not None and isatty():
         return TqdmReporter(stream, secrets=secrets)

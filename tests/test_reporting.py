@@ -1,26 +1,33 @@
-"""Progress reporters: scripted event sequences rendered to real streams."""
+"""Progress reporters: scripted event sequences and ticks rendered to real streams.
+
+Terminals and pipes (a real pty, sized 0x0, and a real pipe) are in test_progress_terminal.py.
+"""
 
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
 from pipeline.jobs import State
+from pipeline.progress_bar import TqdmReporter
+from pipeline.progress_line import LineReporter
 from pipeline.reporting import (
     BatchFinished,
     BatchStarted,
     Event,
     JobChanged,
-    LineReporter,
     Notice,
     NullReporter,
     RecordingReporter,
     Reporter,
     Tally,
-    TqdmReporter,
+    Waiting,
     choose_reporter,
     clean,
+    format_duration,
+    format_waiting,
 )
 
 KEY = "kie-SECRET-0123456789abcdef"
@@ -58,7 +65,7 @@ def test_line_reporter_prints_one_clean_line_per_event() -> None:
         "warning: 429 from kie: pausing creates for 5 s",
         "[1/3] alice-salsa: downloading",
         "[2/3] alice-salsa: done (8.5 s billed)",
-        "[3/3] bob-tango: failed: moderation:  [31mblocked [0m key ***",
+        "[3/3] bob-tango: failed: moderation: \\x1b[31mblocked\\x1b[0m key ***",
         "finished in 61.0 s: done 2, failed 1; 12.5 s billed",
     ]
 
@@ -87,7 +94,7 @@ def test_tqdm_reporter_shows_done_total_states_and_seconds_billed() -> None:
     assert "jobs: 100%" in final
     # Failures and notices are printed above the bar, cleaned and redacted.
     assert "warning: 429 from kie: pausing creates for 5 s\n" in text
-    assert "bob-tango: failed: moderation:  [31mblocked [0m key ***\n" in text
+    assert "bob-tango: failed: moderation: \\x1b[31mblocked\\x1b[0m key ***\n" in text
     assert KEY not in text and "\x1b" not in text
 
 
@@ -114,11 +121,14 @@ def test_tally_follows_previous_states_and_counts_billing_once() -> None:
 
 def test_recording_and_null_reporters() -> None:
     recording = RecordingReporter()
+    recording.tick(5.0)
     play(recording)
-    assert recording.events == SCRIPT and recording.closed
+    assert recording.events == SCRIPT and recording.closed and recording.ticks == [5.0]
     assert [e.job_id for e in recording.of_type(JobChanged)][:2] == ["alice-salsa", "bob-tango"]
     assert recording.of_type(Notice) == [SCRIPT[5]]
-    play(NullReporter())  # accepts everything, prints nothing
+    null = NullReporter()
+    null.tick(1.0)
+    play(null)  # accepts everything, prints nothing
 
 
 def test_events_are_frozen_values() -> None:
@@ -140,6 +150,156 @@ def test_choose_reporter() -> None:
     assert isinstance(choose_reporter(no_progress=False, stream=io.StringIO()), LineReporter)
 
 
-def test_clean_strips_terminal_tricks() -> None:
-    assert clean("a\rb\x1b[2Jc\u202edef\x07", []) == "a b [2Jc def"
+def test_clean_escapes_terminal_tricks_on_one_line() -> None:
+    # Line breaks become spaces (one event, one line; \r would overwrite it); every other
+    # control, bidi override and lone surrogate is shown escaped, so the text still says what
+    # the provider sent.
+    assert clean("a\r\nb\x1b[2Jc\u202edef\x07\ud800", []) == "a b\\x1b[2Jc\\u202edef\\x07\\ud800"
     assert clean(f"Bearer {KEY}", [KEY]) == "Bearer ***"
+
+
+# --------------------------------------------------------------------------- ticks and waits
+
+T0 = 1_700_000_000.0  # a Unix time; the reporters are given their clock
+
+
+def test_line_reporter_writes_a_status_line_every_30_s_from_ticks_alone() -> None:
+    out = io.StringIO()
+    now = [T0]
+    reporter = LineReporter(out, clock=lambda: now[0])
+    reporter.tick(T0 + 100)  # before the batch starts: nothing to say
+    reporter.emit(BatchStarted(total=3, counts={State.PENDING: 3}, seconds_billed=2.0))
+    reporter.emit(JobChanged("a", State.RUNNING, "task-1"))
+    for second in range(1, 95):  # 94 quiet seconds: the tasks generate, no event arrives
+        reporter.tick(T0 + second)
+    reporter.emit(JobChanged("a", State.DONE, billed_seconds=5.0))
+    reporter.emit(BatchFinished({State.DONE: 1, State.PENDING: 2}, 7.0, 95.0))
+    reporter.tick(T0 + 200)  # after the summary: nothing more
+    assert out.getvalue().splitlines() == [
+        "batch: 3 jobs (pending 3); 2.0 s billed before",
+        "[0/3] a: running: task-1",
+        "status after 30 s: 0/3 settled (pending 2, running 1); 2.0 s billed",
+        "status after 1m 00s: 0/3 settled (pending 2, running 1); 2.0 s billed",
+        "status after 1m 30s: 0/3 settled (pending 2, running 1); 2.0 s billed",
+        "[1/3] a: done (5.0 s billed)",
+        "finished in 95.0 s: pending 2, done 1; 7.0 s billed",
+    ]
+
+
+def test_status_interval_is_not_reset_by_event_lines_and_survives_a_clock_set_back() -> None:
+    out = io.StringIO()
+    reporter = LineReporter(out, status_every=10, clock=lambda: T0)
+    reporter.emit(BatchStarted(total=1, counts={State.PENDING: 1}))
+    reporter.tick(T0 + 9)
+    reporter.emit(Notice("still here"))
+    reporter.tick(T0 + 10)  # 10 s after the start, whatever was printed in between
+    reporter.tick(T0 + 5)  # the clock went back: the interval starts again from here
+    reporter.tick(T0 + 14)
+    reporter.tick(T0 + 15)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "batch",
+        "info",
+        "status after 10 s",
+        "status after 15 s",
+    ]
+
+
+def test_line_reporter_shows_what_the_batch_waits_for() -> None:
+    out = io.StringIO()
+    reporter = LineReporter(out, status_every=30, clock=lambda: T0)
+    until = T0 + 42
+    shown = time.strftime("%H:%M:%S", time.localtime(until))
+    reporter.emit(BatchStarted(total=2, counts={State.PENDING: 2}))
+    reporter.emit(Waiting("429 pause", until))
+    reporter.emit(Waiting("429 pause", until))  # said again each second: one line only
+    reporter.tick(T0 + 30)
+    reporter.tick(T0 + 42)  # the pause is over by its own terms
+    reporter.emit(Waiting("circuit breaker open"))
+    reporter.emit(Waiting("provider unreachable: \x1b[2Japi.kie.ai"))  # replaces the last
+    reporter.emit(Waiting())  # no longer waiting
+    reporter.emit(Waiting())  # nothing changed
+    reporter.emit(Waiting("budget"))
+    reporter.emit(BatchFinished({State.PENDING: 2}, 0.0, 60.0))
+    assert out.getvalue().splitlines() == [
+        "batch: 2 jobs (pending 2)",
+        f"waiting: 429 pause until {shown}",
+        f"status after 30 s: 0/2 settled (pending 2); 0.0 s billed; waiting: 429 pause until {shown}, 12 s left",
+        "no longer waiting: 429 pause",
+        "waiting: circuit breaker open",
+        "waiting: provider unreachable: \\x1b[2Japi.kie.ai",
+        "no longer waiting: provider unreachable: \\x1b[2Japi.kie.ai",
+        "waiting: budget",
+        "finished in 60.0 s: pending 2; 0.0 s billed",
+    ]
+
+
+def test_tqdm_reporter_shows_the_wait_and_redraws_on_ticks() -> None:
+    out = io.StringIO()
+    reporter = TqdmReporter(out, mininterval=0)
+    reporter.tick(T0)  # no bar yet: nothing drawn
+    assert out.getvalue() == ""
+    now = time.time()
+    until = now + 90
+    shown = time.strftime("%H:%M:%S", time.localtime(until))
+    reporter.emit(BatchStarted(total=2, counts={State.PENDING: 2}))
+    reporter.emit(JobChanged("a", State.RUNNING))
+    reporter.emit(Waiting("429 pause", until))
+    reporter.tick(now + 30)
+    last = out.getvalue().rsplit("\r", 1)[-1]
+    assert last.startswith(f"jobs, waiting: 429 pause until {shown}, 1m 00s left:")
+    drawn = len(out.getvalue())
+    reporter.tick(now + 31)  # no event: the tick alone redraws (elapsed, ETA, countdown)
+    assert len(out.getvalue()) > drawn
+    assert (
+        out.getvalue()
+        .rsplit("\r", 1)[-1]
+        .startswith(f"jobs, waiting: 429 pause until {shown}, 59 s left:")
+    )
+    reporter.tick(until)  # the pause is over
+    assert out.getvalue().rsplit("\r", 1)[-1].startswith("jobs:   0%")
+    reporter.emit(Waiting("budget"))
+    assert out.getvalue().rsplit("\r", 1)[-1].startswith("jobs, waiting: budget:")
+    reporter.emit(Waiting())
+    assert out.getvalue().rsplit("\r", 1)[-1].startswith("jobs:   0%")
+    reporter.close()
+    reporter.tick(now + 100)  # closed: nothing drawn
+    assert not out.getvalue().endswith("\r")
+
+
+def test_every_reporter_has_tick() -> None:
+    reporters: list[Reporter] = [
+        NullReporter(),
+        RecordingReporter(),
+        LineReporter(io.StringIO()),
+        TqdmReporter(io.StringIO()),
+    ]
+    for reporter in reporters:
+        reporter.tick(T0)
+        reporter.close()
+
+
+def test_waiting_is_a_frozen_value() -> None:
+    wait = Waiting("429 pause", T0)
+    with pytest.raises(AttributeError):
+        wait.reason = "x"  # type: ignore[misc]
+    assert wait == Waiting("429 pause", T0) and Waiting() == Waiting("", None)
+
+
+def test_durations_and_waits_read_like_a_person_would_say_them() -> None:
+    assert [format_duration(s) for s in (-3, 0, 59.9, 60, 725, 3599, 3600, 10_980)] == [
+        "0 s",
+        "0 s",
+        "59 s",
+        "1m 00s",
+        "12m 05s",
+        "59m 59s",
+        "1h 00m",
+        "3h 03m",
+    ]
+    at = time.strftime("%H:%M:%S", time.localtime(T0))
+    assert format_waiting(Waiting("rate limit")) == "rate limit"
+    assert format_waiting(Waiting("429 pause", T0)) == f"429 pause until {at}"
+    assert format_waiting(Waiting("429 pause", T0), T0 - 5) == f"429 pause until {at}, 5 s left"
+    far = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0))
+    assert format_waiting(Waiting("budget", T0), T0 - 2 * 86_400).startswith(f"budget until {far}")
