@@ -329,6 +329,11 @@ class RateLimiter:
     def history(self) -> tuple[float, ...]:
         return tuple(self._history)
 
+    def next_free(self, now: float) -> float:
+        """When a call reserved now would go out (``now`` when the window has room)."""
+        live = [t for t in self._history if t > now - self.per_seconds]
+        return next_slot(live, now, requests=self.requests, per_seconds=self.per_seconds)
+
     async def acquire(self) -> float:
         """Wait for the next free slot; returns the slot's time on the sleeper's clock."""
         now = self._sleeper.monotonic()

@@ -31,7 +31,8 @@ from pipeline.jobs import RECHECK, State
 from pipeline.outage import WatchingTransport
 from pipeline.poller import Poller
 from pipeline.provenance import rewrite_metadata
-from pipeline.reporting import Notice
+from pipeline.reporting import Notice, Waiting
+from pipeline.retry import BreakerState
 from pipeline.session import endpoint
 from pipeline.storage import Storage
 from pipeline.submitting import Submitter
@@ -142,13 +143,44 @@ class Batch(Submitter):
                     loop.remove_signal_handler(sig)
 
     async def _tick(self) -> None:
-        """Once a second, in real time (also when tests record waits): is the provider gone?"""
+        """Once a second, in real time (also when tests record waits): is the provider gone,
+        what does the batch wait for, and a tick for the progress display."""
+        shown = Waiting()
         while True:
             await asyncio.sleep(TICK)
             verdict = self.outage.verdict()
             if verdict is not None and not self.halt.aborted:
                 self.log.error("%s", verdict)
                 self.halt.abort(verdict, 3)
+            waiting = self._waiting_for()
+            if waiting != shown:
+                shown = waiting
+                self.reporter.emit(waiting)
+                if waiting.reason:
+                    self.log.info("waiting: %s", waiting.reason)
+            self.reporter.tick(time.time())
+
+    def _waiting_for(self) -> Waiting:
+        """What the batch as a whole waits for now, most pressing first (the until in Unix time)."""
+        mono, wall = self.sleeper.monotonic(), time.time()
+        streak = self.outage.streak
+        if streak is not None:
+            gives_up = wall + max(0.0, streak.since + self.outage.limit - time.monotonic())
+            return Waiting(f"provider unreachable ({streak.host}): retrying, {streak.last_error}",
+                           gives_up)  # fmt: skip
+        if self.gate.remaining > 0:
+            return Waiting("429 pause: the provider asked to slow down", wall + self.gate.remaining)
+        if self.breaker.state is not BreakerState.CLOSED:
+            return Waiting("circuit breaker open: the provider keeps failing",
+                           wall + self.breaker.retry_in())  # fmt: skip
+        slot = self.limiter.next_free(mono)
+        if slot > mono + 0.5:
+            rate = self.config.rate_limit
+            return Waiting(f"rate limit: {rate.requests} creates per {rate.per_seconds:g} s",
+                           wall + slot - mono)  # fmt: skip
+        if self.halt.reason is not None and self.creates_in_flight == 0:
+            return Waiting(f"no new submissions ({self.halt.reason}): collecting paid tasks")
+        return Waiting()
 
     def _watch(self, where: str) -> Callable[[asyncio.Task[Any]], None]:
         """A done-callback for a background task whose failure must stop the run now."""

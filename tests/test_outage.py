@@ -57,3 +57,5 @@ def test_unreachable_provider_stops_the_batch_naming_the_host(media: Media, tmp_
     assert "provider unreachable" in said and "127.0.0.1" in said and "Traceback" not in said
     assert {r["state"] for r in state_rows(out_dir(manifest)).values()} == {"pending"}
     assert "provider unreachable" in (out_dir(manifest) / "run.log").read_text()
+    # While it lasted, the display said what the batch waited for and when it would give up.
+    assert "waiting: provider unreachable (127.0.0.1)" in proc.stderr

@@ -55,3 +55,20 @@ def test_every_retry_pause_and_refresh_is_logged_with_its_cause(
     assert "job a: asking for a fresh result URL" in log
     last = log.strip().splitlines()[-1]
     assert last.endswith("run finished: exit 0"), last
+
+
+def test_a_429_pause_is_shown_with_when_it_ends(media: Media, tmp_path: Path) -> None:
+    profile = {
+        "faults": [{"kind": "rate_limit", "endpoint": "create", "times": 1, "retry_after": 3}]
+    }
+    with sandbox(tmp_path / "sb", profile) as (srv, _log):
+        manifest = write_manifest(
+            tmp_path / "m",
+            provider_block("kie", srv, concurrency=1),
+            job_entries("kie", srv, media, ["a"]),
+        )
+        proc = cli("run", manifest)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"waiting: 429 pause: the provider asked to slow down.*until", proc.stderr), (
+        proc.stderr
+    )
