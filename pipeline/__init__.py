@@ -1,8 +1,11 @@
 """motion-pipeline: declarative, resumable batches of Kling motion-control generations.
 
-The public API is small on purpose; everything else is internal and may change.
+The public API is small on purpose (``plan``, ``run``, ``status``, ``resolve``, ``report``,
+their summaries, the manifest and the errors); everything else is internal and may change.
+See :mod:`pipeline.api` for an example.
 """
 
+from pipeline.api import PlanSummary, StatusSummary, plan, report, resolve, run, status
 from pipeline.errors import (
     ConfigError,
     Diagnostic,
@@ -13,10 +16,11 @@ from pipeline.errors import (
 )
 from pipeline.jobs import Job, JobSettings, State, Trim
 from pipeline.manifest import Manifest, load_manifest
-from pipeline.planning import Plan, PlannedJob, make_plan
-from pipeline.version import installed_version
+from pipeline.money import Money
+from pipeline.planning import Plan, PlannedJob
+from pipeline.version import installed_version as _installed_version
 
-__version__ = installed_version()
+__version__ = _installed_version()
 
 __all__ = [
     "ConfigError",
@@ -27,12 +31,19 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MediaError",
+    "Money",
     "PipelineError",
     "Plan",
+    "PlanSummary",
     "PlannedJob",
     "State",
+    "StatusSummary",
     "Trim",
     "__version__",
     "load_manifest",
-    "make_plan",
+    "plan",
+    "report",
+    "resolve",
+    "run",
+    "status",
 ]

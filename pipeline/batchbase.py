@@ -65,6 +65,9 @@ class RunOptions:
     max_jobs: int | None = None
     retry_failed: bool = False
     replace: frozenset[str] = frozenset()
+    """Job ids or glob patterns (``--replace``); expanded to ids before the run starts."""
+    skip_invalid: bool = False
+    """Run the jobs whose inputs are fine; the rejected ones fail (``--skip-invalid``)."""
 
 
 class BatchBase:

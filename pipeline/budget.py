@@ -32,6 +32,8 @@ class Spending:
         """Billed seconds of every job that reached submission, this run and earlier ones."""
         self.cost = 0.0
         self._booked: dict[str, tuple[float, float]] = {}
+        self._mine: set[str] = set()
+        """Jobs this run booked (not earlier runs'): what this run paid."""
 
     def count(self, job_id: str, seconds: float, cost: float) -> None:
         """Book a job an earlier run submitted (no check: it is already spent or on its way)."""
@@ -59,6 +61,7 @@ class Spending:
                 f"{left:.2f} {unit} left, job {job_id} needs {cost:.2f} {unit}",
             )
         self._booked[job_id] = (seconds, cost)
+        self._mine.add(job_id)
         self.seconds += seconds
         self.cost += cost
         return None
@@ -66,8 +69,14 @@ class Spending:
     def release(self, job_id: str) -> None:
         """The job's create certainly did not happen: give its reservation back (idempotent)."""
         seconds, cost = self._booked.pop(job_id, (0.0, 0.0))
+        self._mine.discard(job_id)
         self.seconds -= seconds
         self.cost -= cost
 
     def booked(self, job_id: str) -> bool:
         return job_id in self._booked
+
+    def this_run(self) -> tuple[int, float, float]:
+        """Creates this run sent (or may have: ambiguous ones count), their seconds and cost."""
+        booked = [self._booked[j] for j in self._mine]
+        return len(booked), sum(s for s, _ in booked), sum(c for _, c in booked)

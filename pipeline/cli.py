@@ -17,15 +17,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline import cli_args
+from pipeline import api, cli_args
 from pipeline.errors import ConfigError, Diagnostic, ManifestError, PipelineError
+from pipeline.estimate import Bucket
 from pipeline.jobs import State
 from pipeline.lock import lock_path
 from pipeline.manifest import load_manifest
 from pipeline.operations import (
     StatusReport,
-    batch_status,
-    done_keys,
     report_batch,
     resolve_job,
     run_batch,
@@ -33,6 +32,7 @@ from pipeline.operations import (
 from pipeline.planning import Plan, make_plan
 from pipeline.reporting import choose_reporter
 from pipeline.runner import RunOptions
+from pipeline.selection import problems
 from pipeline.settings import Settings, redact
 from pipeline.state import state_path
 from pipeline.text import printable
@@ -67,27 +67,40 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
 
 def media_diagnostics(shown: str, plan: Plan) -> list[Diagnostic]:
     """One diagnostic per job whose media is rejected, at the manifest entry it came from."""
-    return sorted(
-        Diagnostic(shown, pj.job.line, 1, pj.job.where, f"job {pj.job.id}: {pj.error}")
-        for pj in plan.jobs
-        if pj.action == "reject"
-    )
+    # One line per distinct problem: a bad clip in a 100x100 matrix is one problem, 100 jobs.
+    return sorted(Diagnostic(shown, p.line, 1, p.where, p.describe()) for p in problems(plan))
 
 
 def _cmd_plan(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    manifest = load_manifest(args.manifest)
-    plan = make_plan(manifest, settings, done_keys=done_keys(manifest.output_dir))
+    summary = api.plan(
+        args.manifest,
+        retry_failed=args.retry_failed,
+        replace=args.replace or (),
+        skip_invalid=args.skip_invalid,
+        settings=settings,
+    )
     if args.json:
         # Compact and in one write: indent= switches json to its slow pure-Python encoder and
         # json.dump streams hundreds of thousands of tiny writes for a 10,000-job plan.
-        out.write(json.dumps(plan.as_dict()) + "\n")
+        out.write(json.dumps(summary.as_dict()) + "\n")
     else:
-        _print_plan(plan, out)
-    return 2 if any(pj.action == "reject" for pj in plan.jobs) else EXIT_OK
+        _print_plan(summary, out)
+    return EXIT_OK if summary.estimate.runnable else EXIT_INVALID
 
 
-def _print_plan(plan: Plan, out: TextIO) -> None:
+_BUCKET_WORDS = {
+    "to_pay": "pay",
+    "already_paid": "collect",
+    "free": "free",
+    "skipped": "skip",
+    "refused": "REFUSED",
+}
+
+
+def _print_plan(summary: api.PlanSummary, out: TextIO) -> None:
+    plan, est = summary.plan, summary.estimate
     m = plan.manifest
+    currency = m.budget.currency
     print(f"{m.name}: {len(plan.jobs)} jobs, {m.provider.name} {m.provider.model}", file=out)
     print(f"output: {m.output_dir}", file=out)
     width = max((len(pj.job.id) for pj in plan.jobs), default=2)
@@ -95,37 +108,54 @@ def _print_plan(plan: Plan, out: TextIO) -> None:
         s = pj.job.settings
         billed = "-" if pj.billed_seconds is None else f"{pj.billed_seconds:.2f}s"
         cost = "" if pj.estimated_cost is None else f" ~{pj.estimated_cost:.2f}"
+        verdict = est.verdicts[pj.job.id]
         print(
             f"  {pj.job.id:<{width}}  {pj.action:<11} {s.mode:<3} "
-            f"{s.character_orientation:<5} {billed:>8}{cost}",
+            f"{s.character_orientation:<5} {billed:>8}{cost:<8} "
+            f"{_BUCKET_WORDS[verdict.bucket]}: {verdict.why}",
             file=out,
         )
         media = pj.media
         pad = " " * (width + 4)
         if media is not None and media.image_info is not None:
-            print(f"{pad}image {media.image_info.summary()}", file=out)
+            print(f"{pad}image {printable(media.image_info.summary())}", file=out)
         if media is not None and media.video_info is not None:
             steps = f" -> {', '.join(pj.steps)}" if pj.steps else ""
-            print(f"{pad}video {media.video_info.summary()}{steps}", file=out)
+            print(f"{pad}video {printable(media.video_info.summary())}{steps}", file=out)
         if pj.error:
-            print(f"{pad}! {pj.error}", file=out)
-    t = plan.totals
-    cost = (
-        ""
-        if t["estimated_cost"] is None
-        else f", estimated {t['estimated_cost']:.2f} {t['currency']}"
+            print(f"{pad}! {printable(pj.error)}", file=out)
+    for problem in problems(plan):
+        print(f"rejected: {printable(problem.describe())}", file=out)
+    print(f"this run would pay: {summary.to_pay.describe(currency)}", file=out)
+    labels: tuple[tuple[Bucket, str], ...] = (
+        ("already_paid", "already paid, collected only"),
+        ("free", "free (done, or the same generation as another job)"),
+        ("skipped", "skipped"),
+        ("refused", "refused (changed after paying: rename or --replace)"),
     )
-    actions = ", ".join(f"{k} {v}" for k, v in t["actions"].items())
-    print(
-        f"total: {t['jobs']} jobs ({actions}), {t['billed_seconds']:.2f} s billed{cost}", file=out
-    )
-    for mode, entry in t["per_mode"].items():
-        mcost = (
-            ""
-            if entry["estimated_cost"] is None
-            else f", {entry['estimated_cost']:.2f} {t['currency']}"
+    for bucket, label in labels:
+        tally = est.sums[bucket]
+        if tally.jobs:
+            seconds = f", {tally.billed_seconds:.2f} s" if bucket == "already_paid" else ""
+            plural = "s" if tally.jobs != 1 else ""
+            print(f"  {label}: {tally.jobs} job{plural}{seconds}", file=out)
+    budget = m.budget
+    if budget.max_seconds is not None or budget.max_cost is not None:
+        caps = ", ".join(
+            c
+            for c in (
+                f"max_seconds {budget.max_seconds:g}" if budget.max_seconds is not None else "",
+                f"max_cost {budget.max_cost:g} {currency}" if budget.max_cost is not None else "",
+            )
+            if c
         )
-        print(f"  {mode}: {entry['jobs']} jobs, {entry['billed_seconds']:.2f} s{mcost}", file=out)
+        fit = est.fit
+        said = f"budget ({caps}): already committed {summary.paid.describe(currency)}"
+        if fit.exceeded:
+            said += f"; OVER BUDGET: {fit.fits_jobs} of {summary.to_pay.jobs} jobs to pay fit"
+        print(said, file=out)
+    for blocker in est.blockers:
+        print(f"run would refuse: {printable(blocker)}", file=out)
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -135,18 +165,20 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         max_jobs=args.max_jobs,
         retry_failed=args.retry_failed,
         replace=frozenset(args.replace or ()),
+        skip_invalid=args.skip_invalid,
     )
     reporter = choose_reporter(
         no_progress=args.no_progress, stream=sys.stderr, secrets=settings.secrets()
     )
     summary = run_batch(manifest, settings, options, reporter)
     out_dir = manifest.output_dir
+    currency = summary.currency
     counts = ", ".join(f"{s.value} {n}" for s, n in summary.counts.items() if n)
-    print(
-        f"{manifest.name}: {counts or 'no jobs'}; {summary.seconds_billed:.2f} s billed", file=out
-    )
+    print(f"{manifest.name}: {counts or 'no jobs'}", file=out)
+    print(f"this run paid: {summary.paid_now.describe(currency)}", file=out)
+    print(f"the batch has paid: {summary.batch_paid.describe(currency)}", file=out)
     if summary.stop_reason:
-        print(f"stopped: {summary.stop_reason}", file=out)
+        print(f"stopped: {printable(summary.stop_reason)}", file=out)
     if summary.submitted:
         per_job = summary.http_requests / summary.submitted
         line = f"requests: {summary.http_requests} HTTP, {per_job:.2f} per submitted job"
@@ -164,25 +196,32 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    output_dir, nothing_yet = _status_target(args.target)
+    _output_dir, nothing_yet = _status_target(args.target)
     if nothing_yet:
         if args.json:  # the document a script expects, and the sentence for the person
             empty = StatusReport(dict.fromkeys(State, 0), [])
             out.write(json.dumps(empty.as_dict()) + "\n")
         print(nothing_yet, file=sys.stderr if args.json else out)
         return EXIT_OK
-    report = batch_status(output_dir)
+    report = api.status(args.target, settings=settings)
     if args.json:
         out.write(json.dumps(report.as_dict()) + "\n")  # compact: 100,000 jobs stay fast
     else:
         counts = ", ".join(f"{s.value} {n}" for s, n in report.counts.items() if n)
         print(f"{sum(report.counts.values())} jobs: {counts or 'none'}", file=out)
+        print(f"paid: {report.paid.describe(report.currency)}", file=out)
         for job in report.jobs:
             if job["state"] in ("failed", "needs_attention"):
                 task = f" task {job['task_id']}" if job["task_id"] else ""
                 # Reasons and task ids are the provider's text: one line, controls escaped.
                 line = f"  {job['state']:<15} {job['id']}{task}: {job['error']}"
                 print(printable(redact(line, settings.secrets())), file=out)
+        kept = [j for j in report.jobs if "~" in j["id"]]
+        if kept:
+            print(f"replaced jobs whose paid task is kept ({len(kept)}):", file=out)
+            for job in kept:
+                where = job["output"] or "collected by the next run"
+                print(printable(f"  {job['id']:<15} {job['state']:<12} {where}"), file=out)
     bad = report.counts[State.FAILED] + report.counts[State.NEEDS_ATTENTION]
     return 1 if bad else EXIT_OK
 

@@ -112,6 +112,29 @@ def _command(
     return p
 
 
+def _selection(p: argparse.ArgumentParser) -> None:
+    """The flags that decide which jobs a run pays for: the same for `plan` and `run`."""
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-check timed-out tasks first, then resubmit failed jobs (pays again for those)",
+    )
+    p.add_argument(
+        "--replace",
+        action="append",
+        metavar="JOB",
+        help="allow re-generating paid jobs whose inputs or settings changed: a job id or a "
+        "glob pattern such as 'alice-*' or '*' (repeatable; a pattern that matches no job is "
+        "an error); the old result is kept in videos/replaced/",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="run the jobs whose inputs are fine and list the rejected ones (exit 1 at the "
+        "end); without it one rejected input stops the batch before anything is sent",
+    )
+
+
 def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
     """The parser; ``handlers`` maps each command name to the function that runs it."""
     parser = argparse.ArgumentParser(
@@ -154,9 +177,11 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
         sub,
         "plan",
         "expand jobs, probe inputs, show actions and cost (no cost)",
-        "Expand the jobs, probe every input and show per job its action (ok, trim, convert, "
-        "strip-audio, reject, or done when already generated), the seconds billed and the "
-        "estimated cost; then totals per mode. Needs no API key; sends nothing.",
+        "Expand the jobs, probe and prepare every input, and show per job its action (ok, "
+        "trim, convert, strip-audio, reject, or done) and what `run` with the same flags would "
+        "do with it now: pay, collect (already paid), nothing (done, or the same generation as "
+        "another job), skip or refuse; then what this run would pay (jobs, billed seconds, "
+        "cost) and how many jobs fit the budget. Needs no API key; sends nothing.",
         _exits(
             (0, "every job can run (or is done)"),
             (2, "the manifest is invalid, some job's inputs are rejected, or bad arguments"),
@@ -166,6 +191,7 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
     )
     p.add_argument("manifest", metavar="MANIFEST", help=manifest_help)
     p.add_argument("--json", action="store_true", help="print the plan as one JSON document")
+    _selection(p)
 
     p = _command(
         sub,
@@ -198,18 +224,7 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-jobs", type=whole_number, metavar="N", help="submit at most N new jobs in this run"
     )
-    p.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="re-check timed-out tasks first, then resubmit failed jobs (pays again for those)",
-    )
-    p.add_argument(
-        "--replace",
-        action="append",
-        type=job_id,
-        metavar="JOB",
-        help="allow re-generating paid job JOB whose inputs or settings changed (repeatable)",
-    )
+    _selection(p)
     p.add_argument(
         "--no-progress",
         action="store_true",

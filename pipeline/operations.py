@@ -8,11 +8,12 @@ nothing), and a job whose key changed after it was paid for is refused unless re
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline import outdir
+from pipeline.api import summarize
 from pipeline.diskguard import DiskGuard
 from pipeline.errors import (
     BadReplyError,
@@ -25,13 +26,14 @@ from pipeline.errors import (
 )
 from pipeline.jobs import FailKind, Handle, State
 from pipeline.lock import RunLock
-from pipeline.manifest import Manifest, load_manifest
+from pipeline.manifest import Budget, Manifest, load_manifest
 from pipeline.planning import Plan, PlannedJob, make_plan
 from pipeline.provenance import write_sidecar
 from pipeline.providers.base import ProviderConfig
 from pipeline.reporting import BatchFinished, BatchStarted, Notice, Reporter
 from pipeline.runlog import close_run_log, open_run_log
 from pipeline.runner import Batch, RunOptions, RunSummary
+from pipeline.selection import Problem, problems
 from pipeline.session import credentials_for, endpoint, provider_client, run_secrets
 from pipeline.settings import Settings
 from pipeline.state import StateStore, state_path
@@ -65,11 +67,21 @@ def run_batch(
         credentials = credentials_for(manifest.provider, settings)
         tools = find_tools(settings)
         plan = make_plan(manifest, settings, tools=tools, prepare=True)
-        _refuse_rejected(plan)
+        rejected = _rejected(plan, skip=options.skip_invalid)
         found = outdir.claim(output_dir, manifest.name)
         with StateStore.open(output_dir) as store:
             restored = outdir.apply(store, found, manifest.name)
+            # The same estimate `plan` shows, from the state as it is: also expands --replace.
+            expected = summarize(
+                plan,
+                store.brief(),
+                retry_failed=options.retry_failed,
+                replace=options.replace,
+                skip_invalid=options.skip_invalid,
+            )
+            options = replace(options, replace=expected.replaced)
             _sync(store, plan, options)
+            _fail_rejected(store, plan, rejected)
             notes = _check_results(store, output_dir, {pj.job.id for pj in plan.jobs})
             if restored:
                 notes.insert(
@@ -81,6 +93,19 @@ def run_batch(
                 for note in notes:
                     reporter.emit(Notice(note, "warning"))
                     log.warning("%s", note)
+                for problem in rejected:
+                    text = f"skipped, inputs rejected: {problem.describe()}"
+                    reporter.emit(Notice(text, "warning"))
+                    log.warning("%s", text)
+                currency = manifest.budget.currency
+                will_pay = f"this run will pay: {expected.to_pay.describe(currency)}"
+                if expected.estimate.fit.exceeded:
+                    will_pay += (
+                        f"; only {expected.estimate.fit.fits_jobs} of "
+                        f"{expected.to_pay.jobs} fit the budget"
+                    )
+                reporter.emit(Notice(will_pay, "info"))
+                log.info("%s", will_pay)
                 log.info(
                     "run %s: %d jobs, provider %s",
                     manifest.name,
@@ -99,6 +124,9 @@ def run_batch(
                     summary = asyncio.run(batch.run())
                 finally:
                     disk.remove()
+                summary = replace(summary, to_pay=expected.to_pay)
+                if rejected and summary.exit_code == 0:
+                    summary = replace(summary, exit_code=1)  # --skip-invalid: not every job ran
                 reporter.emit(
                     BatchFinished(
                         counts=summary.counts,
@@ -107,21 +135,42 @@ def run_batch(
                     )
                 )
                 stopped = f" (stopped: {summary.stop_reason})" if summary.stop_reason else ""
-                log.info("run finished: exit %d%s", summary.exit_code, stopped)
+                log.info(
+                    "run finished: exit %d%s; this run paid %s; the batch %s",
+                    summary.exit_code, stopped, summary.paid_now.describe(currency),
+                    summary.batch_paid.describe(currency),
+                )  # fmt: skip
             finally:
                 close_run_log(log)
                 reporter.close()
     return summary
 
 
-def _refuse_rejected(plan: Plan) -> None:
-    rejected = [pj for pj in plan.jobs if pj.action == "reject"]
-    if rejected:
-        lines = [f"job {pj.job.id} ({pj.job.where}): {pj.error}" for pj in rejected]
+def _rejected(plan: Plan, *, skip: bool) -> list[Problem]:
+    """The plan's rejections; without ``--skip-invalid`` they stop the run before anything."""
+    found = problems(plan)
+    if found and not skip:
+        count = sum(len(p.jobs) for p in found)
+        lines = [f"{p.where} (line {p.line}): {p.describe()}" for p in found]
         raise InputError(
-            f"{len(rejected)} job(s) have unusable inputs; nothing was submitted:\n  "
-            + "\n  ".join(lines)
+            f"{count} job(s) have unusable inputs; nothing was submitted (`run --skip-invalid` "
+            "runs the others):\n  " + "\n  ".join(lines)
         )
+    return found
+
+
+def _fail_rejected(store: StateStore, plan: Plan, rejected: list[Problem]) -> None:
+    """``--skip-invalid``: each rejected job fails with its reason (a fixed input re-plans it)."""
+    if not rejected:
+        return
+    reasons = {
+        pj.job.id: pj.error or "inputs rejected" for pj in plan.jobs if pj.action == "reject"
+    }
+    with store.batch():
+        for row in store.rows([State.PENDING, State.FAILED]):
+            if row.id in reasons and row.state is State.PENDING:
+                store.transition(row.id, State.FAILED, error=reasons[row.id],
+                                 fail_kind=FailKind.INPUT.value)  # fmt: skip
 
 
 def _sync(store: StateStore, plan: Plan, options: RunOptions) -> None:
@@ -203,6 +252,15 @@ def done_keys(output_dir: Path) -> list[str]:
         return []
     with StateStore.open(output_dir, readonly=True) as store:
         return [row.key for row in store.rows([State.DONE])]
+
+
+def status_target(target: str) -> tuple[Path, str, Budget]:
+    """``status`` of a manifest or an output directory: where, and the money's terms."""
+    path = Path(target)
+    if path.is_dir():
+        return path, "USD", Budget()
+    manifest = load_manifest(path, check_files=False)
+    return manifest.output_dir, manifest.budget.currency, manifest.budget
 
 
 def output_dir_of(target: str, settings: Settings) -> Path:

@@ -28,6 +28,7 @@ from pipeline.commits import GroupCommitter
 from pipeline.crashpoints import arm
 from pipeline.errors import BatchStopped
 from pipeline.jobs import RECHECK, State
+from pipeline.money import Money, paid
 from pipeline.outage import WatchingTransport
 from pipeline.poller import Poller
 from pipeline.provenance import rewrite_metadata
@@ -51,6 +52,13 @@ class RunSummary:
     submitted: int = 0
     occupancy: float | None = None
     """Share of provider slots in use while jobs were waiting for one (None: never saturated)."""
+    paid_now: Money = field(default_factory=Money)
+    """What this run paid: its creates (ambiguous ones included), their seconds and cost."""
+    batch_paid: Money = field(default_factory=Money)
+    """What the batch has paid, this run and every earlier one."""
+    to_pay: Money = field(default_factory=Money)
+    """What this run expected to pay when it started (the plan's estimate)."""
+    currency: str = "USD"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -292,7 +300,12 @@ class Batch(Submitter):
         seconds = sum(
             (r.billed_seconds or 0.0) for r in self.store.rows([State.DONE]) if r.id in planned
         )
+        creates, now_seconds, now_cost = self.spending.this_run()
+        priced = bool(self.manifest.budget.price_per_second)
         return RunSummary(
+            paid_now=Money(creates, now_seconds, now_cost if priced else None),
+            batch_paid=paid(self.store.brief(), self.manifest.budget),
+            currency=self.manifest.budget.currency,
             counts=counts,
             exit_code=code,
             stop_reason=self.halt.reason,

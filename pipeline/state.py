@@ -36,6 +36,7 @@ from pipeline.state_schema import busy_error, check_and_migrate, read_version
 from pipeline.state_values import (
     SELECT_JOBS,
     STATE_BY_VALUE,
+    BriefRow,
     DuplicateTaskError,
     Event,
     JobRecord,
@@ -415,6 +416,15 @@ class StateStore:
         with self._locked():
             found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
         return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
+
+    def brief(self) -> list[BriefRow]:
+        """Every job's key, state, task, why it failed, seconds and mode, in id order."""
+        with self._locked():
+            found = self._conn.execute(
+                "SELECT id, key, state, task_id, fail_kind, billed_seconds, "
+                "json_extract(spec, '$.settings.mode') FROM jobs ORDER BY id"
+            ).fetchall()
+        return [BriefRow(r[0], r[1], STATE_BY_VALUE[r[2]], *r[3:]) for r in found]
 
     def outputs(self) -> list[OutputRow]:
         """Every done job's result columns (no specs decoded: cheap for 100,000 rows)."""

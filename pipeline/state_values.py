@@ -108,6 +108,19 @@ class JobSummary:
 
 
 @dataclass(frozen=True)
+class BriefRow:
+    """What planning and the money figures need of every job: no spec decoded (100,000 rows)."""
+
+    id: str
+    key: str
+    state: State
+    task_id: str | None
+    fail_kind: str | None
+    billed_seconds: float | None
+    mode: str | None
+
+
+@dataclass(frozen=True)
 class OutputRow:
     """A done job's result as the state knows it: what the output check compares with the disk."""
 

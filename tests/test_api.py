@@ -23,17 +23,33 @@ def test_public_api_is_pinned() -> None:
         "Manifest",
         "ManifestError",
         "MediaError",
+        "Money",
         "PipelineError",
         "Plan",
+        "PlanSummary",
         "PlannedJob",
         "State",
+        "StatusSummary",
         "Trim",
         "__version__",
         "load_manifest",
-        "make_plan",
+        "plan",
+        "report",
+        "resolve",
+        "run",
+        "status",
     ]
     for name in pipeline.__all__:
         assert hasattr(pipeline, name), name
+    # __all__ is what the package really exports: every public name it binds is listed
+    # (submodules aside: they are imported, not exported).
+    import types
+
+    public = {
+        n for n, v in vars(pipeline).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    }  # fmt: skip
+    assert public == set(pipeline.__all__) - {"__version__"}
 
 
 def test_error_tree_exit_codes() -> None:

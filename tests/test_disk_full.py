@@ -117,7 +117,6 @@ def test_disk_full_while_preparing_leaves_jobs_pending_not_failed(tmp_path: Path
     with small_disk(tmp_path / "disk", 16) as disk, sandbox(tmp_path / "sb") as (srv, _log):
         jobs = [{"id": "cut", "image": str(image), "video": str(long_clip), "prompt": "job cut"}]
         manifest = manifest_on(disk, tmp_path / "m", jobs, srv)
-        assert cli("plan", manifest).returncode == 0  # caches written while there is room
         fill(disk, leave=512 * 1024)  # room for the state, not for the prepared clip
         env = cli_env(MOTION_PIPELINE_MIN_FREE_MB="0", MOTION_PIPELINE_RESERVE_MB="0")
         proc = cli("run", manifest, env=env)

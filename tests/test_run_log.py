@@ -54,7 +54,7 @@ def test_every_retry_pause_and_refresh_is_logged_with_its_cause(
     )
     assert "job a: asking for a fresh result URL" in log
     last = log.strip().splitlines()[-1]
-    assert last.endswith("run finished: exit 0"), last
+    assert "run finished: exit 0; this run paid 1 create, 3.50 s billed" in last, last
 
 
 def test_a_429_pause_is_shown_with_when_it_ends(media: Media, tmp_path: Path) -> None:

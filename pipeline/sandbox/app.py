@@ -248,12 +248,12 @@ class SandboxApp:
 
     def _work(self, task: Task) -> None:
         try:
-            outcome = self._generate(task.protocol, task.spec)
+            outcome = self._generate(task.protocol, task.spec, task.task_id)
         except Exception as exc:  # a bug or a broken ffmpeg must fail the task, not hang it
             outcome = Outcome(reason=f"internal error: {exc}", code="500")
         self.store.finish(task, outcome)
 
-    def _generate(self, protocol: str, spec: TaskSpec) -> Outcome:
+    def _generate(self, protocol: str, spec: TaskSpec, task_id: str) -> Outcome:
         try:
             image = self.input_path(spec.image_url, "image_url")
             video = self.input_path(spec.video_url, "video_url")
@@ -268,6 +268,7 @@ class SandboxApp:
         reason = check_media(RULES[protocol], image_info, video_info, spec.orientation)
         if reason is not None:
             return Outcome(reason=reason, code="422")
+        self.ledger.bill(task_id, video_info.duration or 0.0)
         rendered = self.renderer.render(
             image, video, image_sha=image_sha, video_sha=video_sha, video_info=video_info,
             mode=spec.mode, sound=spec.sound,

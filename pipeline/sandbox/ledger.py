@@ -35,7 +35,19 @@ class Ledger:
 
     def __init__(self) -> None:
         self._entries: list[LedgerEntry] = []
+        self._bills: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def bill(self, task_id: str, seconds: float) -> None:
+        """What a task is billed: the length of the driving clip the sandbox received, as a
+        provider selling by the second bills it (measured with ffprobe, to the millisecond)."""
+        with self._lock:
+            self._bills[task_id] = round(seconds, 3)
+
+    def bills(self) -> dict[str, float]:
+        """Billed seconds per task id, for tasks whose generation has started."""
+        with self._lock:
+            return dict(self._bills)
 
     def append(self, entry: LedgerEntry) -> None:
         with self._lock:

@@ -1,0 +1,217 @@
+"""The Python API: ``plan``, ``run`` and ``status`` for scripts and notebooks.
+
+Each returns a typed summary with the same figures ``--json`` prints, and reads the state the
+way the CLI does (a done job is free, a running one is collected, not paid again)::
+
+    import pipeline
+
+    estimate = pipeline.plan("manifests/demo.yaml")
+    print(estimate.to_pay.billed_seconds, estimate.to_pay.cost)
+    summary = pipeline.run("manifests/demo.yaml", concurrency=8)
+    print(summary.exit_code, summary.paid_now.describe("USD"))
+    print(pipeline.status("manifests/demo.yaml").counts)
+
+Errors are the exceptions of :mod:`pipeline.errors` (``ConfigError`` for what the CLI exits 2
+with, ``BatchStopped`` and the like for 3); a summary's ``exit_code`` is the CLI's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.estimate import Candidate, Estimate, Known, estimate
+from pipeline.jobs import State
+from pipeline.manifest import Manifest, load_manifest
+from pipeline.money import Money, paid
+from pipeline.planning import Plan, make_plan
+from pipeline.reporting import NullReporter, Reporter
+from pipeline.selection import expand_replace
+from pipeline.settings import Settings
+from pipeline.state import StateStore, state_path
+from pipeline.state_values import BriefRow
+
+ManifestLike = str | Path | Manifest
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What ``run`` with the same selection would do now, and what it would pay."""
+
+    plan: Plan
+    estimate: Estimate
+    paid: Money
+    """What the batch has already paid (earlier runs)."""
+    replaced: frozenset[str] = frozenset()
+    """The job ids ``--replace`` named (patterns expanded)."""
+
+    @property
+    def to_pay(self) -> Money:
+        s = self.estimate.sums["to_pay"]
+        return Money(s.jobs, s.billed_seconds, s.cost)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = self.plan.as_dict()
+        for job in doc["jobs"]:
+            verdict = self.estimate.verdicts[job["id"]]
+            job["estimate"] = verdict.bucket
+            job["why"] = verdict.why
+        totals = doc["totals"]
+        totals.update(self.estimate.as_dict(self.plan.manifest.budget))
+        totals["paid_before"] = self.paid.as_dict()
+        # What this run would pay, under the names scripts already read.
+        totals["billed_seconds"] = totals["to_pay"]["billed_seconds"]
+        totals["estimated_cost"] = totals["to_pay"]["cost"]
+        return doc
+
+
+def plan(
+    manifest: ManifestLike,
+    *,
+    retry_failed: bool = False,
+    replace: Iterable[str] = (),
+    skip_invalid: bool = False,
+    settings: Settings | None = None,
+) -> PlanSummary:
+    """Plan ``manifest`` against its state: what a ``run`` with these flags would pay now."""
+    settings = settings or Settings.from_env()
+    loaded = _loaded(manifest)
+    made = make_plan(loaded, settings, prepare=True)
+    return summarize(made, _brief(loaded.output_dir), retry_failed=retry_failed,
+                     replace=replace, skip_invalid=skip_invalid)  # fmt: skip
+
+
+def summarize(
+    made: Plan,
+    rows: list[BriefRow],
+    *,
+    retry_failed: bool,
+    replace: Iterable[str],
+    skip_invalid: bool,
+) -> PlanSummary:
+    """The estimate of a plan given the state's rows (the run calls this too)."""
+    ids = [pj.job.id for pj in made.jobs]
+    chosen = expand_replace(replace, ids)
+    known = {r.id: Known(r.state, r.key, r.task_id, r.fail_kind) for r in rows}
+    before = paid(rows, made.manifest.budget)
+    candidates = (
+        Candidate(
+            pj.job.id, pj.key, pj.action == "reject", pj.billed_seconds or 0.0, pj.estimated_cost
+        )
+        for pj in made.jobs
+    )
+    found = estimate(
+        candidates,
+        known,
+        budget=made.manifest.budget,
+        committed=(before.billed_seconds, before.cost or 0.0),
+        retry_failed=retry_failed,
+        replace=chosen,
+        skip_invalid=skip_invalid,
+    )
+    return PlanSummary(made, found, before, chosen)
+
+
+def _brief(output_dir: Path) -> list[BriefRow]:
+    if not state_path(output_dir).exists():
+        return []
+    with StateStore.open(output_dir, readonly=True) as store:
+        return store.brief()
+
+
+def _loaded(manifest: ManifestLike) -> Manifest:
+    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+
+
+def run(
+    manifest: ManifestLike,
+    *,
+    concurrency: int | None = None,
+    max_jobs: int | None = None,
+    retry_failed: bool = False,
+    replace: Iterable[str] = (),
+    skip_invalid: bool = False,
+    settings: Settings | None = None,
+    reporter: Reporter | None = None,
+) -> Any:
+    """Run or resume the batch; returns the :class:`pipeline.runner.RunSummary` (its
+    ``exit_code`` is the CLI's). Spends money."""
+    from pipeline.operations import run_batch  # the engine is loaded only to run
+    from pipeline.runner import RunOptions
+
+    options = RunOptions(
+        concurrency=concurrency,
+        max_jobs=max_jobs,
+        retry_failed=retry_failed,
+        replace=frozenset(replace),
+        skip_invalid=skip_invalid,
+    )
+    return run_batch(_loaded(manifest), settings or Settings.from_env(), options,
+                     reporter or NullReporter())  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """Jobs per state, each job's state and reason, and the batch's money."""
+
+    counts: dict[State, int]
+    jobs: list[dict[str, Any]]
+    paid: Money
+    currency: str
+    ran: bool
+    """False when nothing has run for this manifest yet."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": {s.value: n for s, n in self.counts.items()},
+            "jobs": self.jobs,
+            "paid": self.paid.as_dict(),
+            "currency": self.currency,
+        }
+
+
+def status(target: str | Path, *, settings: Settings | None = None) -> StatusSummary:
+    """The state of a batch, from its manifest or its output directory."""
+    from pipeline.operations import batch_status, status_target
+
+    output_dir, currency, budget = status_target(str(target))
+    if not state_path(output_dir).exists():
+        return StatusSummary(dict.fromkeys(State, 0), [], Money(), currency, ran=False)
+    report = batch_status(output_dir)
+    money = paid(_brief(output_dir), budget)
+    return StatusSummary(report.counts, report.jobs, money, currency, ran=True)
+
+
+def resolve(
+    manifest: ManifestLike,
+    job_id: str,
+    *,
+    adopt: str | None = None,
+    resubmit: bool = False,
+    abandon: bool = False,
+    settings: Settings | None = None,
+) -> str:
+    """Settle a job that needs attention (exactly one of ``adopt``, ``resubmit``, ``abandon``);
+    returns what was done, in words."""
+    from pipeline.errors import ConfigError
+    from pipeline.operations import resolve_job
+
+    if sum((adopt is not None, resubmit, abandon)) != 1:
+        raise ConfigError("resolve takes exactly one of adopt=TASK_ID, resubmit=True, abandon=True")
+    loaded = (
+        manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
+    )
+    return resolve_job(loaded, job_id, adopt=adopt, resubmit=resubmit, abandon=abandon,
+                       settings=settings or Settings.from_env())  # fmt: skip
+
+
+def report(manifest: ManifestLike, *, settings: Settings | None = None) -> Path:
+    """Write ``report.html`` for the batch; returns its path."""
+    from pipeline.operations import report_batch
+
+    loaded = (
+        manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
+    )
+    return report_batch(loaded, settings or Settings.from_env())
