@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import BatchStopped
@@ -36,14 +37,20 @@ def write_error(exc: OSError, path: Path) -> BatchStopped:
     return BatchStopped(f"cannot write {path}: {reason}")
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> Path:
-    """Replace ``path`` with ``data`` atomically; ``durable=False`` skips the fsyncs (caches)."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes], *, durable: bool = True) -> Path:
+    """Replace ``path`` with ``data`` atomically; ``durable=False`` skips the fsyncs (caches).
+
+    ``data`` may be an iterable of chunks, written as they come (a 100,000-job file is never
+    whole in memory).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    chunks = [data] if isinstance(data, bytes) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("xb") as fh:
-            fh.write(data)
+            for chunk in chunks:
+                fh.write(chunk)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())

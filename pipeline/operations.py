@@ -8,12 +8,14 @@ nothing), and a job whose key changed after it was paid for is refused unless re
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline import outdir
 from pipeline.api import summarize
+from pipeline.datasetlock import write_lock
 from pipeline.diskguard import DiskGuard
 from pipeline.errors import (
     BadReplyError,
@@ -82,6 +84,7 @@ def run_batch(
             options = replace(options, replace=expected.replaced)
             _sync(store, plan, options)
             _fail_rejected(store, plan, rejected)
+            write_lock(plan)  # what regenerates or audits the dataset, before anything is sent
             notes = _check_results(store, output_dir, {pj.job.id for pj in plan.jobs})
             if restored:
                 notes.insert(
@@ -394,7 +397,7 @@ def _ask_about(manifest: Manifest, task_id: str, settings: Settings) -> None:
 
 def report_batch(manifest: Manifest, settings: Settings) -> Path:
     """Write ``report.html`` for the manifest's output directory from its state."""
-    from pipeline.report import ReportJob, ReportTotals, write_report  # only this command
+    from pipeline.report_page import ReportJob, ReportTotals, write_report  # only this command
 
     output_dir = manifest.output_dir
     if not state_path(output_dir).exists():
@@ -436,6 +439,7 @@ def report_batch(manifest: Manifest, settings: Settings) -> Path:
                     model=spec.get("model", manifest.provider.model),
                     task_id=row.task_id,
                     error=row.error,
+                    applied=_applied(row.inputs),
                 )
             )
     totals = ReportTotals(
@@ -452,6 +456,18 @@ def report_batch(manifest: Manifest, settings: Settings) -> Path:
         wall_time_seconds=_span(first, last),
     )
     return write_report(output_dir, jobs, totals, tools=find_tools(settings), title=manifest.name)
+
+
+def _applied(inputs: str | None) -> dict[str, Any] | None:
+    """The video recipe a job was sent with (state ``inputs``), for the report."""
+    if not inputs:
+        return None
+    try:
+        doc = json.loads(inputs)
+    except ValueError:
+        return None
+    recipe = doc.get("video_recipe") if isinstance(doc, dict) else None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _local(text: str) -> Path | None:

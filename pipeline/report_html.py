@@ -21,7 +21,7 @@ from pipeline.jobs import State
 from pipeline.settings import redact
 
 if TYPE_CHECKING:
-    from pipeline.report import ReportJob, ReportTotals, Thumbs
+    from pipeline.report_page import ReportJob, ReportTotals, Thumbs
 
 PROMPT_SHOWN = 200
 """Longer prompts are cut on the page (the full text is in metadata.jsonl)."""
@@ -138,7 +138,17 @@ def _fields(job: ReportJob) -> dict[str, str]:
         out["orientation"] = str(s.pop("character_orientation"))
     if "keep_original_sound" in s:
         out["sound"] = "kept" if s.pop("keep_original_sound") else "removed"
-    out["trim"] = _trim_text(s.pop("trim", None))
+    requested = s.pop("trim", None)
+    applied = job.applied
+    if applied is None:  # nothing sent yet: what the manifest asks for
+        out["trim"] = _trim_text(requested)
+    else:  # what was really cut from the clip that was sent
+        out["trim"] = _trim_text(applied.get("trim"))
+        scale = applied.get("scale")
+        if isinstance(scale, Mapping):
+            out["scaled"] = f"{scale.get('width')}x{scale.get('height')}"
+        if applied.get("audio") not in (None, "kept"):
+            out["audio"] = str(applied["audio"])
     out["prompt"] = _prompt_text(s.pop("prompt", ""))
     out.update((str(k), str(v)) for k, v in s.items())
     return out

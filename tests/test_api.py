@@ -108,3 +108,17 @@ def test_wheel_ships_the_specs(tmp_path: Path) -> None:
     assert "pipeline/specs/manifest.schema.json" in names
     assert "pipeline/specs/limits.json" in names
     assert "pipeline/py.typed" in names
+
+
+def test_public_functions_survive_the_import_of_every_module() -> None:
+    # A submodule named like a public function (pipeline/report.py and pipeline.report) would
+    # replace the function with the module once anything imported it.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    for name in ("plan", "run", "status", "resolve", "report"):
+        assert callable(getattr(pipeline, name)), name
+        assert not isinstance(getattr(pipeline, name), type(pipeline)), name

@@ -15,7 +15,7 @@ from mediagen import ffmpeg, ffprobe, make_image, make_video
 
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
-from pipeline.report import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
+from pipeline.report_page import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
 from pipeline.tools import MediaTools, find_tools
 
 HOSTILE = [

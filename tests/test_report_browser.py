@@ -24,7 +24,7 @@ import pytest
 from mediagen import make_image, make_video
 
 from pipeline.jobs import State
-from pipeline.report import ReportJob, ReportTotals, write_report
+from pipeline.report_page import ReportJob, ReportTotals, write_report
 from pipeline.tools import find_tools
 
 CHROME_FLAGS = [

@@ -56,6 +56,9 @@ class ReportJob:
     model: str
     task_id: str | None
     error: str | None
+    applied: dict[str, Any] | None = None
+    """What preparation did to the driving clip (the recipe: trim window cut, scale, audio), as
+    recorded when the job was submitted; None when nothing was sent yet."""
 
 
 @dataclass(frozen=True)
