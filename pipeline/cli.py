@@ -216,6 +216,11 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
                 # Reasons and task ids are the provider's text: one line, controls escaped.
                 line = f"  {job['state']:<15} {job['id']}{task}: {job['error']}"
                 print(printable(redact(line, settings.secrets())), file=out)
+        damaged = [j for j in report.jobs if j.get("output_problem")]
+        for job in damaged:
+            line = (f"  {'done, video ' + job['output_problem']:<15} {job['id']}: {job['output']} "
+                    "(`run` collects it again from its task)")  # fmt: skip
+            print(printable(line), file=out)
         kept = [j for j in report.jobs if "~" in j["id"]]
         if kept:
             print(f"replaced jobs whose paid task is kept ({len(kept)}):", file=out)
@@ -223,7 +228,8 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
                 where = job["output"] or "collected by the next run"
                 print(printable(f"  {job['id']:<15} {job['state']:<12} {where}"), file=out)
     bad = report.counts[State.FAILED] + report.counts[State.NEEDS_ATTENTION]
-    return 1 if bad else EXIT_OK
+    damaged_outputs = any(j.get("output_problem") for j in report.jobs)
+    return 1 if bad or damaged_outputs else EXIT_OK
 
 
 def _status_target(target: str) -> tuple[Path, str]:

@@ -288,6 +288,9 @@ def batch_status(output_dir: Path) -> StatusReport:
         raise StateError(f"no state in {output_dir}: nothing has run there yet")
     with StateStore.open(output_dir, readonly=True) as store:
         counts = store.counts()
+        # A done job whose video is gone or changed is reported (run collects it again).
+        check = outdir.check_results(output_dir, store.outputs())
+        problems = {d.job_id: d.why for d in check.damaged}
         jobs = [
             {
                 "id": s.id,
@@ -295,6 +298,7 @@ def batch_status(output_dir: Path) -> StatusReport:
                 "task_id": s.task_id,
                 "error": s.error,
                 "output": s.output,
+                "output_problem": problems.get(s.id),
             }
             for s in store.summaries()
         ]

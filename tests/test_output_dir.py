@@ -142,6 +142,11 @@ def test_deleted_or_changed_result_is_collected_again_without_paying(
             video.unlink()
         else:
             video.write_bytes(good[:-100] + b"\0" * 100)  # same size, other bytes
+        status = cli("status", manifest, "--json")
+        assert status.returncode == 1  # status sees it before any run does
+        problems = {j["id"]: j["output_problem"] for j in json.loads(status.stdout)["jobs"]}
+        assert problems == {"a": "missing" if damage == "deleted" else "changed", "b": None}
+        assert "collects it again" in cli("status", manifest).stdout
         proc = cli("run", manifest)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"its result video is {damage if damage == 'changed' else 'missing'}" in proc.stderr
