@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import mediagen
 
-from pipeline.media import probe_file, probe_many
-from pipeline.mediaplan import VideoRecipe
-from pipeline.mediaprep import _run_ffmpeg, _video_output
-from pipeline.tools import MediaTools, find_tools
+from pipeline.media.prepare import _run_ffmpeg, _video_output
+from pipeline.media.probe import probe_file, probe_many
+from pipeline.media.recipes import VideoRecipe
+from pipeline.media.tools import MediaTools, find_tools
 
 
 def _best(rounds: int, work: Callable[[], object]) -> float:

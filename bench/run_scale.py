@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from pipeline.jobs import State
-from pipeline.state import StateStore
-from pipeline.state_values import JobRecord
+from pipeline.state.rows import JobRecord
+from pipeline.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

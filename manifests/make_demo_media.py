@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.tools import find_tools
+from pipeline.media.tools import find_tools
 
 HERE = Path(__file__).parent / "demo"
 

@@ -15,9 +15,9 @@ from pipeline.errors import (
     PipelineError,
 )
 from pipeline.jobs import Job, JobSettings, State, Trim
-from pipeline.manifest import Manifest, load_manifest
-from pipeline.money import Money
-from pipeline.planning import Plan, PlannedJob
+from pipeline.manifest.load import Manifest, load_manifest
+from pipeline.plan.build import Plan, PlannedJob
+from pipeline.plan.money import Money
 from pipeline.version import installed_version as _installed_version
 
 __version__ = _installed_version()

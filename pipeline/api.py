@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.estimate import Candidate, Estimate, Known, estimate
 from pipeline.jobs import State
-from pipeline.manifest import Manifest, load_manifest
-from pipeline.money import Money, paid
-from pipeline.planning import Plan, make_plan
-from pipeline.reporting import NullReporter, Reporter
-from pipeline.selection import expand_replace
+from pipeline.manifest.load import Manifest, load_manifest
+from pipeline.plan.build import Plan, make_plan
+from pipeline.plan.estimate import Candidate, Estimate, Known, estimate
+from pipeline.plan.money import Money, paid
+from pipeline.plan.selection import expand_replace
+from pipeline.progress.events import NullReporter, Reporter
 from pipeline.settings import Settings
-from pipeline.state import StateStore, state_path
-from pipeline.state_values import BriefRow
+from pipeline.state.rows import BriefRow
+from pipeline.state.store import StateStore, state_path
 
 ManifestLike = str | Path | Manifest
 
@@ -136,10 +136,10 @@ def run(
     settings: Settings | None = None,
     reporter: Reporter | None = None,
 ) -> Any:
-    """Run or resume the batch; returns the :class:`pipeline.runner.RunSummary` (its
+    """Run or resume the batch; returns the :class:`pipeline.run.engine.RunSummary` (its
     ``exit_code`` is the CLI's). Spends money."""
-    from pipeline.operations import run_batch  # the engine is loaded only to run
-    from pipeline.runner import RunOptions
+    from pipeline.run.batch import run_batch  # the engine is loaded only to run
+    from pipeline.run.engine import RunOptions
 
     options = RunOptions(
         concurrency=concurrency,
@@ -174,7 +174,7 @@ class StatusSummary:
 
 def status(target: str | Path, *, settings: Settings | None = None) -> StatusSummary:
     """The state of a batch, from its manifest or its output directory."""
-    from pipeline.operations import batch_status, status_target
+    from pipeline.run.batch import batch_status, status_target
 
     output_dir, currency, budget = status_target(str(target))
     if not state_path(output_dir).exists():
@@ -196,7 +196,7 @@ def resolve(
     """Settle a job that needs attention (exactly one of ``adopt``, ``resubmit``, ``abandon``);
     returns what was done, in words."""
     from pipeline.errors import ConfigError
-    from pipeline.operations import resolve_job
+    from pipeline.run.batch import resolve_job
 
     if sum((adopt is not None, resubmit, abandon)) != 1:
         raise ConfigError("resolve takes exactly one of adopt=TASK_ID, resubmit=True, abandon=True")
@@ -209,7 +209,7 @@ def resolve(
 
 def report(manifest: ManifestLike, *, settings: Settings | None = None) -> Path:
     """Write ``report.html`` for the batch; returns its path."""
-    from pipeline.operations import report_batch
+    from pipeline.run.batch import report_batch
 
     loaded = (
         manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)

@@ -19,22 +19,22 @@ from typing import Any, TextIO
 
 from pipeline import api, cli_args
 from pipeline.errors import ConfigError, Diagnostic, ManifestError, PipelineError
-from pipeline.estimate import Bucket
 from pipeline.jobs import State
-from pipeline.lock import lock_path
-from pipeline.manifest import load_manifest
-from pipeline.operations import (
+from pipeline.manifest.load import load_manifest
+from pipeline.plan.build import Plan, make_plan
+from pipeline.plan.estimate import Bucket
+from pipeline.plan.selection import problems
+from pipeline.progress.events import choose_reporter
+from pipeline.run.batch import (
     StatusReport,
     report_batch,
     resolve_job,
     run_batch,
 )
-from pipeline.planning import Plan, make_plan
-from pipeline.reporting import choose_reporter
-from pipeline.runner import RunOptions
-from pipeline.selection import problems
+from pipeline.run.engine import RunOptions
 from pipeline.settings import Settings, redact
-from pipeline.state import state_path
+from pipeline.state.lock import lock_path
+from pipeline.state.store import state_path
 from pipeline.text import printable
 
 EXIT_OK = 0

@@ -1,6 +1,6 @@
 """Jobs and what is known about them: settings, inputs, key, provider handle, status, states.
 
-Everything here is a frozen value; the state store (:mod:`pipeline.state`) owns their history.
+Everything here is a frozen value; the state store (:mod:`pipeline.state.store`) owns their history.
 """
 
 from __future__ import annotations

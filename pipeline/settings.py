@@ -51,15 +51,15 @@ class Settings:
     ffmpeg: str | None = None
     ffprobe: str | None = None
     no_sleep: bool = False
-    """Testing switch: retry/poll waits are recorded, not slept (see :mod:`pipeline.retry`)."""
+    """Testing switch: retry/poll waits are recorded, not slept (see :mod:`pipeline.run.retry`)."""
     crash_at: str | None = None
-    """Testing switch: kill the run at a named point (see :mod:`pipeline.crashpoints`)."""
+    """Testing switch: kill the run at a named point (see :mod:`pipeline.run.crashpoints`)."""
     min_free_bytes: int = 256 * 1024**2
-    """No new create below this much free space on the output disk (:mod:`pipeline.diskguard`)."""
+    """No new create below this much free space on the output disk (:mod:`pipeline.run.disk`)."""
     reserve_bytes: int = 8 * 1024**2
     """Room kept aside so task ids can still be committed on a full disk."""
     outage_seconds: float = 60.0
-    """No answer from the provider for this long stops the batch (:mod:`pipeline.outage`)."""
+    """No answer from the provider for this long stops the batch (:mod:`pipeline.run.outage`)."""
     user_cache: Path | None = None
     """``$XDG_CACHE_HOME/motion-pipeline`` (default ``~/.cache``): where planning caches go when
     the output directory cannot hold them (a read-only manifest folder). None without a home."""

@@ -307,10 +307,10 @@ def probe_video(path: Path) -> dict[str, Any]:
 
 def run_here(manifest: Path, *, env: dict[str, str] | None = None, **options: Any) -> Any:
     """``run`` in this process (no interpreter start-up): the :class:`RunSummary`."""
-    from pipeline.manifest import load_manifest
-    from pipeline.operations import run_batch
-    from pipeline.reporting import RecordingReporter
-    from pipeline.runner import RunOptions
+    from pipeline.manifest.load import load_manifest
+    from pipeline.progress.events import RecordingReporter
+    from pipeline.run.batch import run_batch
+    from pipeline.run.engine import RunOptions
     from pipeline.settings import Settings
 
     settings = Settings.from_env(env or cli_env())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pipeline.tools import find_tools
+from pipeline.media.tools import find_tools
 
 _TOOLS = None
 

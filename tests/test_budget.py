@@ -18,8 +18,8 @@ from batchkit import (
     write_manifest,
 )
 
-from pipeline.budget import Spending
-from pipeline.manifest import Budget
+from pipeline.manifest.load import Budget
+from pipeline.run.budget import Spending
 
 CLIP = 3.5  # seconds billed per job: make_media's clip
 

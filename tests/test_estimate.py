@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.estimate import Candidate, Known, estimate
 from pipeline.jobs import State
-from pipeline.manifest import Budget
+from pipeline.manifest.load import Budget
+from pipeline.plan.estimate import Candidate, Known, estimate
 
 
 def cand(i: str, key: str = "", seconds: float = 5.0, *, rejected: bool = False) -> Candidate:

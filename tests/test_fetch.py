@@ -1,8 +1,8 @@
-"""The one streaming download (pipeline.fetch) behind result and input downloads, against servers
+"""The one streaming download (pipeline.storage.fetch) behind result and input downloads, against servers
 that loop, trickle, lie about lengths or never stop, and disks that fill up.
 
-Results go through :func:`pipeline.outputs.download_result`, inputs through
-:func:`pipeline.storage.download_input`; both must classify the same fault the same way (the
+Results go through :func:`pipeline.dataset.results.download_result`, inputs through
+:func:`pipeline.storage.uploads.download_input`; both must classify the same fault the same way (the
 first refusal kind is ResultInvalidError for one and InputError for the other).
 """
 
@@ -24,6 +24,7 @@ import pytest
 from loopback import Answer, Loopback, Script, head, raw, redirect, trickle
 from waiting import wait_until_async
 
+from pipeline.dataset.results import download_result
 from pipeline.errors import (
     BatchStopped,
     InputError,
@@ -33,10 +34,9 @@ from pipeline.errors import (
     TransientError,
     UnreachableError,
 )
-from pipeline.fetch import Limits
-from pipeline.outputs import download_result
-from pipeline.storage import download_input
-from pipeline.tools import find_tools
+from pipeline.media.tools import find_tools
+from pipeline.storage.fetch import Limits
+from pipeline.storage.uploads import download_input
 
 BODY = bytes(range(256)) * 64  # 16 KiB of "input"
 SECRET = "sig=s3cr3t-token"

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import LockedError
-from pipeline.lock import RunLock, lock_path, read_holder
+from pipeline.state.lock import RunLock, lock_path, read_holder
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from pipeline.lock import RunLock
+    from pipeline.state.lock import RunLock
     lock = RunLock.acquire(Path(sys.argv[1]))
     print("locked", flush=True)
     time.sleep(120)

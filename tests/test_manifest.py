@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.hashing import FileHasher
 from pipeline.jobs import Trim, job_key
-from pipeline.manifest import load_manifest, schema
-from pipeline.planning import make_plan
-from pipeline.yamlsafe import MAX_BYTES, YamlProblem, load_text
+from pipeline.manifest.load import load_manifest, schema
+from pipeline.manifest.yamlsafe import MAX_BYTES, YamlProblem, load_text
+from pipeline.media.hashing import FileHasher
+from pipeline.plan.build import make_plan
 
 
 def write(tmp: Path, text: str, name: str = "m.yaml") -> Path:

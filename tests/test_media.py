@@ -18,10 +18,10 @@ import mediagen
 import pytest
 
 from pipeline.errors import ConfigError, MediaError, ToolNotFoundError
-from pipeline.limits import limits_for
-from pipeline.media import probe_file, probe_many
+from pipeline.media.limits import limits_for
+from pipeline.media.probe import probe_file, probe_many
+from pipeline.media.tools import STDERR_KEPT, MediaTools, find_tools, run_tool
 from pipeline.settings import Settings
-from pipeline.tools import STDERR_KEPT, MediaTools, find_tools, run_tool
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 
 from pipeline.errors import MediaError
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
-from pipeline.limits import limits_for
-from pipeline.media import MediaInfo, media_info_from_probe
-from pipeline.mediaplan import MediaPlan, plan_media
+from pipeline.media.limits import limits_for
+from pipeline.media.probe import MediaInfo, media_info_from_probe
+from pipeline.media.recipes import MediaPlan, plan_media
 
 KIE = "kling-2.6/motion-control"
 

@@ -12,11 +12,11 @@ import pytest
 
 from pipeline.errors import MediaError
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
-from pipeline.limits import Limits, limits_for
-from pipeline.media import probe_file
-from pipeline.mediaplan import MediaPlan, plan_media
-from pipeline.mediaprep import prepare, prepare_many
-from pipeline.tools import MediaTools, find_tools
+from pipeline.media.limits import Limits, limits_for
+from pipeline.media.prepare import prepare, prepare_many
+from pipeline.media.probe import probe_file
+from pipeline.media.recipes import MediaPlan, plan_media
+from pipeline.media.tools import MediaTools, find_tools
 
 KIE = "kling-2.6/motion-control"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.jobs import InputRef, Job, JobSettings
-from pipeline.limits import limits_for
-from pipeline.media import MediaInfo, probe_file
-from pipeline.mediaplan import MediaPlan, plan_media
-from pipeline.mediaprep import prepare
-from pipeline.tools import MediaTools, find_tools
+from pipeline.media.limits import limits_for
+from pipeline.media.prepare import prepare
+from pipeline.media.probe import MediaInfo, probe_file
+from pipeline.media.recipes import MediaPlan, plan_media
+from pipeline.media.tools import MediaTools, find_tools
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "media"
 if not SHARED.is_dir():

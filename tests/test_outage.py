@@ -18,7 +18,7 @@ from batchkit import (
 )
 
 from pipeline.errors import UnreachableError
-from pipeline.outage import Outage
+from pipeline.run.outage import Outage
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ import pytest
 from mediagen import make_image, make_video
 from waiting import wait_until_async
 
-from pipeline.errors import (
-    BatchStopped,
-    OutputConflictError,
-    ResultExpiredError,
-    ResultInvalidError,
-    TransientError,
-)
-from pipeline.outputs import (
+from pipeline.dataset.results import (
     PART_PREFIX,
     RESERVED_KEYS,
     ResultFile,
@@ -44,8 +37,15 @@ from pipeline.outputs import (
     verify_existing,
     write_metadata,
 )
-from pipeline.runlog import close_run_log, open_run_log
-from pipeline.tools import MediaTools, find_tools
+from pipeline.errors import (
+    BatchStopped,
+    OutputConflictError,
+    ResultExpiredError,
+    ResultInvalidError,
+    TransientError,
+)
+from pipeline.media.tools import MediaTools, find_tools
+from pipeline.run.log import close_run_log, open_run_log
 
 # --------------------------------------------------------------------------- loopback server
 

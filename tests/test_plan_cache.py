@@ -18,10 +18,10 @@ import pytest
 from batchkit import Media, cli, cli_env, make_media, write_manifest
 from mediagen import ffprobe
 
-from pipeline.hashing import FileHasher
-from pipeline.manifest import load_manifest
-from pipeline.plancache import CacheFolder, user_cache_folder
-from pipeline.planning import make_plan
+from pipeline.manifest.load import load_manifest
+from pipeline.media.hashing import FileHasher
+from pipeline.plan.build import make_plan
+from pipeline.plan.cache import CacheFolder, user_cache_folder
 from pipeline.settings import Settings
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.errors import BadReplyError, TransientError
 from pipeline.jobs import Handle, TaskStatus
-from pipeline.poller import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
-from pipeline.retry import CircuitBreaker, RealSleeper
+from pipeline.run.poll import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
+from pipeline.run.retry import CircuitBreaker, RealSleeper
 
 DEADLINE = 20.0  # bound on each test's waits, not a timing assertion
 

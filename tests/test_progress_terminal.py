@@ -31,9 +31,8 @@ from batchkit import (
 )
 
 from pipeline.jobs import State
-from pipeline.progress_bar import TqdmReporter, terminal_columns
-from pipeline.progress_line import LineReporter
-from pipeline.reporting import (
+from pipeline.progress.bar import TqdmReporter, terminal_columns
+from pipeline.progress.events import (
     BatchFinished,
     BatchStarted,
     JobChanged,
@@ -41,6 +40,7 @@ from pipeline.reporting import (
     Waiting,
     choose_reporter,
 )
+from pipeline.progress.lines import LineReporter
 
 #: A bound while reading what a writer will send, not a timing assertion.
 WAIT_LIMIT = 60.0
@@ -193,8 +193,8 @@ def test_the_bar_starts_no_thread() -> None:
     # tqdm's monitor thread may redraw at any moment; ours must not race the runner's writes.
     code = (
         "import io, threading\n"
-        "from pipeline.progress_bar import TqdmReporter\n"
-        "from pipeline.reporting import BatchStarted\n"
+        "from pipeline.progress.bar import TqdmReporter\n"
+        "from pipeline.progress.events import BatchStarted\n"
         "r = TqdmReporter(io.StringIO())\n"
         "r.emit(BatchStarted(total=1, counts={}))\n"
         "print(threading.active_count())\n"

@@ -31,7 +31,7 @@ from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
 from pipeline.providers.sandbox import SandboxProvider
 from pipeline.sandbox import FaultProfile, SandboxKeys, SandboxServer
-from pipeline.storage import LocalFile, MemoryUploadCache, Storage
+from pipeline.storage.uploads import LocalFile, MemoryUploadCache, Storage
 
 T = TypeVar("T")
 

@@ -34,7 +34,7 @@ from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderCo
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
 from pipeline.providers.sandbox import SandboxProvider
-from pipeline.retry import parse_retry_after
+from pipeline.run.retry import parse_retry_after
 
 T = TypeVar("T")
 
@@ -124,7 +124,7 @@ def poll(kind: str, base_url: str, *, read: float = READ) -> TaskStatus:
 def test_parse_retry_after() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(" 2.5 ") == 2.5
-    # One parser now (pipeline.retry): RFC 9110 delta-seconds is 1*DIGIT, so "-3" is not a
+    # One parser now (pipeline.run.retry): RFC 9110 delta-seconds is 1*DIGIT, so "-3" is not a
     # Retry-After value (test_retry pins "-5" -> None); next_wait treats None and 0.0 alike.
     assert parse_retry_after("-3") is None
     now = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT

@@ -21,7 +21,7 @@ from pipeline.errors import AuthError
 from pipeline.jobs import InputRef, Job, JobSettings
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.providers.kie import KieProvider
-from pipeline.runlog import close_run_log, open_run_log
+from pipeline.run.log import close_run_log, open_run_log
 from pipeline.settings import MIN_PREFIX, Settings, public_url, redact, url_secrets
 
 # Characters that every encoding changes: "+", "/", "=", "&", a space, a quote, a backslash.

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from mediagen import ffmpeg, ffprobe, make_image, make_video
 
+from pipeline.dataset.report import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
-from pipeline.report_page import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
-from pipeline.tools import MediaTools, find_tools
+from pipeline.media.tools import MediaTools, find_tools
 
 HOSTILE = [
     "<script>alert(1)</script>",

@@ -23,9 +23,9 @@ import httpx
 import pytest
 from mediagen import make_image, make_video
 
+from pipeline.dataset.report import ReportJob, ReportTotals, write_report
 from pipeline.jobs import State
-from pipeline.report_page import ReportJob, ReportTotals, write_report
-from pipeline.tools import find_tools
+from pipeline.media.tools import find_tools
 
 CHROME_FLAGS = [
     "--headless",

@@ -11,9 +11,8 @@ import time
 import pytest
 
 from pipeline.jobs import State
-from pipeline.progress_bar import TqdmReporter
-from pipeline.progress_line import LineReporter
-from pipeline.reporting import (
+from pipeline.progress.bar import TqdmReporter
+from pipeline.progress.events import (
     BatchFinished,
     BatchStarted,
     Event,
@@ -29,6 +28,7 @@ from pipeline.reporting import (
     format_duration,
     format_waiting,
 )
+from pipeline.progress.lines import LineReporter
 
 KEY = "kie-SECRET-0123456789abcdef"
 

@@ -16,7 +16,7 @@ from pipeline.errors import (
     RefusedError,
     TransientError,
 )
-from pipeline.retry import (
+from pipeline.run.retry import (
     MAX_RETRY_AFTER,
     BreakerState,
     CircuitBreaker,

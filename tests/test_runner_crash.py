@@ -34,8 +34,8 @@ from batchkit import (
     write_manifest,
 )
 
-from pipeline.crashpoints import POINTS
-from pipeline.operations import batch_status
+from pipeline.run.batch import batch_status
+from pipeline.run.crashpoints import POINTS
 
 SIGKILLED = -signal.SIGKILL
 

@@ -12,9 +12,9 @@ import httpx
 from mediagen import make_image, make_video
 from waiting import wait_until
 
-from pipeline.media import MediaInfo, probe_file
+from pipeline.media.probe import MediaInfo, probe_file
+from pipeline.media.tools import find_tools
 from pipeline.sandbox.kling import mint_jwt
-from pipeline.tools import find_tools
 
 KIE_KEY = "kie-test-key"
 ACE_KEY = "ace-test-key"

@@ -24,6 +24,7 @@ from test_sandbox_helpers import (
 )
 from waiting import wait_until_async
 
+from pipeline.dataset.results import download_result
 from pipeline.errors import (
     AmbiguousError,
     BadReplyError,
@@ -31,15 +32,14 @@ from pipeline.errors import (
     TransientError,
     UnreachableError,
 )
-from pipeline.fetch import Limits
 from pipeline.jobs import Handle, InputRef, Job, JobSettings, TaskStatus
-from pipeline.outputs import download_result
+from pipeline.media.tools import find_tools
 from pipeline.providers.acedata import AceDataProvider
 from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderConfig
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
 from pipeline.sandbox import FaultProfile, SandboxKeys, SandboxServer
-from pipeline.tools import find_tools
+from pipeline.storage.fetch import Limits
 
 T = TypeVar("T")
 KEYS = SandboxKeys(kie=KIE_KEY, acedata=ACE_KEY, kling_access=KLING_AK, kling_secret=KLING_SK)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.media import MediaInfo
+from pipeline.media.probe import MediaInfo
 from pipeline.sandbox import FaultProfile, Latency, SandboxKeys, acedata, kie, kling
 from pipeline.sandbox.faults import FaultPicker
 from pipeline.sandbox.kling import b64url, mint_jwt, verify_jwt

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.state_schema as schema_module
+import pipeline.state.schema as schema_module
 from pipeline.errors import BatchStopped, StateError
 from pipeline.jobs import TRANSITIONS, State
-from pipeline.state import StateStore, state_path
-from pipeline.state_schema import MIGRATIONS, SCHEMA_VERSION
-from pipeline.state_values import JobRecord, StaleStateError
+from pipeline.state.rows import JobRecord, StaleStateError
+from pipeline.state.schema import MIGRATIONS, SCHEMA_VERSION
+from pipeline.state.store import StateStore, state_path
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"image": "/in/alice.png", "video": "/in/salsa.mp4", "settings": {"mode": "std"}}
@@ -346,7 +346,7 @@ def test_reader_answers_while_another_process_holds_a_write_transaction(tmp_path
         import sys, time
         from pathlib import Path
         from pipeline.jobs import State
-        from pipeline.state import StateStore
+        from pipeline.state.store import StateStore
         store = StateStore.open(Path(sys.argv[1]))
         with store.batch():
             store.transition("job-000", State.SUBMITTING)
@@ -370,7 +370,7 @@ def test_sigkill_mid_transaction_keeps_committed_and_drops_uncommitted(tmp_path:
         import sys, time
         from pathlib import Path
         from pipeline.jobs import State
-        from pipeline.state import StateStore
+        from pipeline.state.store import StateStore
         store = StateStore.open(Path(sys.argv[1]))
         store.transition("job-000", State.SUBMITTING, client_id="c0", attempt=1)
         store.transition("job-000", State.RUNNING, task_id="T0")
@@ -400,7 +400,7 @@ def test_sigkill_at_an_arbitrary_moment_leaves_rows_and_events_consistent(tmp_pa
         import sys
         from pathlib import Path
         from pipeline.jobs import State
-        from pipeline.state import StateStore
+        from pipeline.state.store import StateStore
         store = StateStore.open(Path(sys.argv[1]))
         cycle = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING, State.DONE, State.PENDING]
         print("ready", flush=True)
@@ -472,7 +472,7 @@ def test_v2_turns_timeout_text_into_fail_kind(
 
 
 def test_a_task_id_belongs_to_one_generation(tmp_path: Path) -> None:
-    from pipeline.state_values import DuplicateTaskError
+    from pipeline.state.rows import DuplicateTaskError
 
     with StateStore.open(tmp_path) as store:
         store.sync_jobs(

@@ -20,7 +20,7 @@ import pytest
 from batchkit import RUN_TIMEOUT, cli
 
 from pipeline.errors import StateError
-from pipeline.state import StateStore, state_path
+from pipeline.state.store import StateStore, state_path
 
 REPO = Path(__file__).resolve().parents[1]
 BEING_CREATED = "the state is being created; try again in a moment"
@@ -30,8 +30,8 @@ BEING_CREATED = "the state is being created; try again in a moment"
 PAUSED_WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pipeline import state_schema
-    from pipeline.state import StateStore
+    from pipeline.state.store import schema as state_schema
+    from pipeline.state.store import StateStore
     first = state_schema.MIGRATIONS[0]
     def paused(conn):
         first(conn)

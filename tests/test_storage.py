@@ -14,11 +14,11 @@ import pytest
 from loopback import Loopback, ok
 
 from pipeline.errors import InputError, TransientError
-from pipeline.hashing import sha256_file
 from pipeline.jobs import Handle, InputRef, Job, TaskStatus
+from pipeline.media.hashing import sha256_file
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.providers.kie import KieProvider
-from pipeline.storage import (
+from pipeline.storage.uploads import (
     LocalFile,
     MemoryUploadCache,
     Storage,

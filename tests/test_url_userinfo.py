@@ -15,8 +15,8 @@ from test_storage import RecordingUploads
 
 from pipeline.providers.base import Credentials, ProviderConfig
 from pipeline.settings import redact, url_secrets
-from pipeline.state import StateStore, state_path
-from pipeline.storage import LocalFile, Storage
+from pipeline.state.store import StateStore, state_path
+from pipeline.storage.uploads import LocalFile, Storage
 
 PASSWORD = "pr0xy-Passw0rd"
 UPLOAD_URL = f"https://bob:{PASSWORD}@up.proxy.example:8443/kie"

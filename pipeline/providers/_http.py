@@ -24,9 +24,9 @@ Every error above names the call (``what``); :class:`UnreachableError` also name
 
 Bounds, because a provider (or whatever answers in its name) may be hostile or broken: the body
 is streamed and abandoned once it passes ``max_bytes`` (compressed bodies are decoded with that
-bound too, see :mod:`pipeline.bodies`), and the whole exchange, from connect to the last body
-byte, has one deadline: httpx's timeouts are per read, so a server that trickles a byte a second
-would otherwise hold a poll forever.
+bound too, see :mod:`pipeline.storage.bodies`), and the whole exchange, from connect to the
+last body byte, has one deadline: httpx's timeouts are per read, so a server that trickles a
+byte a second would otherwise hold a poll forever.
 
 HTTP statuses and body codes are the provider modules' business: they receive a :class:`Reply`.
 """
@@ -42,7 +42,6 @@ from typing import Any, Literal
 
 import httpx
 
-from pipeline.bodies import ACCEPT_ENCODING, BodyError, BodyTooLarge, BoundedDecoder
 from pipeline.errors import (
     AmbiguousError,
     BadReplyError,
@@ -50,9 +49,10 @@ from pipeline.errors import (
     ProviderError,
     UnreachableError,
 )
-from pipeline.retry import parse_retry_after
+from pipeline.run.retry import parse_retry_after
 from pipeline.settings import redact
-from pipeline.urls import display_url, host_of, url_problem
+from pipeline.storage.bodies import ACCEPT_ENCODING, BodyError, BodyTooLarge, BoundedDecoder
+from pipeline.storage.urls import display_url, host_of, url_problem
 
 Purpose = Literal["create", "query", "upload"]
 

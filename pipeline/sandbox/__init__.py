@@ -29,7 +29,7 @@ Public API::
 ``data_dir`` (default: a temporary directory removed at stop) holds uploads, fetched inputs,
 renders and ``tasks.jsonl``, the journal of accepted tasks: a new server on the same directory
 still answers for them (the ledger, though, lists only the creates this server accepted).
-``tools`` (default :func:`pipeline.tools.find_tools`) names ffmpeg/ffprobe.
+``tools`` (default :func:`pipeline.media.tools.find_tools`) names ffmpeg/ffprobe.
 
 Routes (paths do not collide, so one server serves all enabled protocols):
 

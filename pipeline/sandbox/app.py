@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import MediaError
+from pipeline.media.tools import MediaTools
 from pipeline.sandbox import acedata, hostile, kie, kling, results
 from pipeline.sandbox.faults import (
     ANSWER_KINDS,
@@ -39,7 +40,6 @@ from pipeline.sandbox.render import Renderer
 from pipeline.sandbox.rules import RULES, check_media
 from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
 from pipeline.sandbox.wire import InputProblem, Reply, Request, json_reply, malformed
-from pipeline.tools import MediaTools
 
 Handler = Callable[["SandboxApp", Request], Reply]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.errors import MediaError
-from pipeline.hashing import sha256_file
-from pipeline.media import MediaInfo, probe_file
-from pipeline.tools import MediaTools, last_error_line, run_tool
+from pipeline.media.hashing import sha256_file
+from pipeline.media.probe import MediaInfo, probe_file
+from pipeline.media.tools import MediaTools, last_error_line, run_tool
 
 #: Output height per quality tier: real std/pro are 720p/1080p; the sandbox stays small.
 HEIGHTS = {"std": 320, "pro": 480}

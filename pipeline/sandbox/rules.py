@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.media import MediaInfo
+from pipeline.media.probe import MediaInfo
 
 
 @dataclass(frozen=True)

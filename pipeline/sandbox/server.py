@@ -19,11 +19,11 @@ from types import FrameType, TracebackType
 from typing import TextIO
 
 from pipeline.errors import ConfigError
+from pipeline.media.tools import MediaTools, find_tools
 from pipeline.sandbox.app import SandboxApp, SandboxKeys
 from pipeline.sandbox.faults import PROTOCOLS, FaultProfile
 from pipeline.sandbox.ledger import Ledger
 from pipeline.sandbox.wire import Pace, Reply, Request, json_reply
-from pipeline.tools import MediaTools, find_tools
 
 log = logging.getLogger("pipeline.sandbox")
 

@@ -1,0 +1,427 @@
+"""The output directory as a dataset: verified result videos and metadata.jsonl.
+
+Layout (design.md §2)::
+
+    <output_dir>/videos/<job_id>.mp4        as served: tmp -> fsync -> verify -> rename
+    <output_dir>/videos/replaced/...        earlier results moved aside by an explicit replace
+    <output_dir>/videos/conflicts/...       a paid result that found another video in its place
+    <output_dir>/metadata.jsonl             one line per result, rewritten atomically
+    <output_dir>/run.log                    redacted log (:mod:`pipeline.run.log`)
+
+A paid result is never lost and never silently overwritten: a download that finds the same bytes
+at its target adopts them, one that finds other bytes raises :class:`OutputConflictError` (keeping
+the new video under ``conflicts/``) unless the caller asked for ``replace``. Hugging Face's
+VideoFolder builds rows from ``metadata.jsonl``, so videos under ``replaced/`` and ``conflicts/``
+(which have no row) are not part of the dataset.
+
+How the runner should treat each failure of :func:`download_result`:
+
+* :class:`ResultExpiredError` (401/403/404/410): re-query the task for a fresh URL, then retry.
+* :class:`TransientError` (transport errors, timeouts, 408/425/429/5xx, short body, too slow,
+  past the deadline; :class:`UnreachableError` when no answer came): retry later.
+* :class:`ResultInvalidError` (a malformed URL or port, not http(s), a redirect loop or too many
+  redirects, not a video, longer than billed, too big, other statuses): the provider served
+  something unusable; refreshing the URL once is worth it, then fail the job.
+* :class:`BatchStopped` (disk full, output directory unwritable): stop the batch.
+
+The download itself (size cap, deadline, slow-transfer rule, redirects, temp file) is
+:mod:`pipeline.storage.fetch`, shared with input downloads
+(:func:`pipeline.storage.uploads.download_input`).
+* :class:`OutputConflictError`: the job needs attention (rename it or replace explicitly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pipeline.atomic import write_atomic
+from pipeline.errors import (
+    MediaError,
+    OutputConflictError,
+    ProviderError,
+    ResultExpiredError,
+    ResultInvalidError,
+    TransientError,
+)
+from pipeline.media.hashing import sha256_file
+from pipeline.media.probe import MediaInfo, probe_file
+from pipeline.media.tools import MediaTools
+from pipeline.run.crashpoints import crash_point
+
+# disk_error, fsync_dir and display_url moved to pipeline.storage.fetch / .urls; re-exported
+# (the "as" form) because callers and tests import them from here.
+from pipeline.storage.fetch import Limits, download
+from pipeline.storage.fetch import disk_error as disk_error
+from pipeline.storage.fetch import fsync_dir as fsync_dir
+from pipeline.storage.urls import display_url as display_url
+
+# Re-exported because pipeline/operations.py imports them from here; drop once it imports
+# pipeline.run.log.
+
+VIDEOS_DIR = "videos"
+REPLACED_DIR = "replaced"
+CONFLICTS_DIR = "conflicts"
+METADATA_FILE = "metadata.jsonl"
+PART_PREFIX = ".part-"
+#: A result may be this much longer than the seconds billed (container rounding, last GOP).
+#: Shorter is fine: the model may use only part of a hard motion.
+DURATION_SLACK = 1.5
+#: A 30 s 1080p result is ~100 MB; a body past this is not a result but a runaway stream.
+MAX_RESULT_BYTES = 2 * 1024**3
+#: VideoFolder names its own columns ``video`` (from ``file_name``) and ``image``; a metadata key
+#: with one of these names would replace them.
+RESERVED_KEYS = frozenset({"video", "image"})
+
+_EXPIRED = frozenset({401, 403, 404, 410})
+_RETRYABLE = frozenset({408, 425, 429})
+
+
+def video_path(output_dir: Path, job_id: str) -> Path:
+    return Path(output_dir) / VIDEOS_DIR / f"{job_id}.mp4"
+
+
+def dataset_file_name(job_id: str) -> str:
+    """``file_name`` of a metadata row: relative to metadata.jsonl, with forward slashes."""
+    return f"{VIDEOS_DIR}/{job_id}.mp4"
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A verified result video at its final path."""
+
+    path: Path
+    sha256: str
+    size: int
+    duration: float
+    width: int
+    height: int
+    fps: float | None
+    codec: str
+    adopted: bool = False
+    """The same bytes were already at ``path``; nothing was written."""
+    replaced: Path | None = None
+    """Where an earlier, different video at ``path`` was moved (``replace=True`` only)."""
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def result_problem(info: MediaInfo, *, expect_seconds: float | None) -> str | None:
+    """Why a probed result is unusable, or None when it is a good video (pure)."""
+    if info.kind != "video" or not info.video_codec:
+        return f"is not a video (ffprobe found {info.kind} {info.format or 'data'})"
+    if info.width <= 0 or info.height <= 0:
+        return "has a video stream without dimensions"
+    if info.duration is None or info.duration <= 0:
+        return "has no duration"
+    if expect_seconds is not None and info.duration > expect_seconds + DURATION_SLACK:
+        return (
+            f"is {info.duration:.2f} s long, more than the {expect_seconds:g} s billed "
+            f"+ {DURATION_SLACK:g} s"
+        )
+    return None
+
+
+def _verify(
+    path: Path, *, tools: MediaTools, expect_seconds: float | None, job_id: str
+) -> MediaInfo:
+    try:
+        info = probe_file(path, tools, job_id=job_id)
+    except MediaError as exc:
+        # exc.reason, not str(exc): the temp file's name means nothing to the user.
+        raise ResultInvalidError(
+            f"job {job_id}: result is not a readable video: {exc.reason}"
+        ) from None
+    problem = result_problem(info, expect_seconds=expect_seconds)
+    if problem:
+        raise ResultInvalidError(f"job {job_id}: result {problem}")
+    return info
+
+
+def _result(path: Path, info: MediaInfo, sha256: str, size: int) -> ResultFile:
+    return ResultFile(
+        path=path,
+        sha256=sha256,
+        size=size,
+        duration=info.duration or 0.0,
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        codec=info.video_codec,
+    )
+
+
+def verify_existing(
+    target: Path, *, tools: MediaTools, expect_seconds: float | None
+) -> ResultFile | None:
+    """The video already at ``target`` when it verifies (resume: adopt, do not download again)."""
+    target = Path(target)
+    if not target.is_file():
+        return None
+    try:
+        info = _verify(target, tools=tools, expect_seconds=expect_seconds, job_id=target.stem)
+        return _result(target, info, sha256_file(target), target.stat().st_size)
+    except (ResultInvalidError, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------- download
+
+
+def classify_status(
+    status: int, *, job_id: str, where: str, retry_after: float | None = None
+) -> ProviderError | None:
+    """The error for an HTTP status of the result URL, or None for 2xx (pure)."""
+    if 200 <= status < 300:
+        return None
+    text = f"job {job_id}: result download from {where} answered HTTP {status}"
+    if status in _EXPIRED:
+        return ResultExpiredError(text, http_status=status)
+    if status in _RETRYABLE or status >= 500:
+        return TransientError(text, http_status=status, retry_after=retry_after)
+    return ResultInvalidError(text, http_status=status)
+
+
+async def download_result(
+    client: httpx.AsyncClient,
+    url: str,
+    target: Path,
+    *,
+    tools: MediaTools,
+    expect_seconds: float | None,
+    job_id: str,
+    replace: bool = False,
+    chunk: int = 1 << 20,
+    max_bytes: int = MAX_RESULT_BYTES,
+    limits: Limits | None = None,
+) -> ResultFile:
+    """Stream ``url`` to a temp file beside ``target``, verify it, then rename it into place.
+
+    The download follows :mod:`pipeline.storage.fetch` (``limits``: ``max_bytes`` with its default
+    deadline, speed and redirect rules unless given). The temp file
+    (``.part-<job_id>-<random>``) is removed on any failure, cancellation included.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, target.parent) from None
+    tmp = target.parent / f"{PART_PREFIX}{job_id}-{secrets.token_hex(6)}"
+    try:
+        sha256, size = await _fetch(
+            client, url, tmp, job_id=job_id, chunk=chunk, limits=limits or Limits(max_bytes)
+        )
+        info = await asyncio.to_thread(
+            _verify, tmp, tools=tools, expect_seconds=expect_seconds, job_id=job_id
+        )
+        fresh = _result(tmp, info, sha256, size)
+        return await asyncio.to_thread(_publish, tmp, target, fresh, replace=replace, job_id=job_id)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, tmp: Path, *, job_id: str, chunk: int, limits: Limits
+) -> tuple[str, int]:
+    """The one streaming download (:func:`pipeline.storage.fetch.download`), worded for a result."""
+    where = display_url(url)
+
+    def unusable(reason: str) -> ResultInvalidError:
+        # The runner refreshes the URL once on this error, then fails the job.
+        return ResultInvalidError(f"job {job_id}: result from {where} {reason}")
+
+    def check_status(status: int, retry_after: float | None) -> ProviderError | None:
+        return classify_status(status, job_id=job_id, where=where, retry_after=retry_after)
+
+    fetched = await download(
+        client, url, tmp, job_id=job_id, label="result download", limits=limits,
+        unusable=unusable, check_status=check_status, chunk=chunk,
+        on_block=lambda: crash_point("mid-download"),
+    )  # fmt: skip
+    return fetched.sha256, fetched.size
+
+
+def _publish(
+    tmp: Path, target: Path, fresh: ResultFile, *, replace: bool, job_id: str
+) -> ResultFile:
+    """Rename the verified temp file to ``target``; never overwrite different bytes silently.
+
+    The run lock guarantees one writer per output directory, so check-then-rename is enough.
+    """
+    moved: Path | None = None
+    try:
+        if os.path.lexists(target):
+            existing = sha256_file(target)
+            if existing == fresh.sha256:
+                tmp.unlink()
+                return dataclasses.replace(fresh, path=target, adopted=True)
+            if not replace:
+                kept = _set_aside(
+                    tmp, target.parent / CONFLICTS_DIR, f"{job_id}.{fresh.sha256[:12]}"
+                )
+                raise OutputConflictError(
+                    f"job {job_id}: {target} already holds a different video "
+                    f"(sha256 {existing[:12]}); the new result (sha256 {fresh.sha256[:12]}) "
+                    f"was kept as {kept}. Rename the job or replace explicitly."
+                )
+            moved = _set_aside(
+                target, target.parent / REPLACED_DIR, f"{target.stem}.{_utc_stamp()}"
+            )
+        tmp.replace(target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise disk_error(exc, target) from None
+    return dataclasses.replace(fresh, path=target, replaced=moved)
+
+
+def _set_aside(path: Path, folder: Path, stem: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    dest = folder / f"{stem}.mp4"
+    n = 1
+    while os.path.lexists(dest):  # two replaces within one second
+        n += 1
+        dest = folder / f"{stem}-{n}.mp4"
+    path.replace(dest)
+    fsync_dir(folder)
+    return dest
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def remove_partials(videos_dir: Path) -> int:
+    """Delete ``.part-*`` files a killed run left behind; call under the run lock. Returns count."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in Path(videos_dir).iterdir():
+            if entry.name.startswith(PART_PREFIX) and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed += 1
+    return removed
+
+
+# --------------------------------------------------------------------------- metadata.jsonl
+
+
+@dataclass(frozen=True)
+class ResultMetadata:
+    """Everything one metadata.jsonl line says about one result (the runner maps its row here)."""
+
+    job_id: str
+    job_key: str
+    source_image: str
+    driving_video: str
+    source_image_sha256: str
+    driving_video_sha256: str
+    settings: Mapping[str, Any]
+    """:meth:`pipeline.jobs.JobSettings.as_dict` (prompt and trim included)."""
+    provider: str
+    model: str
+    task_id: str
+    output_sha256: str
+    duration: float | None
+    width: int | None
+    height: int | None
+    billed_seconds: float | None
+    submitted_at: str | None
+    finished_at: str | None
+    trim: Mapping[str, Any] | None = None
+    """The window actually cut from the driving video (``{start, end}`` in source seconds), or
+    None when the clip was sent whole; the manifest's request is ``settings["trim"]``."""
+    sent: Mapping[str, Any] | None = None
+    """What the provider received: ``{"image": {...}, "video": {...}}`` with each file's sha256,
+    size, duration and whether it was prepared (:class:`pipeline.plan.sending.Sent`)."""
+    preparation: Mapping[str, Any] | None = None
+    """The steps applied: ``{"video": {trim, scale, audio, ...}, "image": {format, scale}}``."""
+    media_recipe: str = ""
+    """The deterministic preparation applied to the driving video (trim, scale, audio strip)."""
+    fps: float | None = None
+    codec: str | None = None
+    output_size: int | None = None
+
+
+def metadata_record(meta: ResultMetadata) -> dict[str, Any]:
+    """One metadata.jsonl line. Every row has the same keys, so the loader infers one schema."""
+    record: dict[str, Any] = {
+        "file_name": dataset_file_name(meta.job_id),
+        "job_id": meta.job_id,
+        "job_key": meta.job_key,
+        "source_image": meta.source_image,
+        "driving_video": meta.driving_video,
+        "source_image_sha256": meta.source_image_sha256,
+        "driving_video_sha256": meta.driving_video_sha256,
+        "prepared_video_sha256": _sent(meta, "video", "sha256"),
+        "prepared_video_size": _sent(meta, "video", "size"),
+        "prepared_video_duration": _sent(meta, "video", "duration"),
+        "prepared_image_sha256": _sent(meta, "image", "sha256"),
+        "prepared_image_size": _sent(meta, "image", "size"),
+        "media_recipe": meta.media_recipe,
+        "preparation": dict(meta.preparation) if meta.preparation else None,
+        "trim": dict(meta.trim) if meta.trim else None,
+        "settings": dict(meta.settings),
+        "provider": meta.provider,
+        "model": meta.model,
+        "task_id": meta.task_id,
+        "output_sha256": meta.output_sha256,
+        "output_size": meta.output_size,
+        "duration": meta.duration,
+        "width": meta.width,
+        "height": meta.height,
+        "fps": meta.fps,
+        "codec": meta.codec,
+        "billed_seconds": meta.billed_seconds,
+        "submitted_at": meta.submitted_at,
+        "finished_at": meta.finished_at,
+    }
+    check_record_keys(record)
+    return record
+
+
+def _sent(meta: ResultMetadata, role: str, fact: str) -> Any:
+    entry = (meta.sent or {}).get(role)
+    return entry.get(fact) if isinstance(entry, Mapping) else None
+
+
+def check_record_keys(record: Mapping[str, Any]) -> None:
+    """Refuse a row the VideoFolder loader would misread; raises ValueError (a programming error).
+
+    ``video``/``image`` would replace the loader's own columns; any other ``*_file_name(s)`` key
+    would be loaded as a second media column.
+    """
+    if not isinstance(record.get("file_name"), str):
+        raise ValueError("metadata record without a file_name")
+    for key in record:
+        if key in RESERVED_KEYS:
+            raise ValueError(f"metadata key {key!r} is reserved by the VideoFolder loader")
+        if key != "file_name" and (key.endswith("_file_name") or key.endswith("file_names")):
+            raise ValueError(f"metadata key {key!r} would be loaded as a media column")
+
+
+def write_metadata(output_dir: Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Rewrite ``<output_dir>/metadata.jsonl`` atomically, one row per result sorted by job_id."""
+    rows = sorted(records, key=lambda r: str(r["job_id"]))
+    seen: set[str] = set()
+    for row in rows:
+        check_record_keys(row)
+        if row["job_id"] in seen:
+            raise ValueError(f"two metadata records for job {row['job_id']}")
+        seen.add(row["job_id"])
+    target = Path(output_dir) / METADATA_FILE
+    lines = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    return write_atomic(target, "".join(lines).encode("utf-8"))

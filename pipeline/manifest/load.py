@@ -1,0 +1,441 @@
+"""Manifest v1: hardened YAML load, schema validation, semantic checks, expansion into jobs.
+
+``specs/manifest.schema.json`` is the single source of truth for the shape; this module adds
+what a schema cannot say (files exist, ids unique, globs match) and turns every problem into a
+:class:`~pipeline.errors.Diagnostic` with the manifest position, so ``validate`` can report all
+of them at once. :mod:`pipeline.manifest.diagnostics` words the schema's own errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import itertools
+import json
+import os
+import re
+import stat as stat_mod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from pipeline import providers
+from pipeline.errors import Diagnostic, ManifestError
+from pipeline.jobs import InputRef, Job, JobSettings, Trim
+from pipeline.manifest.diagnostics import report_schema_error
+from pipeline.manifest.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
+from pipeline.providers.base import ProviderConfig, RateLimit
+from pipeline.settings import public_url
+
+SETTING_KEYS = ("mode", "character_orientation", "keep_original_sound", "prompt", "trim")
+_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_seconds: float | None = None
+    max_cost: float | None = None
+    price_per_second: Mapping[str, float] = field(default_factory=dict)
+    currency: str = "USD"
+
+    def cost(self, mode: str, seconds: float) -> float | None:
+        price = self.price_per_second.get(mode)
+        return None if price is None else round(price * seconds, 6)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: everything the planner and runner need, nothing from os.environ."""
+
+    path: Path
+    name: str
+    output_dir: Path
+    provider: ProviderConfig
+    budget: Budget
+    jobs: tuple[Job, ...]
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The manifest JSON schema, read from the installed package (never from the cwd)."""
+    text = (resources.files("pipeline") / "specs" / "manifest.schema.json").read_text("utf-8")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
+    """Load, validate and expand a manifest; raises ManifestError with every problem found."""
+    shown = str(path)
+    path = Path(path)
+    try:
+        loaded = load_file(path)
+    except FileNotFoundError:
+        raise ManifestError([Diagnostic(shown, 0, 0, "$", "manifest file not found")]) from None
+    except OSError as exc:
+        raise ManifestError(
+            [Diagnostic(shown, 0, 0, "$", f"cannot read: {exc.strerror}")]
+        ) from None
+    except YamlProblem as exc:
+        diag = Diagnostic(shown, exc.line, exc.column, format_path(exc.path), exc.message)
+        raise ManifestError([diag]) from None
+    return _Checker(shown, path.resolve(), loaded, check_files).run()
+
+
+def format_path(path: PathKey) -> str:
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+class _Checker:
+    def __init__(self, shown: str, path: Path, loaded: LoadedYaml, check_files: bool) -> None:
+        self.shown = shown
+        self.path = path
+        self.base = path.parent
+        self.loaded = loaded
+        self.check_files = check_files
+        self.diags: list[Diagnostic] = []
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def error(self, where: PathKey, message: str, hint: str = "", *, at_key: bool = False) -> None:
+        mark = self.loaded.key_mark(where) if at_key else self.loaded.mark(where)
+        self.diags.append(
+            Diagnostic(self.shown, mark.line, mark.column, format_path(where), message, hint)
+        )
+
+    def run(self) -> Manifest:
+        data = self.loaded.data
+        if not isinstance(data, dict):
+            self.error((), "the manifest must be a mapping (version, name, provider, jobs...)")
+            raise ManifestError(self.diags)
+        for err in _validator().iter_errors(data):
+            report_schema_error(err, self.loaded, self.error)
+        if self.diags:
+            # Semantic checks assume the shape is right; report shape problems first.
+            raise ManifestError(self.diags)
+        manifest = self._build(data)
+        if self.diags:
+            raise ManifestError(self.diags)
+        return manifest
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self, data: dict[str, Any]) -> Manifest:
+        provider_cls, config = self._provider(data["provider"])
+        budget_doc = data.get("budget", {})
+        budget = Budget(
+            max_seconds=budget_doc.get("max_seconds"),
+            max_cost=budget_doc.get("max_cost"),
+            price_per_second=dict(budget_doc.get("price_per_second", {})),
+            currency=budget_doc.get("currency", "USD"),
+        )
+        out = data.get("output_dir")
+        output_dir = (self.base / out) if out else (self.base / "out" / data["name"])
+        defaults = data.get("defaults", {})
+        self._check_trim(defaults.get("trim"), ("defaults", "trim"))
+        specs = list(self._job_specs(data, defaults))
+        jobs = self._assign_ids(specs, config)
+        if not provider_cls.has_upload:
+            for job in jobs:
+                for role, ref in (("image", job.image), ("video", job.video)):
+                    if not ref.is_url:
+                        self.error(
+                            self._spec_where(specs, job, role),
+                            f"{config.name} has no upload API: {role} must be an http(s) URL",
+                            "host the file somewhere reachable, or use provider kie",
+                        )
+        self._check_prices(budget, jobs)
+        return Manifest(
+            path=self.path,
+            name=data["name"],
+            output_dir=output_dir.resolve(),
+            provider=config,
+            budget=budget,
+            jobs=tuple(jobs),
+        )
+
+    def _provider(
+        self, doc: str | dict[str, Any]
+    ) -> tuple[type[providers.Provider], ProviderConfig]:
+        if isinstance(doc, str):
+            doc = {"name": doc}
+        cls = providers.get(doc["name"])
+        model = doc.get("model", cls.default_model)
+        if model not in cls.models:
+            self.error(
+                ("provider", "model"),
+                f"unknown model {model!r} for provider {cls.name}",
+                "known models: " + ", ".join(cls.models),
+            )
+        key_envs = dict(cls.key_envs)
+        for role in list(key_envs):
+            override = doc.get(f"{role}_env")
+            if override:
+                key_envs[role] = override
+        for role in ("api_key", "access_key", "secret_key"):
+            if f"{role}_env" in doc and role not in cls.key_envs:
+                self.error(
+                    ("provider", f"{role}_env"),
+                    f"provider {cls.name} takes no {role}",
+                    "its keys: " + (", ".join(f"{r}_env" for r in cls.key_envs) or "none"),
+                    at_key=True,
+                )
+        for field_name in ("base_url", "upload_url"):
+            url = doc.get(field_name)
+            if isinstance(url, str) and public_url(url) != url:
+                # httpx would send them as Basic auth over the provider's own Authorization
+                # header; they would also end up wherever the URL is written down.
+                self.error(
+                    ("provider", field_name),
+                    f"{field_name} carries credentials ({public_url(url)} with user:password@); "
+                    "the provider's key goes in the Authorization header, so URL credentials "
+                    "cannot be used",
+                    "for a proxy that needs a password, set HTTPS_PROXY in the environment",
+                )
+        rate = doc.get("rate_limit")
+        config = ProviderConfig(
+            name=cls.name,
+            model=model,
+            base_url=doc.get("base_url", cls.default_base_url).rstrip("/"),
+            upload_url=(doc.get("upload_url") or cls.default_upload_url or "").rstrip("/") or None,
+            key_envs=key_envs,
+            concurrency=doc.get("concurrency", 4),
+            rate_limit=RateLimit(rate["requests"], float(rate["per_seconds"]))
+            if rate
+            else RateLimit(),
+            poll_interval=float(doc.get("poll_interval", 15.0)),
+            task_timeout=float(doc.get("task_timeout", 3600.0)),
+            options=dict(doc.get("options", {})),
+        )
+        return cls, config
+
+    def _check_prices(self, budget: Budget, jobs: list[Job]) -> None:
+        """``max_cost`` caps only if every job has a price: a missing one would count as free."""
+        if budget.max_cost is None:
+            return
+        unpriced = sorted({job.settings.mode for job in jobs} - set(budget.price_per_second))
+        if unpriced:
+            self.error(
+                ("budget", "max_cost"),
+                f"max_cost needs a price for every mode the jobs use; no price for "
+                f"{', '.join(unpriced)}",
+                "add it to budget.price_per_second",
+            )
+
+    def _check_trim(self, trim: dict[str, Any] | None, where: PathKey) -> None:
+        if trim and trim.get("end") is not None and trim["end"] <= trim.get("start", 0):
+            self.error(
+                (*where, "end"),
+                f"trim end {trim['end']} must be after start {trim.get('start', 0)}",
+            )
+
+    def _job_specs(self, data: dict[str, Any], defaults: dict[str, Any]) -> Iterator[_Spec]:
+        for i, entry in enumerate(data.get("jobs", [])):
+            where: PathKey = ("jobs", i)
+            self._check_trim(entry.get("trim"), (*where, "trim"))
+            image = self._input(entry["image"], (*where, "image"), "image")
+            video = self._input(entry["video"], (*where, "video"), "video")
+            if image is None or video is None:
+                continue
+            values = {**defaults, **{k: entry[k] for k in SETTING_KEYS if k in entry}}
+            line = self.loaded.mark(where).line
+            yield _Spec(where, entry.get("id"), image, video, _settings(values), line)
+        matrix = data.get("matrix")
+        if not matrix:
+            return
+        line = self.loaded.key_mark(("matrix",)).line
+        images = self._expand_inputs(matrix["image"], ("matrix", "image"), "image")
+        videos = self._expand_inputs(matrix["video"], ("matrix", "video"), "video")
+        axes = [k for k in SETTING_KEYS if k in matrix]
+        for k in axes:
+            if k == "trim":
+                for j, trim in enumerate(matrix["trim"]):
+                    self._check_trim(trim, ("matrix", "trim", j))
+        for image, video, *combo in itertools.product(images, videos, *(matrix[k] for k in axes)):
+            values = {**defaults, **dict(zip(axes, combo, strict=True))}
+            yield _Spec(("matrix",), None, image, video, _settings(values), line)
+
+    def _expand_inputs(self, entries: list[str], where: PathKey, role: str) -> list[InputRef]:
+        refs: list[InputRef] = []
+        for j, raw in enumerate(entries):
+            if _SCHEME.match(raw) or not _GLOB_CHARS.search(raw):
+                ref = self._input(raw, (*where, j), role)
+                if ref is not None:
+                    refs.append(ref)
+                continue
+            pattern = raw if Path(raw).is_absolute() else str(self.base / raw)
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                self.error(
+                    (*where, j),
+                    f"glob {raw!r} matches no file",
+                    "globs are relative to the manifest's folder",
+                )
+                continue
+            for match in matches:
+                ref = self._input(match, (*where, j), role, shown=match)
+                if ref is not None:
+                    refs.append(ref)
+        return refs
+
+    def _input(
+        self, raw: str, where: PathKey, role: str, shown: str | None = None
+    ) -> InputRef | None:
+        scheme = _SCHEME.match(raw)
+        if scheme and len(scheme.group(1)) > 1:  # "C:" is a drive letter, not a scheme
+            if scheme.group(1).lower() not in {"http", "https"}:
+                self.error(
+                    where,
+                    f"{role} URL scheme {scheme.group(1)!r} is not allowed",
+                    "use http or https",
+                )
+                return None
+            return InputRef(raw=raw, url=raw)
+        path = Path(raw) if Path(raw).is_absolute() else self.base / raw
+        if self.check_files:
+            ok, why = regular_file(path)
+            if not ok:
+                self.error(where, f"{role} {shown or raw!r}: {why}")
+                return None
+        return InputRef(raw=raw, path=path.absolute())
+
+    def _spec_where(self, specs: list[_Spec], job: Job, role: str) -> PathKey:
+        for spec in specs:
+            if spec.image is job.image and spec.video is job.video:
+                return (*spec.where, role) if spec.where != ("matrix",) else ("matrix", role)
+        return (role,)
+
+    def _assign_ids(self, specs: list[_Spec], config: ProviderConfig) -> list[Job]:
+        # Explicit ids first: they are reserved, derived ids must not take them.
+        taken: dict[str, PathKey] = {}
+        for spec in specs:
+            if spec.id is None:
+                continue
+            low = spec.id.lower()
+            if low in taken:
+                first = format_path(taken[low])
+                self.error(
+                    (*spec.where, "id"),
+                    f"duplicate job id {spec.id!r}",
+                    f"first used at {first}; ids must be unique ignoring case",
+                )
+            taken.setdefault(low, (*spec.where, "id"))
+        derived = [_derived_id(spec) for spec in specs]
+        counts: dict[str, int] = {}
+        for spec, base in zip(specs, derived, strict=True):
+            if spec.id is None:
+                counts[base.lower()] = counts.get(base.lower(), 0) + 1
+        jobs: list[Job] = []
+        for spec, base in zip(specs, derived, strict=True):
+            job_id = spec.id
+            if job_id is None:
+                job_id = base
+                if counts[base.lower()] > 1 or base.lower() in taken:
+                    job_id = _with_hash(base, spec)
+                if job_id.lower() in taken:
+                    self.error(
+                        spec.where,
+                        f"derived job id {job_id!r} is not unique",
+                        "give the job an explicit id",
+                    )
+                taken.setdefault(job_id.lower(), spec.where)
+            jobs.append(
+                Job(
+                    id=job_id,
+                    image=spec.image,
+                    video=spec.video,
+                    settings=spec.settings,
+                    provider=config.name,
+                    model=config.model,
+                    line=spec.line,
+                    where=format_path(spec.where),
+                )
+            )
+        return jobs
+
+
+@dataclass(frozen=True)
+class _Spec:
+    where: PathKey
+    id: str | None
+    image: InputRef
+    video: InputRef
+    settings: JobSettings
+    line: int
+
+
+def _settings(values: dict[str, Any]) -> JobSettings:
+    # Interned: a 100,000-job matrix has a handful of distinct settings, not 100,000.
+    trim = values.get("trim") or {}
+    return _interned_settings(
+        values.get("mode", "std"),
+        values.get("character_orientation", "video"),
+        values.get("keep_original_sound", True),
+        values.get("prompt", ""),
+        float(trim.get("start", 0)),
+        None if trim.get("end") is None else float(trim["end"]),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _interned_settings(
+    mode: Any, orientation: Any, sound: bool, prompt: str, start: float, end: float | None
+) -> JobSettings:
+    return JobSettings(
+        mode=mode,
+        character_orientation=orientation,
+        keep_original_sound=sound,
+        prompt=prompt,
+        trim=Trim(start, end),
+    )
+
+
+def _clean(stem: str) -> str:
+    return _ID_CHARS.sub("_", stem).lstrip(".") or "x"
+
+
+def _derived_id(spec: _Spec) -> str:
+    return f"{_clean(spec.image.stem)[:45]}-{_clean(spec.video.stem)[:45]}"
+
+
+def _with_hash(base: str, spec: _Spec) -> str:
+    doc = json.dumps([spec.image.raw, spec.video.raw, spec.settings.as_dict()], sort_keys=True)
+    return f"{base}-{hashlib.sha256(doc.encode()).hexdigest()[:8]}"
+
+
+def regular_file(path: Path) -> tuple[bool, str]:
+    """Whether ``path`` is a regular file, decided from ``stat`` without opening it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False, "file not found"
+    except OSError as exc:
+        return False, f"cannot stat: {exc.strerror}"
+    mode = st.st_mode
+    if stat_mod.S_ISREG(mode):
+        return True, ""
+    kinds = {
+        stat_mod.S_ISDIR: "a directory",
+        stat_mod.S_ISFIFO: "a FIFO",
+        stat_mod.S_ISCHR: "a character device",
+        stat_mod.S_ISBLK: "a block device",
+        stat_mod.S_ISSOCK: "a socket",
+    }
+    for test, name in kinds.items():
+        if test(mode):
+            return False, f"is {name}, not a regular file"
+    return False, "is not a regular file"

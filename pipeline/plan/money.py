@@ -1,0 +1,63 @@
+"""The batch's money in one set of terms for ``plan``, ``run`` and ``status``: jobs (creates),
+billed seconds and cost, from the state alone.
+
+A job counts as paid once it reached submission (``submitting`` and after, ``failed`` with a task
+id): its create may have been billed. The budget counts the same jobs (:mod:`pipeline.run.budget`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.jobs import State
+from pipeline.manifest.load import Budget
+from pipeline.state.rows import BriefRow
+
+
+@dataclass(frozen=True)
+class Money:
+    jobs: int = 0
+    billed_seconds: float = 0.0
+    cost: float | None = 0.0
+    """None when some job's mode has no price in the budget."""
+
+    def plus(self, seconds: float, cost: float | None) -> Money:
+        total = None if cost is None or self.cost is None else self.cost + cost
+        return Money(self.jobs + 1, self.billed_seconds + seconds, total)
+
+    def minus(self, other: Money) -> Money:
+        cost = None if self.cost is None or other.cost is None else self.cost - other.cost
+        return Money(self.jobs - other.jobs, self.billed_seconds - other.billed_seconds, cost)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "billed_seconds": round(self.billed_seconds, 3),
+            "cost": None if self.cost is None else round(self.cost, 4),
+        }
+
+    def describe(self, currency: str) -> str:
+        """``3 creates, 10.50 s billed, 0.74 USD``."""
+        cost = "" if self.cost is None else f", {self.cost:.2f} {currency}"
+        noun = "create" if self.jobs == 1 else "creates"
+        return f"{self.jobs} {noun}, {self.billed_seconds:.2f} s billed{cost}"
+
+
+def is_paid(row: BriefRow) -> bool:
+    """Reached submission (its create may be billed); a twin adopted for free (0 s) did not."""
+    if row.state is State.PENDING or (row.state is State.FAILED and not row.task_id):
+        return False
+    return row.billed_seconds != 0.0
+
+
+def paid(rows: Iterable[BriefRow], budget: Budget) -> Money:
+    """Every job of the batch that reached submission (earlier runs included)."""
+    total = Money()
+    for row in rows:
+        if not is_paid(row):
+            continue
+        seconds = row.billed_seconds or 0.0
+        total = total.plus(seconds, budget.cost(row.mode or "std", seconds))
+    return total

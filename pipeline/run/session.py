@@ -1,0 +1,74 @@
+"""What every command that talks to a provider needs: its keys, its endpoint, a client.
+
+``provider: sandbox`` (``base_url: embedded``) starts the in-process sandbox for the duration;
+every other provider is reached at its ``base_url``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+
+from pipeline import providers
+from pipeline.errors import MissingKeyError
+from pipeline.manifest.load import Manifest
+from pipeline.media.tools import MediaTools
+from pipeline.plan.build import cache_dir
+from pipeline.providers.base import Credentials, Provider, ProviderConfig
+from pipeline.settings import Settings, url_secrets
+
+EMBEDDED = "embedded"
+"""``base_url`` of a provider served by the in-process sandbox."""
+
+
+def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
+    """The provider's keys from the environment; an unset variable is an exit-2 error."""
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    for role, var in config.key_envs.items():
+        value = settings.secret(var)
+        if value is None:
+            missing.append(var)
+        else:
+            values[role] = value
+    if missing:
+        names = " and ".join(missing)
+        raise MissingKeyError(f"set {names} in the environment: provider {config.name} needs it")
+    return Credentials(values)
+
+
+def run_secrets(config: ProviderConfig, credentials: Credentials, settings: Settings) -> list[str]:
+    """Everything a run must never print: its keys, every key variable's value, and the
+    passwords of its provider URLs (``https://user:pw@proxy``)."""
+    return [
+        *credentials.secrets(),
+        *settings.secrets(config.key_envs.values()),
+        *url_secrets(config.base_url, config.upload_url),
+    ]
+
+
+@contextlib.contextmanager
+def endpoint(manifest: Manifest, tools: MediaTools) -> Iterator[ProviderConfig]:
+    """The provider config to use, with the embedded sandbox started when the manifest asks."""
+    config = manifest.provider
+    if config.base_url != EMBEDDED:
+        yield config
+        return
+    from pipeline.sandbox import SandboxServer  # the sandbox costs nothing unless used
+
+    data = cache_dir(manifest) / "sandbox"
+    with SandboxServer(data_dir=data, tools=tools) as server:
+        yield ProviderConfig(
+            **{**config.__dict__, "base_url": server.base_url, "upload_url": server.base_url}
+        )
+
+
+@contextlib.asynccontextmanager
+async def provider_client(
+    config: ProviderConfig, credentials: Credentials
+) -> AsyncIterator[Provider]:
+    """A provider client on a short-lived HTTP client (for ``resolve``'s one question)."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=15.0)) as client:
+        yield providers.get(config.name)(config, credentials, client)

@@ -1,0 +1,686 @@
+"""The state store: one SQLite file per output directory that survives any crash.
+
+``<output_dir>/state.sqlite`` holds one row per job (``jobs``), the append-only history of every
+change (``events``, written in the same transaction as the change) and the upload cache
+(``uploads``). It runs in WAL mode with ``synchronous=FULL``: a committed transaction is on disk
+when the commit returns, a killed writer leaves the file consistent, and readers (``status``)
+never wait for a running batch.
+
+Transitions are checked against :data:`pipeline.jobs.TRANSITIONS`. Every write is one
+transaction, except inside :meth:`StateStore.batch`, where many writes share one commit (one
+fsync) — how the runner commits the intents of many jobs at once. A write that records a
+``task_id`` commits before it returns, even inside a batch: a task id is paid for.
+
+The schema and its migrations live in :mod:`pipeline.state.schema`; a file written by a newer
+version is refused rather than misread. The values the store takes and returns (JobRecord,
+JobRow, Event, ...) live in :mod:`pipeline.state.rows`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pipeline.errors import BatchStopped, PipelineError, StateError
+from pipeline.jobs import TRANSITIONS, State
+from pipeline.run.disk import free_bytes
+from pipeline.state.rows import (
+    SELECT_JOBS,
+    STATE_BY_VALUE,
+    BriefRow,
+    DuplicateTaskError,
+    Event,
+    JobRecord,
+    JobRow,
+    JobSummary,
+    KeyChange,
+    OutputRow,
+    RestoredJob,
+    StaleStateError,
+    SyncResult,
+    job_row,
+)
+from pipeline.state.schema import busy_error, check_and_migrate, read_version
+
+if TYPE_CHECKING:
+    from pipeline.storage.uploads import UploadCache
+
+STATE_FILE = "state.sqlite"
+
+
+def state_path(output_dir: Path) -> Path:
+    return Path(output_dir) / STATE_FILE
+
+
+#: Columns a caller may set through :meth:`StateStore.transition` / :meth:`StateStore.set_fields`.
+FIELDS = frozenset(
+    {
+        "client_id",
+        "attempt",
+        "task_id",
+        "result_url",
+        "output",
+        "output_sha256",
+        "billed_seconds",
+        "duration",
+        "error",
+        "submitted_at",
+        "finished_at",
+        "result",
+        "fail_kind",
+        "inputs",
+    }
+)
+
+
+#: The columns :meth:`StateStore.retire_job` copies to the retired row (everything but the id).
+_COPIED = (
+    "key", "state", "spec", "client_id", "attempt", "task_id", "result_url", "output",
+    "output_sha256", "billed_seconds", "duration", "error", "created_at", "updated_at",
+    "submitted_at", "finished_at", "result", "fail_kind", "inputs",
+)  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds")
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+_dumps = _ENCODER.encode
+
+
+# --------------------------------------------------------------------------- store
+
+
+class StateStore:
+    """The SQLite state of one output directory. Open with :meth:`open`; usable as a context.
+
+    One connection, guarded by a lock so worker threads (``asyncio.to_thread``) may share it.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, *, readonly: bool, clock: Callable[[], datetime]
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._clock = clock
+        self._mutex = threading.RLock()
+        self._in_batch = False
+        self.uploads = UploadTable(self)
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        output_dir: Path,
+        *,
+        readonly: bool = False,
+        busy_timeout: float = 10.0,
+        clock: Callable[[], datetime] = _now,
+    ) -> StateStore:
+        """Open (and for writers create and migrate) ``<output_dir>/state.sqlite``.
+
+        ``readonly`` opens with ``mode=ro`` and a short busy timeout: for ``status`` while a
+        batch runs. It never creates or migrates anything.
+        """
+        path = state_path(output_dir)
+        try:
+            if readonly:
+                if not path.exists():
+                    raise StateError(f"no state at {path}: nothing has run in {output_dir} yet")
+                uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+                conn = sqlite3.connect(
+                    uri,
+                    uri=True,
+                    timeout=min(busy_timeout, 2.0),
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state {path}: {exc}") from exc
+        try:
+            if not readonly:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StateError(f"state {path}: cannot switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            check_and_migrate(conn, path, readonly=readonly)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            busy = busy_error(exc, path) if readonly else None
+            if busy is not None:
+                raise busy from None
+            error = _translate(exc, path)
+            if isinstance(error, BatchStopped):
+                raise error from exc
+            raise StateError(f"state {path} is unreadable: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, readonly=readonly, clock=clock)
+
+    def close(self) -> None:
+        with self._locked():
+            self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        """``"ok"`` or SQLite's list of problems."""
+        with self._locked():
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+    @property
+    def schema_version(self) -> int:
+        with self._locked():
+            return read_version(self._conn)
+
+    # ----------------------------------------------------------------------- transactions
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many writes, one commit (one fsync). Rolled back (to the last task-id flush) on error.
+
+        Holds the write lock for its duration: keep it short and do no network I/O inside.
+        """
+        self._require_writable()
+        with self._locked():
+            if self._in_batch:  # nested: the outer batch commits
+                yield
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_batch = True
+            try:
+                yield
+                self._in_batch = False
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._in_batch = False
+                self._rollback("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._require_writable()
+        with self._locked():
+            if self._in_batch:
+                # A savepoint keeps each write all-or-nothing inside the shared transaction.
+                self._conn.execute("SAVEPOINT write")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._rollback("ROLLBACK TO write")
+                    raise
+                self._conn.execute("RELEASE write")
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback("ROLLBACK")
+                raise
+
+    def _rollback(self, statement: str) -> None:
+        # SQLite rolls back by itself after some failures (disk full): then there is nothing
+        # left to undo, and trying would raise over the error that matters.
+        if self._conn.in_transaction:
+            self._conn.execute(statement)
+            if statement.startswith("ROLLBACK TO"):
+                self._conn.execute("RELEASE write")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The connection's mutex, with SQLite failures turned into the pipeline's errors."""
+        with self._mutex:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    def _flush(self) -> None:
+        """Inside a batch, make everything so far durable now (and keep batching)."""
+        with self._locked():
+            if self._in_batch:
+                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+
+    def _require_writable(self) -> None:
+        if self.readonly:
+            raise StateError(f"state {self.path} is open read-only")
+
+    # ----------------------------------------------------------------------- jobs
+
+    def sync_jobs(self, records: Iterable[JobRecord]) -> SyncResult:
+        """Register the manifest's jobs: new ids become ``pending``; existing rows are untouched.
+
+        Returns the ids whose key changed, so the runner can refuse to overwrite a paid result.
+        """
+        now = _stamp(self._clock())
+        new: list[tuple[Any, ...]] = []
+        changed: list[KeyChange] = []
+        seen: set[str] = set()
+        with self._write() as conn:
+            known = {
+                r[0]: (r[1], r[2], r[3])
+                for r in conn.execute("SELECT id, key, state, task_id FROM jobs")
+            }
+            for rec in records:
+                if rec.id in seen:
+                    raise StateError(f"job {rec.id}: listed twice")
+                seen.add(rec.id)
+                old = known.get(rec.id)
+                if old is None:
+                    new.append((rec.id, rec.key, State.PENDING.value, _dumps(rec.spec), now, now))
+                elif old[0] != rec.key:
+                    changed.append(KeyChange(rec.id, old[0], rec.key, State(old[1]), old[2]))
+            conn.executemany(
+                "INSERT INTO jobs (id, key, state, spec, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                new,
+            )
+            conn.executemany(
+                "INSERT INTO events (job_id, at, from_state, to_state, detail) "
+                "VALUES (?, ?, NULL, ?, ?)",
+                ((r[0], now, State.PENDING.value, '{"op":"create"}') for r in new),
+            )
+        return SyncResult(inserted=len(new), changed=tuple(changed))
+
+    def retire_job(self, job_id: str, *, reason: str) -> str:
+        """Copy a job's row aside as ``<id>~<n>`` with its task, so the task is still collected
+        after the job itself is replaced; returns the new id. The original row is left as is."""
+        with self._write() as conn:
+            n = 1
+            while conn.execute("SELECT 1 FROM jobs WHERE id=?", (f"{job_id}~{n}",)).fetchone():
+                n += 1
+            new_id = f"{job_id}~{n}"
+            columns = ", ".join(_COPIED)
+            conn.execute(
+                f"INSERT INTO jobs (id, {columns}) SELECT ?, {columns} FROM jobs WHERE id=?",  # noqa: S608 - fixed column list
+                (new_id, job_id),
+            )
+            old = self._get(conn, new_id)
+            now = _stamp(self._clock())
+            self._event(conn, new_id, now, None, old.state, {"op": "retire", "from": job_id,
+                                                             "reason": reason})  # fmt: skip
+        return new_id
+
+    def restore_jobs(self, jobs: Iterable[RestoredJob]) -> int:
+        """Insert jobs rebuilt from the outputs of a lost state (into an empty store)."""
+        now = _stamp(self._clock())
+        count = 0
+        with self._write() as conn:
+            for job in jobs:
+                conn.execute(
+                    "INSERT INTO jobs (id, key, state, spec, task_id, output, output_sha256, "
+                    "duration, billed_seconds, result, submitted_at, finished_at, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job.id, job.key, job.state.value, _dumps(job.spec), job.task_id, job.output,
+                     job.output_sha256, job.duration, job.billed_seconds, job.result,
+                     job.submitted_at, job.finished_at, now, now),
+                )  # fmt: skip
+                self._event(conn, job.id, now, None, job.state, {"op": "restore"})
+                count += 1
+        return count
+
+    # ----------------------------------------------------------------------- meta
+
+    def meta(self, key: str) -> str | None:
+        with self._locked():
+            r = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    def replace_job(self, record: JobRecord, *, reason: str = "replaced") -> JobRow:
+        """Reset a job to ``pending`` under a new key and spec (the user's explicit replace).
+
+        The old key, task id and output are kept in the event, so nothing paid for is forgotten.
+        """
+        with self._write() as conn:
+            old = self._get(conn, record.id)
+            now = _stamp(self._clock())
+            conn.execute(
+                "UPDATE jobs SET key=?, spec=?, state=?, client_id=NULL, attempt=0, task_id=NULL, "
+                "result_url=NULL, output=NULL, output_sha256=NULL, billed_seconds=NULL, "
+                "result=NULL, fail_kind=NULL, inputs=NULL, "
+                "duration=NULL, error=NULL, submitted_at=NULL, finished_at=NULL, updated_at=? "
+                "WHERE id=?",
+                (record.key, _dumps(record.spec), State.PENDING.value, now, record.id),
+            )
+            detail = {
+                "op": "replace",
+                "reason": reason,
+                "old": {"key": old.key, "task_id": old.task_id, "output": old.output},
+                "key": record.key,
+            }
+            self._event(conn, record.id, now, old.state, State.PENDING, detail)
+            return self._get(conn, record.id)
+
+    def get(self, job_id: str) -> JobRow:
+        with self._locked():
+            return self._get(self._conn, job_id)
+
+    def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
+        """Jobs in id order, optionally only those in ``states`` (served by the state index)."""
+        sql = SELECT_JOBS
+        args = [] if states is None else [State(s).value for s in states]
+        if states is not None:
+            sql += f" WHERE state IN ({', '.join('?' * len(args))})"
+        with self._locked():
+            found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        return map(job_row, found)
+
+    def summaries(self, states: Iterable[State] | None = None) -> list[JobSummary]:
+        """What ``status`` lists per job, without decoding specs: cheap for 100,000 rows."""
+        sql = "SELECT id, state, task_id, error, output, fail_kind FROM jobs"
+        args = [] if states is None else [State(s).value for s in states]
+        if states is not None:
+            sql += f" WHERE state IN ({', '.join('?' * len(args))})"
+        with self._locked():
+            found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
+
+    def brief(self) -> list[BriefRow]:
+        """Every job's key, state, task, why it failed, seconds and mode, in id order."""
+        with self._locked():
+            found = self._conn.execute(
+                "SELECT id, key, state, task_id, fail_kind, billed_seconds, "
+                "json_extract(spec, '$.settings.mode') FROM jobs ORDER BY id"
+            ).fetchall()
+        return [BriefRow(r[0], r[1], STATE_BY_VALUE[r[2]], *r[3:]) for r in found]
+
+    def outputs(self) -> list[OutputRow]:
+        """Every done job's result columns (no specs decoded: cheap for 100,000 rows)."""
+        with self._locked():
+            found = self._conn.execute(
+                "SELECT id, task_id, output, output_sha256, result FROM jobs WHERE state=? "
+                "ORDER BY id",
+                (State.DONE.value,),
+            ).fetchall()
+        return [OutputRow(*r) for r in found]
+
+    def counts(self) -> dict[State, int]:
+        """Jobs per state; every state is present (zero when none)."""
+        out = dict.fromkeys(State, 0)
+        with self._locked():
+            for state, n in self._conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+                out[State(state)] = n
+        return out
+
+    def find_done_by_key(self, key: str) -> JobRow | None:
+        """A finished job with this key (an earlier id of the same generation), if any."""
+        with self._locked():
+            r = self._conn.execute(
+                SELECT_JOBS + " WHERE key=? AND state=? ORDER BY id LIMIT 1",
+                (key, State.DONE.value),
+            ).fetchone()
+        return None if r is None else job_row(r)
+
+    def transition(
+        self,
+        job_id: str,
+        to: State,
+        *,
+        expect: State | Iterable[State] | None = None,
+        detail: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> JobRow:
+        """Move a job to ``to`` and set ``fields``, with its event, in one transaction.
+
+        Refuses a move :data:`~pipeline.jobs.TRANSITIONS` forbids (:class:`StateError`) and, when
+        ``expect`` is given, a job not in (one of) ``expect`` (:class:`StaleStateError`).
+        """
+        to = State(to)
+        _check_fields(fields)
+        with self._write() as conn:
+            old = self._get(conn, job_id)
+            if expect is not None:
+                allowed = {State(expect)} if isinstance(expect, str) else set(map(State, expect))
+                if old.state not in allowed:
+                    names = "/".join(sorted(allowed))
+                    raise StaleStateError(
+                        f"job {job_id}: expected {names}, found {old.state}", actual=old.state
+                    )
+            if to not in TRANSITIONS[old.state]:
+                raise StateError(f"job {job_id}: illegal transition {old.state} -> {to}")
+            now = _stamp(self._clock())
+            if to is State.SUBMITTING:
+                fields.setdefault("submitted_at", now)
+            if to in (State.DONE, State.FAILED):
+                fields.setdefault("finished_at", now)
+            if old.state is State.FAILED and to is not State.FAILED:
+                fields.setdefault("fail_kind", None)  # the failure is over
+            self._update(conn, job_id, now, to, fields)
+            self._event(
+                conn,
+                job_id,
+                now,
+                old.state,
+                to,
+                {"op": "transition", **_changes(fields), **(detail or {})},
+            )
+            row = self._get(conn, job_id)
+        if "task_id" in fields:
+            self._flush()
+        return row
+
+    def set_fields(
+        self, job_id: str, *, detail: Mapping[str, Any] | None = None, **fields: Any
+    ) -> JobRow:
+        """Update columns without a state change (e.g. a refreshed result URL), with an event."""
+        _check_fields(fields)
+        if not fields:
+            return self.get(job_id)
+        with self._write() as conn:
+            old = self._get(conn, job_id)
+            now = _stamp(self._clock())
+            self._update(conn, job_id, now, None, fields)
+            self._event(
+                conn,
+                job_id,
+                now,
+                old.state,
+                old.state,
+                {"op": "set", **_changes(fields), **(detail or {})},
+            )
+            row = self._get(conn, job_id)
+        if "task_id" in fields:
+            self._flush()
+        return row
+
+    def events(self, job_id: str) -> list[Event]:
+        with self._locked():
+            found = self._conn.execute(
+                "SELECT id, job_id, at, from_state, to_state, detail FROM events "
+                "WHERE job_id=? ORDER BY id",
+                (job_id,),
+            ).fetchall()
+        return [
+            Event(
+                r[0],
+                r[1],
+                r[2],
+                None if r[3] is None else State(r[3]),
+                State(r[4]),
+                json.loads(r[5]),
+            )
+            for r in found
+        ]
+
+    # ----------------------------------------------------------------------- internals
+
+    def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRow:
+        r = conn.execute(SELECT_JOBS + " WHERE id=?", (job_id,)).fetchone()
+        if r is None:
+            raise StateError(f"job {job_id}: not in state {self.path}")
+        return job_row(r)
+
+    def _update(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        now: str,
+        to: State | None,
+        fields: Mapping[str, Any],
+    ) -> None:
+        values = dict(fields)
+        task_id = values.get("task_id")
+        if task_id is not None:
+            self._check_task_unique(conn, job_id, str(task_id))
+        if to is not None:
+            values["state"] = to.value
+        values["updated_at"] = now
+        # Column names come from the FIELDS whitelist (checked above), never from user text.
+        assignments = ", ".join(f"{name}=?" for name in values)
+        conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=?",  # noqa: S608 - whitelisted column names
+            (*values.values(), job_id),
+        )
+
+    def _check_task_unique(self, conn: sqlite3.Connection, job_id: str, task_id: str) -> None:
+        """Refuse a task id another generation holds (same-key twins share theirs on purpose)."""
+        r = conn.execute(
+            "SELECT other.id FROM jobs AS other, jobs AS me WHERE me.id=? AND other.task_id=? "
+            "AND other.id<>me.id AND other.key<>me.key LIMIT 1",
+            (job_id, task_id),
+        ).fetchone()
+        if r is not None:
+            raise DuplicateTaskError(
+                f"job {job_id}: task id {task_id} already belongs to job {r[0]}, another "
+                "generation",
+                holder=str(r[0]),
+            )
+
+    def _event(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        at: str,
+        from_state: State | None,
+        to_state: State,
+        detail: Mapping[str, Any],
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
+            (
+                job_id,
+                at,
+                None if from_state is None else from_state.value,
+                to_state.value,
+                _dumps(detail),
+            ),
+        )
+
+    # ----------------------------------------------------------------------- uploads
+
+    def _upload_get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
+        with self._locked():
+            r = self._conn.execute(
+                "SELECT url, uploaded_at FROM uploads WHERE provider=? AND endpoint=? AND sha256=?",
+                (provider, endpoint, sha256),
+            ).fetchone()
+        return None if r is None else (str(r[0]), float(r[1]))
+
+    def _upload_put(
+        self, provider: str, endpoint: str, sha256: str, url: str, uploaded_at: float
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO uploads (provider, endpoint, sha256, url, uploaded_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, endpoint, sha256) "
+                "DO UPDATE SET url=excluded.url, uploaded_at=excluded.uploaded_at",
+                (provider, endpoint, sha256, url, float(uploaded_at)),
+            )
+
+
+class UploadTable:
+    """The ``uploads`` table as the UploadCache of :mod:`pipeline.storage.uploads`.
+
+    ``uploaded_at`` is a Unix timestamp (seconds); the cache decides freshness against the
+    provider's ``upload_ttl``.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
+        return self._store._upload_get(provider, endpoint, sha256)
+
+    def put(self, provider: str, endpoint: str, sha256: str, url: str, uploaded_at: float) -> None:
+        self._store._upload_put(provider, endpoint, sha256, url, uploaded_at)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    unknown = sorted(set(fields) - FIELDS)
+    if unknown:
+        raise StateError(f"unknown job field(s): {', '.join(unknown)}")
+
+
+def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {"set": dict(fields)} if fields else {}
+
+
+def _no_room(folder: Path) -> bool:
+    try:
+        return free_bytes(folder) < 1024**2
+    except OSError:
+        return False
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> PipelineError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    # A full disk is SQLITE_FULL, or an I/O error of the WAL or its index on a disk with no room.
+    if primary == sqlite3.SQLITE_FULL or (
+        primary == sqlite3.SQLITE_IOERR and _no_room(path.parent)
+    ):
+        return BatchStopped(f"disk full: cannot write the state {path} ({exc})")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StateError(f"state {path} is busy: another process holds it ({exc})")
+    return StateError(f"state {path}: {exc}")
+
+
+if TYPE_CHECKING:  # mypy proves the uploads table is the cache pipeline.storage.uploads expects
+
+    def _is_upload_cache(table: UploadTable) -> UploadCache:
+        return table
