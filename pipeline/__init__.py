@@ -5,7 +5,7 @@ their summaries, the manifest and the errors); everything else is internal and m
 See :mod:`pipeline.api` for an example.
 """
 
-from pipeline.api import PlanSummary, StatusSummary, plan, report, resolve, run, status
+from pipeline.api import StatusSummary, plan, report, resolve, run, status
 from pipeline.errors import (
     ConfigError,
     Diagnostic,
@@ -18,6 +18,7 @@ from pipeline.jobs import Job, JobSettings, State, Trim
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.plan.build import Plan, PlannedJob
 from pipeline.plan.money import Money
+from pipeline.plan.summary import PlanSummary
 from pipeline.version import installed_version as _installed_version
 
 __version__ = _installed_version()

@@ -24,7 +24,8 @@ from pipeline.manifest.load import load_manifest
 from pipeline.plan.build import Plan, make_plan
 from pipeline.plan.estimate import Bucket
 from pipeline.plan.selection import problems
-from pipeline.progress.events import choose_reporter
+from pipeline.plan.summary import PlanSummary
+from pipeline.progress.choose import choose_reporter
 from pipeline.run.batch import (
     StatusReport,
     report_batch,
@@ -97,7 +98,7 @@ _BUCKET_WORDS = {
 }
 
 
-def _print_plan(summary: api.PlanSummary, out: TextIO) -> None:
+def _print_plan(summary: PlanSummary, out: TextIO) -> None:
     plan, est = summary.plan, summary.estimate
     m = plan.manifest
     currency = m.budget.currency

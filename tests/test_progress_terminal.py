@@ -32,13 +32,13 @@ from batchkit import (
 
 from pipeline.jobs import State
 from pipeline.progress.bar import TqdmReporter, terminal_columns
+from pipeline.progress.choose import choose_reporter
 from pipeline.progress.events import (
     BatchFinished,
     BatchStarted,
     JobChanged,
     Notice,
     Waiting,
-    choose_reporter,
 )
 from pipeline.progress.lines import LineReporter
 

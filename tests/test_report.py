@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from mediagen import ffmpeg, ffprobe, make_image, make_video
 
-from pipeline.dataset.report import STRIP_GAP, THUMB_HEIGHT, ReportJob, ReportTotals, write_report
+from pipeline.dataset.report import STRIP_GAP, THUMB_HEIGHT, write_report
+from pipeline.dataset.report_data import ReportJob, ReportTotals
 from pipeline.errors import ConfigError
 from pipeline.jobs import State
 from pipeline.media.tools import MediaTools, find_tools

@@ -23,7 +23,8 @@ import httpx
 import pytest
 from mediagen import make_image, make_video
 
-from pipeline.dataset.report import ReportJob, ReportTotals, write_report
+from pipeline.dataset.report import write_report
+from pipeline.dataset.report_data import ReportJob, ReportTotals
 from pipeline.jobs import State
 from pipeline.media.tools import find_tools
 

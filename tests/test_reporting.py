@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.jobs import State
 from pipeline.progress.bar import TqdmReporter
+from pipeline.progress.choose import choose_reporter
 from pipeline.progress.events import (
     BatchFinished,
     BatchStarted,
@@ -23,7 +24,6 @@ from pipeline.progress.events import (
     Reporter,
     Tally,
     Waiting,
-    choose_reporter,
     clean,
     format_duration,
     format_waiting,

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from pipeline.dataset.report_data import ReportJob, ReportTotals, Thumbs
 from pipeline.dataset.report_html import render
 from pipeline.errors import ConfigError
-from pipeline.jobs import State
 from pipeline.media.tools import MediaTools
 
 log = logging.getLogger(__name__)
@@ -33,57 +32,6 @@ THUMB_HEIGHT = 160
 STRIP_FRAMES = 4
 STRIP_GAP = 4
 _FFMPEG_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class ReportJob:
-    """What the page shows about one job; built by the caller from the state store."""
-
-    id: str
-    state: State | str
-    image: str
-    """The image as the user named it (path or URL)."""
-    video: str
-    image_path: Path | None
-    """Local file of the reference image, or None (remote, not yet fetched)."""
-    video_path: Path | None
-    """Local file of the prepared (driving) clip, or None."""
-    output_path: Path | None
-    """``videos/<id>.mp4`` once downloaded, else None."""
-    settings: dict[str, Any]
-    billed_seconds: float | None
-    duration: float | None
-    provider: str
-    model: str
-    task_id: str | None
-    error: str | None
-    applied: dict[str, Any] | None = None
-    """What preparation did to the driving clip (the recipe: trim window cut, scale, audio), as
-    recorded when the job was submitted; None when nothing was sent yet."""
-
-
-@dataclass(frozen=True)
-class ReportTotals:
-    """The numbers the page opens with."""
-
-    done: int
-    failed: int
-    needs_attention: int
-    other: int
-    """pending, submitting, running, downloading."""
-    seconds_billed: float
-    estimated_cost: float | None
-    currency: str
-    wall_time_seconds: float | None
-
-
-@dataclass(frozen=True)
-class Thumbs:
-    """Paths of one job's thumbnails relative to the output directory; None: show a placeholder."""
-
-    image: str | None = None
-    driving: str | None = None
-    result: str | None = None
 
 
 @dataclass(frozen=True)

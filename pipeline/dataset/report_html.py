@@ -21,7 +21,7 @@ from pipeline.jobs import State
 from pipeline.settings import redact
 
 if TYPE_CHECKING:
-    from pipeline.dataset.report import ReportJob, ReportTotals, Thumbs
+    from pipeline.dataset.report_data import ReportJob, ReportTotals, Thumbs
 
 PROMPT_SHOWN = 200
 """Longer prompts are cut on the page (the full text is in metadata.jsonl)."""

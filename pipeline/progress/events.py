@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TextIO, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from pipeline.jobs import State
 from pipeline.settings import redact
@@ -241,15 +241,3 @@ class RecordingReporter:
 
     def of_type(self, kind: type[_E]) -> list[_E]:
         return [e for e in self.events if isinstance(e, kind)]
-
-
-def choose_reporter(*, no_progress: bool, stream: TextIO, secrets: Sequence[str] = ()) -> Reporter:
-    """A bar on a terminal, plain lines elsewhere or with ``--no-progress`` (see module doc)."""
-    # Imported here: validate, plan and status never draw progress and need not load tqdm.
-    from pipeline.progress.bar import TqdmReporter
-    from pipeline.progress.lines import LineReporter
-
-    isatty = getattr(stream, "isatty", None)
-    if not no_progress and isatty is not None and isatty():
-        return TqdmReporter(stream, secrets=secrets)
-    return LineReporter(stream, secrets=secrets)

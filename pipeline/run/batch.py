@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.api import summarize
 from pipeline.dataset import layout as outdir
 from pipeline.dataset.lockfile import write_lock
 from pipeline.dataset.metadata import write_sidecar
@@ -31,6 +30,7 @@ from pipeline.manifest.load import Budget, Manifest, load_manifest
 from pipeline.media.tools import find_tools
 from pipeline.plan.build import Plan, PlannedJob, make_plan
 from pipeline.plan.selection import Problem, problems
+from pipeline.plan.summary import summarize
 from pipeline.progress.events import BatchFinished, BatchStarted, Notice, Reporter
 from pipeline.providers.base import ProviderConfig
 from pipeline.run.disk import DiskGuard
@@ -401,7 +401,8 @@ def _ask_about(manifest: Manifest, task_id: str, settings: Settings) -> None:
 
 def report_batch(manifest: Manifest, settings: Settings) -> Path:
     """Write ``report.html`` for the manifest's output directory from its state."""
-    from pipeline.dataset.report import ReportJob, ReportTotals, write_report  # only this command
+    from pipeline.dataset.report import write_report  # only this command
+    from pipeline.dataset.report_data import ReportJob, ReportTotals
 
     output_dir = manifest.output_dir
     if not state_path(output_dir).exists():

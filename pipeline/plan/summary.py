@@ -1,0 +1,78 @@
+"""A plan read against the state: what a run with a given selection would do and pay now.
+
+``plan`` prints it, ``run`` announces it before its first create, and the Python API returns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.plan.build import Plan
+from pipeline.plan.estimate import Candidate, Estimate, Known, estimate
+from pipeline.plan.money import Money, paid
+from pipeline.plan.selection import expand_replace
+from pipeline.state.rows import BriefRow
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What ``run`` with the same selection would do now, and what it would pay."""
+
+    plan: Plan
+    estimate: Estimate
+    paid: Money
+    """What the batch has already paid (earlier runs)."""
+    replaced: frozenset[str] = frozenset()
+    """The job ids ``--replace`` named (patterns expanded)."""
+
+    @property
+    def to_pay(self) -> Money:
+        s = self.estimate.sums["to_pay"]
+        return Money(s.jobs, s.billed_seconds, s.cost)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = self.plan.as_dict()
+        for job in doc["jobs"]:
+            verdict = self.estimate.verdicts[job["id"]]
+            job["estimate"] = verdict.bucket
+            job["why"] = verdict.why
+        totals = doc["totals"]
+        totals.update(self.estimate.as_dict(self.plan.manifest.budget))
+        totals["paid_before"] = self.paid.as_dict()
+        # What this run would pay, under the names scripts already read.
+        totals["billed_seconds"] = totals["to_pay"]["billed_seconds"]
+        totals["estimated_cost"] = totals["to_pay"]["cost"]
+        return doc
+
+
+def summarize(
+    made: Plan,
+    rows: list[BriefRow],
+    *,
+    retry_failed: bool,
+    replace: Iterable[str],
+    skip_invalid: bool,
+) -> PlanSummary:
+    """The estimate of a plan given the state's rows (the run calls this too)."""
+    ids = [pj.job.id for pj in made.jobs]
+    chosen = expand_replace(replace, ids)
+    known = {r.id: Known(r.state, r.key, r.task_id, r.fail_kind) for r in rows}
+    before = paid(rows, made.manifest.budget)
+    candidates = (
+        Candidate(
+            pj.job.id, pj.key, pj.action == "reject", pj.billed_seconds or 0.0, pj.estimated_cost
+        )
+        for pj in made.jobs
+    )
+    found = estimate(
+        candidates,
+        known,
+        budget=made.manifest.budget,
+        committed=(before.billed_seconds, before.cost or 0.0),
+        retry_failed=retry_failed,
+        replace=chosen,
+        skip_invalid=skip_invalid,
+    )
+    return PlanSummary(made, found, before, chosen)
