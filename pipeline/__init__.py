@@ -15,7 +15,8 @@ from pipeline.errors import (
     PipelineError,
 )
 from pipeline.jobs import Job, JobSettings, State, Trim
-from pipeline.manifest.load import Manifest, load_manifest
+from pipeline.manifest.load import load_manifest
+from pipeline.manifest.model import Manifest
 from pipeline.plan.build import Plan, PlannedJob
 from pipeline.plan.money import Money
 from pipeline.plan.summary import PlanSummary

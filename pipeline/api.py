@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.jobs import State
-from pipeline.manifest.load import Manifest, load_manifest
+from pipeline.manifest.load import load_manifest
+from pipeline.manifest.model import Manifest
 from pipeline.plan.build import make_plan
 from pipeline.plan.money import Money, paid
 from pipeline.plan.summary import PlanSummary, summarize

@@ -18,7 +18,7 @@ from batchkit import (
     write_manifest,
 )
 
-from pipeline.manifest.load import Budget
+from pipeline.manifest.model import Budget
 from pipeline.run.budget import Spending
 
 CLIP = 3.5  # seconds billed per job: make_media's clip

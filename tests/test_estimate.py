@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.jobs import State
-from pipeline.manifest.load import Budget
+from pipeline.manifest.model import Budget
 from pipeline.plan.estimate import Candidate, Known, estimate
 
 

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import functools
 import glob
-import hashlib
 import itertools
 import json
-import os
 import re
-import stat as stat_mod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,8 +22,10 @@ import jsonschema
 
 from pipeline import providers
 from pipeline.errors import Diagnostic, ManifestError
-from pipeline.jobs import InputRef, Job, JobSettings, Trim
+from pipeline.jobs import InputRef, Job
 from pipeline.manifest.diagnostics import report_schema_error
+from pipeline.manifest.expand import Spec, assign_ids, format_path, regular_file, settings_of
+from pipeline.manifest.model import Budget, Manifest
 from pipeline.manifest.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
 from pipeline.providers.base import ProviderConfig, RateLimit
 from pipeline.settings import public_url
@@ -36,30 +34,6 @@ SETTING_KEYS = ("mode", "character_orientation", "keep_original_sound", "prompt"
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-@dataclass(frozen=True)
-class Budget:
-    max_seconds: float | None = None
-    max_cost: float | None = None
-    price_per_second: Mapping[str, float] = field(default_factory=dict)
-    currency: str = "USD"
-
-    def cost(self, mode: str, seconds: float) -> float | None:
-        price = self.price_per_second.get(mode)
-        return None if price is None else round(price * seconds, 6)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A validated manifest: everything the planner and runner need, nothing from os.environ."""
-
-    path: Path
-    name: str
-    output_dir: Path
-    provider: ProviderConfig
-    budget: Budget
-    jobs: tuple[Job, ...]
 
 
 @functools.cache
@@ -91,13 +65,6 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
         diag = Diagnostic(shown, exc.line, exc.column, format_path(exc.path), exc.message)
         raise ManifestError([diag]) from None
     return _Checker(shown, path.resolve(), loaded, check_files).run()
-
-
-def format_path(path: PathKey) -> str:
-    out = "$"
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 class _Checker:
@@ -148,7 +115,7 @@ class _Checker:
         defaults = data.get("defaults", {})
         self._check_trim(defaults.get("trim"), ("defaults", "trim"))
         specs = list(self._job_specs(data, defaults))
-        jobs = self._assign_ids(specs, config)
+        jobs = assign_ids(specs, config, self.error)
         if not provider_cls.has_upload:
             for job in jobs:
                 for role, ref in (("image", job.image), ("video", job.video)):
@@ -243,7 +210,7 @@ class _Checker:
                 f"trim end {trim['end']} must be after start {trim.get('start', 0)}",
             )
 
-    def _job_specs(self, data: dict[str, Any], defaults: dict[str, Any]) -> Iterator[_Spec]:
+    def _job_specs(self, data: dict[str, Any], defaults: dict[str, Any]) -> Iterator[Spec]:
         for i, entry in enumerate(data.get("jobs", [])):
             where: PathKey = ("jobs", i)
             self._check_trim(entry.get("trim"), (*where, "trim"))
@@ -253,7 +220,7 @@ class _Checker:
                 continue
             values = {**defaults, **{k: entry[k] for k in SETTING_KEYS if k in entry}}
             line = self.loaded.mark(where).line
-            yield _Spec(where, entry.get("id"), image, video, _settings(values), line)
+            yield Spec(where, entry.get("id"), image, video, settings_of(values), line)
         matrix = data.get("matrix")
         if not matrix:
             return
@@ -267,7 +234,7 @@ class _Checker:
                     self._check_trim(trim, ("matrix", "trim", j))
         for image, video, *combo in itertools.product(images, videos, *(matrix[k] for k in axes)):
             values = {**defaults, **dict(zip(axes, combo, strict=True))}
-            yield _Spec(("matrix",), None, image, video, _settings(values), line)
+            yield Spec(("matrix",), None, image, video, settings_of(values), line)
 
     def _expand_inputs(self, entries: list[str], where: PathKey, role: str) -> list[InputRef]:
         refs: list[InputRef] = []
@@ -313,129 +280,8 @@ class _Checker:
                 return None
         return InputRef(raw=raw, path=path.absolute())
 
-    def _spec_where(self, specs: list[_Spec], job: Job, role: str) -> PathKey:
+    def _spec_where(self, specs: list[Spec], job: Job, role: str) -> PathKey:
         for spec in specs:
             if spec.image is job.image and spec.video is job.video:
                 return (*spec.where, role) if spec.where != ("matrix",) else ("matrix", role)
         return (role,)
-
-    def _assign_ids(self, specs: list[_Spec], config: ProviderConfig) -> list[Job]:
-        # Explicit ids first: they are reserved, derived ids must not take them.
-        taken: dict[str, PathKey] = {}
-        for spec in specs:
-            if spec.id is None:
-                continue
-            low = spec.id.lower()
-            if low in taken:
-                first = format_path(taken[low])
-                self.error(
-                    (*spec.where, "id"),
-                    f"duplicate job id {spec.id!r}",
-                    f"first used at {first}; ids must be unique ignoring case",
-                )
-            taken.setdefault(low, (*spec.where, "id"))
-        derived = [_derived_id(spec) for spec in specs]
-        counts: dict[str, int] = {}
-        for spec, base in zip(specs, derived, strict=True):
-            if spec.id is None:
-                counts[base.lower()] = counts.get(base.lower(), 0) + 1
-        jobs: list[Job] = []
-        for spec, base in zip(specs, derived, strict=True):
-            job_id = spec.id
-            if job_id is None:
-                job_id = base
-                if counts[base.lower()] > 1 or base.lower() in taken:
-                    job_id = _with_hash(base, spec)
-                if job_id.lower() in taken:
-                    self.error(
-                        spec.where,
-                        f"derived job id {job_id!r} is not unique",
-                        "give the job an explicit id",
-                    )
-                taken.setdefault(job_id.lower(), spec.where)
-            jobs.append(
-                Job(
-                    id=job_id,
-                    image=spec.image,
-                    video=spec.video,
-                    settings=spec.settings,
-                    provider=config.name,
-                    model=config.model,
-                    line=spec.line,
-                    where=format_path(spec.where),
-                )
-            )
-        return jobs
-
-
-@dataclass(frozen=True)
-class _Spec:
-    where: PathKey
-    id: str | None
-    image: InputRef
-    video: InputRef
-    settings: JobSettings
-    line: int
-
-
-def _settings(values: dict[str, Any]) -> JobSettings:
-    # Interned: a 100,000-job matrix has a handful of distinct settings, not 100,000.
-    trim = values.get("trim") or {}
-    return _interned_settings(
-        values.get("mode", "std"),
-        values.get("character_orientation", "video"),
-        values.get("keep_original_sound", True),
-        values.get("prompt", ""),
-        float(trim.get("start", 0)),
-        None if trim.get("end") is None else float(trim["end"]),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _interned_settings(
-    mode: Any, orientation: Any, sound: bool, prompt: str, start: float, end: float | None
-) -> JobSettings:
-    return JobSettings(
-        mode=mode,
-        character_orientation=orientation,
-        keep_original_sound=sound,
-        prompt=prompt,
-        trim=Trim(start, end),
-    )
-
-
-def _clean(stem: str) -> str:
-    return _ID_CHARS.sub("_", stem).lstrip(".") or "x"
-
-
-def _derived_id(spec: _Spec) -> str:
-    return f"{_clean(spec.image.stem)[:45]}-{_clean(spec.video.stem)[:45]}"
-
-
-def _with_hash(base: str, spec: _Spec) -> str:
-    doc = json.dumps([spec.image.raw, spec.video.raw, spec.settings.as_dict()], sort_keys=True)
-    return f"{base}-{hashlib.sha256(doc.encode()).hexdigest()[:8]}"
-
-
-def regular_file(path: Path) -> tuple[bool, str]:
-    """Whether ``path`` is a regular file, decided from ``stat`` without opening it."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False, "file not found"
-    except OSError as exc:
-        return False, f"cannot stat: {exc.strerror}"
-    mode = st.st_mode
-    if stat_mod.S_ISREG(mode):
-        return True, ""
-    kinds = {
-        stat_mod.S_ISDIR: "a directory",
-        stat_mod.S_ISFIFO: "a FIFO",
-        stat_mod.S_ISCHR: "a character device",
-        stat_mod.S_ISBLK: "a block device",
-        stat_mod.S_ISSOCK: "a socket",
-    }
-    for test, name in kinds.items():
-        if test(mode):
-            return False, f"is {name}, not a regular file"
-    return False, "is not a regular file"

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline import providers
 from pipeline.errors import MediaError
 from pipeline.jobs import InputRef, Job, job_key
-from pipeline.manifest.load import Manifest
+from pipeline.manifest.model import Manifest
 from pipeline.media.hashing import FileHasher, sha256_text
 from pipeline.media.limits import limits_for
 from pipeline.media.probe import MediaInfo, probe_many

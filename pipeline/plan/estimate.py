@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.jobs import RECHECK, State
-from pipeline.manifest.load import Budget
+from pipeline.manifest.model import Budget
 
 Bucket = Literal["to_pay", "already_paid", "free", "skipped", "refused"]
 BUCKETS: tuple[Bucket, ...] = ("to_pay", "already_paid", "free", "skipped", "refused")

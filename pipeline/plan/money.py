@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.jobs import State
-from pipeline.manifest.load import Budget
+from pipeline.manifest.model import Budget
 from pipeline.state.rows import BriefRow
 
 

@@ -23,7 +23,7 @@ from pipeline.dataset.metadata import job_from_spec
 from pipeline.dataset.results import REPLACED_DIR
 from pipeline.errors import RateLimitedError, TransientError
 from pipeline.jobs import FailKind, Job, State
-from pipeline.manifest.load import Manifest
+from pipeline.manifest.model import Manifest
 from pipeline.media.hashing import FileHasher, sha256_text
 from pipeline.media.tools import MediaTools
 from pipeline.plan.build import Plan, cache_dir

@@ -26,7 +26,8 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import FailKind, Handle, State
-from pipeline.manifest.load import Budget, Manifest, load_manifest
+from pipeline.manifest.load import load_manifest
+from pipeline.manifest.model import Budget, Manifest
 from pipeline.media.tools import find_tools
 from pipeline.plan.build import Plan, PlannedJob, make_plan
 from pipeline.plan.selection import Problem, problems

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.manifest.load import Budget
+from pipeline.manifest.model import Budget
 
 
 @dataclass(frozen=True)

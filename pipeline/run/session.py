@@ -13,7 +13,7 @@ import httpx
 
 from pipeline import providers
 from pipeline.errors import MissingKeyError
-from pipeline.manifest.load import Manifest
+from pipeline.manifest.model import Manifest
 from pipeline.media.tools import MediaTools
 from pipeline.plan.build import cache_dir
 from pipeline.providers.base import Credentials, Provider, ProviderConfig
