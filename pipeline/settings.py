@@ -44,6 +44,53 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)([^\s/?#]+)@")
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """Every default of the tool, in one place: the manifest schema (its ``default`` keywords),
+    the manifest loader, the provider clients and the runner read them here.
+
+    Each knob means one thing: ``concurrency`` is tasks in flight at the provider, nothing else;
+    connections, uploads, downloads and preparations have bounds of their own.
+    """
+
+    concurrency: int = 4
+    """Tasks in flight at the provider (the manifest's ``provider.concurrency``)."""
+    rate_requests: int = 20
+    rate_per_seconds: float = 10.0
+    """Creates in any sliding window (``provider.rate_limit``; Kie's documented 20 per 10 s)."""
+    poll_interval: float = 15.0
+    task_timeout: float = 3600.0
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    """Per read; every request also has an overall deadline by purpose, below."""
+    create_deadline: float = 120.0
+    query_deadline: float = 60.0
+    upload_deadline: float = 600.0
+    download_deadline: float = 900.0
+    connections: int = 64
+    """HTTP connections the run keeps open at most (every host together)."""
+    uploads: int = 4
+    downloads: int = 8
+    preparations: int = 0
+    """ffmpeg runs at once; 0 means one per CPU."""
+    call_tries: int = 8
+    """Tries of one repeatable call (upload, lookup, refresh) or of a create that certainly did
+    not happen."""
+    download_tries: int = 5
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+    parallel_polls: int = 16
+    poll_batch: int = 50
+    """Tasks per batch status query (AceData)."""
+    max_bad_replies: int = 10
+    outage_seconds: float = 60.0
+    min_free_mb: float = 256.0
+    reserve_mb: float = 8.0
+
+
+DEFAULTS = Defaults()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Values from the environment, frozen at start-up."""
 
@@ -54,11 +101,11 @@ class Settings:
     """Testing switch: retry/poll waits are recorded, not slept (see :mod:`pipeline.run.retry`)."""
     crash_at: str | None = None
     """Testing switch: kill the run at a named point (see :mod:`pipeline.run.crashpoints`)."""
-    min_free_bytes: int = 256 * 1024**2
+    min_free_bytes: int = int(DEFAULTS.min_free_mb * 1024**2)
     """No new create below this much free space on the output disk (:mod:`pipeline.run.disk`)."""
-    reserve_bytes: int = 8 * 1024**2
+    reserve_bytes: int = int(DEFAULTS.reserve_mb * 1024**2)
     """Room kept aside so task ids can still be committed on a full disk."""
-    outage_seconds: float = 60.0
+    outage_seconds: float = DEFAULTS.outage_seconds
     """No answer from the provider for this long stops the batch (:mod:`pipeline.run.outage`)."""
     user_cache: Path | None = None
     """``$XDG_CACHE_HOME/motion-pipeline`` (default ``~/.cache``): where planning caches go when
@@ -73,9 +120,9 @@ class Settings:
             ffprobe=env.get("MOTION_PIPELINE_FFPROBE") or None,
             no_sleep=env.get("MOTION_PIPELINE_NO_SLEEP") == "1",
             crash_at=env.get("MOTION_PIPELINE_CRASH_AT") or None,
-            min_free_bytes=_megabytes(env, "MOTION_PIPELINE_MIN_FREE_MB", 256),
-            reserve_bytes=_megabytes(env, "MOTION_PIPELINE_RESERVE_MB", 8),
-            outage_seconds=_number(env, "MOTION_PIPELINE_OUTAGE_SECONDS", 60.0),
+            min_free_bytes=_megabytes(env, "MOTION_PIPELINE_MIN_FREE_MB", DEFAULTS.min_free_mb),
+            reserve_bytes=_megabytes(env, "MOTION_PIPELINE_RESERVE_MB", DEFAULTS.reserve_mb),
+            outage_seconds=_number(env, "MOTION_PIPELINE_OUTAGE_SECONDS", DEFAULTS.outage_seconds),
             user_cache=_user_cache(env),
         )
 

@@ -282,3 +282,20 @@ def test_example_manifests_are_valid_and_declare_the_schema() -> None:
         )
         manifest = load_manifest(example)
         assert manifest.jobs
+
+
+def test_the_schema_states_the_defaults_the_tool_uses() -> None:
+    from pipeline.providers.base import ProviderConfig
+    from pipeline.settings import DEFAULTS
+
+    props = schema()["$defs"]["provider"]["properties"]
+    assert props["concurrency"]["default"] == DEFAULTS.concurrency
+    assert props["poll_interval"]["default"] == DEFAULTS.poll_interval
+    assert props["task_timeout"]["default"] == DEFAULTS.task_timeout
+    assert props["rate_limit"]["default"] == {
+        "requests": DEFAULTS.rate_requests, "per_seconds": DEFAULTS.rate_per_seconds,
+    }  # fmt: skip
+    config = ProviderConfig("kie", "m", "https://x")
+    assert (config.concurrency, config.poll_interval, config.task_timeout) == (
+        DEFAULTS.concurrency, DEFAULTS.poll_interval, DEFAULTS.task_timeout,
+    )  # fmt: skip

@@ -34,7 +34,7 @@ from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderCo
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
 from pipeline.providers.sandbox import SandboxProvider
-from pipeline.run.retry import parse_retry_after
+from pipeline.storage.headers import parse_retry_after
 
 T = TypeVar("T")
 

@@ -17,7 +17,6 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.run.retry import (
-    MAX_RETRY_AFTER,
     BreakerState,
     CircuitBreaker,
     PauseGate,
@@ -30,11 +29,11 @@ from pipeline.run.retry import (
     decide,
     next_slot,
     next_wait,
-    parse_retry_after,
     poll_delay,
     sleeper_for,
 )
 from pipeline.settings import Settings
+from pipeline.storage.headers import MAX_RETRY_AFTER, parse_retry_after
 
 
 class Top(random.Random):

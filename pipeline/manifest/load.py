@@ -28,7 +28,7 @@ from pipeline.manifest.expand import Spec, assign_ids, format_path, regular_file
 from pipeline.manifest.model import Budget, Manifest
 from pipeline.manifest.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
 from pipeline.providers.base import ProviderConfig, RateLimit
-from pipeline.settings import public_url
+from pipeline.settings import DEFAULTS, public_url
 
 SETTING_KEYS = ("mode", "character_orientation", "keep_original_sound", "prompt", "trim")
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -180,12 +180,12 @@ class _Checker:
             base_url=doc.get("base_url", cls.default_base_url).rstrip("/"),
             upload_url=(doc.get("upload_url") or cls.default_upload_url or "").rstrip("/") or None,
             key_envs=key_envs,
-            concurrency=doc.get("concurrency", 4),
+            concurrency=doc.get("concurrency", DEFAULTS.concurrency),
             rate_limit=RateLimit(rate["requests"], float(rate["per_seconds"]))
             if rate
             else RateLimit(),
-            poll_interval=float(doc.get("poll_interval", 15.0)),
-            task_timeout=float(doc.get("task_timeout", 3600.0)),
+            poll_interval=float(doc.get("poll_interval", DEFAULTS.poll_interval)),
+            task_timeout=float(doc.get("task_timeout", DEFAULTS.task_timeout)),
             options=dict(doc.get("options", {})),
         )
         return cls, config

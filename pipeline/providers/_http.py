@@ -49,9 +49,9 @@ from pipeline.errors import (
     ProviderError,
     UnreachableError,
 )
-from pipeline.run.retry import parse_retry_after
-from pipeline.settings import redact
+from pipeline.settings import DEFAULTS, redact
 from pipeline.storage.bodies import ACCEPT_ENCODING, BodyError, BodyTooLarge, BoundedDecoder
+from pipeline.storage.headers import parse_retry_after
 from pipeline.storage.urls import display_url, host_of, url_problem
 
 Purpose = Literal["create", "query", "upload"]
@@ -59,7 +59,11 @@ Purpose = Literal["create", "query", "upload"]
 #: Largest API answer read: a provider's JSON is a few KiB; anything near this is a runaway.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 #: Seconds from connect to the last body byte, by purpose (uploads carry up to 100 MB).
-DEADLINES: Mapping[Purpose, float] = {"create": 120.0, "query": 60.0, "upload": 600.0}
+DEADLINES: Mapping[Purpose, float] = {
+    "create": DEFAULTS.create_deadline,
+    "query": DEFAULTS.query_deadline,
+    "upload": DEFAULTS.upload_deadline,
+}
 
 #: How much of a body goes into an error message: enough to diagnose, not a whole HTML page.
 _SNIPPET = 200

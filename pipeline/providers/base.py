@@ -24,12 +24,13 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import httpx
 
 from pipeline.jobs import Handle, Job, TaskStatus
+from pipeline.settings import DEFAULTS
 
 
 @dataclass(frozen=True)
 class RateLimit:
-    requests: int = 20
-    per_seconds: float = 10.0
+    requests: int = DEFAULTS.rate_requests
+    per_seconds: float = DEFAULTS.rate_per_seconds
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,10 @@ class ProviderConfig:
     upload_url: str | None = None
     key_envs: Mapping[str, str] = field(default_factory=dict)
     """Credential role -> environment variable, e.g. ``{"api_key": "KIE_API_KEY"}``."""
-    concurrency: int = 4
+    concurrency: int = DEFAULTS.concurrency
     rate_limit: RateLimit = field(default_factory=RateLimit)
-    poll_interval: float = 15.0
-    task_timeout: float = 3600.0
+    poll_interval: float = DEFAULTS.poll_interval
+    task_timeout: float = DEFAULTS.task_timeout
     options: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -21,12 +21,9 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
@@ -34,11 +31,6 @@ from pipeline.errors import AmbiguousError, ProviderError, RateLimitedError, Tra
 from pipeline.settings import Settings
 
 T = TypeVar("T")
-
-#: Retry-After values are clamped to this: an hour is the longest a batch should sit idle on
-#: one server's say-so (a bogus "retry in a year" must not stall a night's run).
-MAX_RETRY_AFTER = 3600.0
-
 
 # --------------------------------------------------------------------------- sleeping
 
@@ -116,42 +108,6 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.
         raise ValueError(f"attempt must be >= 0, got {attempt}")
     ceiling = cap if attempt >= 64 else min(cap, base * 2.0**attempt)  # 2**1024 overflows
     return rng.uniform(0.0, ceiling)
-
-
-_SECONDS = re.compile(r"\d+(\.\d+)?")
-
-
-def parse_retry_after(value: str | None, *, now: datetime | float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), clamped to
-    [0, :data:`MAX_RETRY_AFTER`]; None when absent or unparseable.
-
-    ``now`` dates an HTTP-date against: a datetime (naive means UTC) or POSIX seconds (what an
-    injected ``time.time`` clock gives); the current time when omitted.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if _SECONDS.fullmatch(text):
-        seconds = float(text)
-    else:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000" means UTC with unknown origin (RFC 5322)
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - _aware(now)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(MAX_RETRY_AFTER, max(0.0, seconds))
-
-
-def _aware(now: datetime | float | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if isinstance(now, datetime):
-        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(now, UTC)
 
 
 def next_wait(

@@ -37,12 +37,13 @@ from typing import Any
 import httpx
 
 from pipeline.errors import BatchStopped, PipelineError, TransientError, UnreachableError
-from pipeline.run.retry import parse_retry_after
+from pipeline.settings import DEFAULTS
 from pipeline.storage.bodies import BodyTooLarge, BodyUndecodable, BoundedDecoder
+from pipeline.storage.headers import parse_retry_after
 from pipeline.storage.urls import display_url, host_of, url_problem
 
 MAX_REDIRECTS = 5
-DEFAULT_DEADLINE = 900.0
+DEFAULT_DEADLINE = DEFAULTS.download_deadline
 #: A result is ~100 MB at most; under 16 KiB/s it would take hours: give up, try again later.
 MIN_RATE = 16 * 1024
 RATE_GRACE = 30.0
