@@ -77,7 +77,7 @@ def run(
     """Run or resume the batch; returns the :class:`pipeline.run.engine.RunSummary` (its
     ``exit_code`` is the CLI's). Spends money."""
     from pipeline.run.batch import run_batch  # the engine is loaded only to run
-    from pipeline.run.engine import RunOptions
+    from pipeline.run.options import RunOptions
 
     options = RunOptions(
         concurrency=concurrency,

@@ -32,7 +32,7 @@ from pipeline.run.batch import (
     resolve_job,
     run_batch,
 )
-from pipeline.run.engine import RunOptions
+from pipeline.run.options import RunOptions
 from pipeline.settings import Settings, redact
 from pipeline.state.lock import lock_path
 from pipeline.state.store import state_path

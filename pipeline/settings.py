@@ -75,7 +75,10 @@ class Defaults:
     call_tries: int = 8
     """Tries of one repeatable call (upload, lookup, refresh) or of a create that certainly did
     not happen."""
-    download_tries: int = 5
+    download_tries: int = 6
+    """Tries of one result download, the first included."""
+    result_refreshes: int = 5
+    """Fresh result URLs asked for one job after its URL expired, before the job fails."""
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     parallel_polls: int = 16

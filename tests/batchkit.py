@@ -310,7 +310,7 @@ def run_here(manifest: Path, *, env: dict[str, str] | None = None, **options: An
     from pipeline.manifest.load import load_manifest
     from pipeline.progress.events import RecordingReporter
     from pipeline.run.batch import run_batch
-    from pipeline.run.engine import RunOptions
+    from pipeline.run.options import RunOptions
     from pipeline.settings import Settings
 
     settings = Settings.from_env(env or cli_env())

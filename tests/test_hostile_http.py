@@ -29,10 +29,10 @@ from pipeline.errors import (
 )
 from pipeline.jobs import Handle, InputRef, Job, JobSettings
 from pipeline.providers import acedata, kie, kling
-from pipeline.providers._common import MAX_TASK_ID, checked_task_id, task_id_problem
-from pipeline.providers._http import MAX_REPLY_BYTES, Purpose, Reply, exchange
 from pipeline.providers.acedata import AceDataProvider
 from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderConfig
+from pipeline.providers.common import MAX_TASK_ID, checked_task_id, task_id_problem
+from pipeline.providers.http import MAX_REPLY_BYTES, Purpose, Reply, exchange
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
 

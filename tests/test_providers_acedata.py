@@ -17,8 +17,8 @@ from pipeline.errors import (
 )
 from pipeline.jobs import InputRef, Job, JobSettings
 from pipeline.providers import acedata
-from pipeline.providers._http import Reply
 from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.http import Reply
 
 URLS = InputURLs("https://cdn.acedata.cloud/e724d7f13d.png", "https://cdn.acedata.cloud/odwfm5.mp4")
 CONFIG = ProviderConfig(name="acedata", model="kling-v2-6", base_url="https://api.acedata.cloud")

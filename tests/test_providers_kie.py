@@ -19,8 +19,8 @@ from pipeline.errors import (
 )
 from pipeline.jobs import InputRef, Job, JobSettings
 from pipeline.providers import kie
-from pipeline.providers._http import Reply
 from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.http import Reply
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.sandbox import SandboxProvider
 

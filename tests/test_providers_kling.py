@@ -20,8 +20,8 @@ from pipeline.errors import (
 )
 from pipeline.jobs import InputRef, Job, JobSettings
 from pipeline.providers import kling
-from pipeline.providers._http import Reply
 from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.http import Reply
 
 URLS = InputURLs("https://cdn.example/multi-3.png", "https://cdn.example/dance.mp4")
 CONFIG = ProviderConfig(

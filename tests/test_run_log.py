@@ -45,7 +45,7 @@ def test_every_retry_pause_and_refresh_is_logged_with_its_cause(
         assert proc.returncode == 0, proc.stdout + proc.stderr
     log = (out_dir(manifest) / "run.log").read_text()
     assert re.search(
-        r"job a: create rate limited, every create pauses [\d.]+ s \(RateLimitedError.*Retry-After 0.2 s",
+        r"job a: create: rate limited, every call pauses [\d.]+ s \(RateLimitedError.*Retry-After 0.2 s",
         log,
     )
     assert re.search(r"job a: upload: try 1 failed, again in [\d.]+ s \(\w+Error, HTTP 5\d\d", log)

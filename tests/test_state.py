@@ -66,10 +66,7 @@ def test_new_store_has_schema_wal_and_pending_jobs(tmp_path: Path) -> None:
         assert row.spec == SPEC
         [created] = store.events("job-001")
         assert (created.from_state, created.to_state) == (None, State.PENDING)
-        pragmas = [
-            store._conn.execute(f"PRAGMA {p}").fetchone()[0]
-            for p in ("synchronous", "foreign_keys")
-        ]
+        pragmas = [store.pragma(p) for p in ("synchronous", "foreign_keys")]
         assert pragmas == [2, 1]  # FULL: a commit is on disk when it returns
     conn = sqlite3.connect(state_path(tmp_path))
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -432,11 +429,11 @@ def test_sigkill_at_an_arbitrary_moment_leaves_rows_and_events_consistent(tmp_pa
 
 
 def test_disk_full_is_a_batch_stop_and_leaves_the_store_usable(tmp_path: Path) -> None:
-    with open_store(tmp_path, 1) as store:
-        # SQLite's page cap gives the same SQLITE_FULL a full disk gives, without filling one.
-        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-        store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
-        big = [JobRecord(f"big-{i}", "k", {"pad": "x" * 2000}) for i in range(50)]
+    from diskkit import fill, small_disk
+
+    with small_disk(tmp_path / "disk", 8) as disk, open_store(disk, 1) as store:
+        fill(disk, leave=96 * 1024)  # a real full disk: room for small writes only
+        big = [JobRecord(f"big-{i}", "k", {"pad": "x" * 20000}) for i in range(50)]
         with pytest.raises(BatchStopped, match="disk full") as info:
             store.sync_jobs(big)
         assert info.value.exit_code == 3

@@ -30,7 +30,7 @@ BEING_CREATED = "the state is being created; try again in a moment"
 PAUSED_WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pipeline.state.store import schema as state_schema
+    from pipeline.state import schema as state_schema
     from pipeline.state.store import StateStore
     first = state_schema.MIGRATIONS[0]
     def paused(conn):

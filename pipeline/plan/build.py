@@ -196,7 +196,7 @@ def _prepared(
         pj.media
         for pj in planned
         if pj.media is not None and pj.action != "reject" and not pj.media.is_identity
-        and not pj.job.image.is_url and not pj.job.video.is_url
+        and not _fetch_first(pj, pj.media)
     ]  # fmt: skip
     folder = cache_dir(manifest) / "prepared"
     made = sending.prepare_all(todo, tools, folder, hasher) if todo else {}
@@ -219,6 +219,13 @@ def _prepared(
     return out
 
 
+def _fetch_first(pj: PlannedJob, media: MediaPlan) -> bool:
+    """An input to prepare is a URL: the run fetches it first (planning downloads nothing)."""
+    return (pj.job.image.is_url and not media.image.is_identity) or (
+        pj.job.video.is_url and not media.video.is_identity
+    )
+
+
 def _sent(
     pj: PlannedJob,
     media: MediaPlan,
@@ -235,9 +242,10 @@ def _sent(
     if made is not None:
         image_path, video_path, duration = made
         if not media.image.is_identity:
-            image = sending.prepared(image_path, hasher, tools, duration=None)
+            fmt = media.image.format or image_info.format
+            image = sending.prepared(image_path, hasher, tools, duration=None, fmt=fmt)
         if not media.video.is_identity:
-            video = sending.prepared(video_path, hasher, tools, duration=duration)
+            video = sending.prepared(video_path, hasher, tools, duration=duration, fmt="mp4")
     elif not media.is_identity:  # a URL the run fetches and prepares: not measured yet
         image = None if not media.image.is_identity else image
         video = None if not media.video.is_identity else video

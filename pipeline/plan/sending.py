@@ -37,9 +37,27 @@ class Sent:
     duration: float | None
     prepared: bool
     """Made by preparation (its bytes are not the source's)."""
+    content_type: str = "application/octet-stream"
+    """From what the bytes are (probed, or the recipe's format), never from the file name."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "mkv": "video/x-matroska",
+}
+
+
+def content_type(detected: str, path: str | None = None) -> str:
+    """The MIME type of a detected format (``jpeg``, ``mp4``...), else of the file's suffix."""
+    suffix = Path(path).suffix.lstrip(".").lower() if path else ""
+    return CONTENT_TYPES.get(detected) or CONTENT_TYPES.get(suffix, "application/octet-stream")
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ def as_is(info: MediaInfo, sha256: str, *, url: str | None) -> Sent:
         size=info.size_bytes,
         duration=info.duration,
         prepared=False,
+        content_type=content_type(info.format, info.source),
     )
 
 
@@ -122,8 +141,11 @@ def _identity(plan: MediaPlan, hasher: FileHasher) -> str:
     return "\x1f".join((image, plan.image.text, video, plan.video.text))
 
 
-def prepared(path: Path, hasher: FileHasher, tools: MediaTools, *, duration: float | None) -> Sent:
-    """A prepared file as sent: hashed (cached by stat), measured when its length is unknown."""
+def prepared(
+    path: Path, hasher: FileHasher, tools: MediaTools, *, duration: float | None, fmt: str
+) -> Sent:
+    """A prepared file as sent: hashed (cached by stat), measured when its length is unknown.
+    ``fmt`` is the recipe's output format (``mp4``, ``png``, ``jpeg``)."""
     if duration is None and path.suffix == ".mp4":
         duration = probe_file(path, tools).duration
     return Sent(
@@ -133,4 +155,5 @@ def prepared(path: Path, hasher: FileHasher, tools: MediaTools, *, duration: flo
         size=path.stat().st_size,
         duration=duration,
         prepared=True,
+        content_type=content_type(fmt, str(path)),
     )

@@ -1,4 +1,8 @@
-"""Provider registry: one name, one class; capabilities are the classes' attributes."""
+"""Provider registry: one name, one class; capabilities are the classes' attributes.
+
+The built-in providers are registered here; :func:`register` adds another (a plugin, or a
+recording fake in tests: simonw/llm's way), :func:`unregister` takes it back.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,18 @@ _REGISTRY: dict[str, type[Provider]] = {
 }
 
 
+def register(cls: type[Provider]) -> type[Provider]:
+    """Make ``cls`` the provider named ``cls.name`` (usable as a class decorator)."""
+    if not getattr(cls, "name", ""):
+        raise ValueError(f"{cls!r} has no provider name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
 def names() -> list[str]:
     """Every provider name a manifest may use, sorted."""
     return sorted(_REGISTRY)
@@ -37,4 +53,6 @@ __all__ = [
     "RateLimit",
     "get",
     "names",
+    "register",
+    "unregister",
 ]

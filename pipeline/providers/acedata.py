@@ -24,7 +24,8 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
-from pipeline.providers._common import (
+from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.common import (
     ClientBase,
     checked_task_id,
     float_or_none,
@@ -33,8 +34,7 @@ from pipeline.providers._common import (
     requery_result_url,
     require_object,
 )
-from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
-from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.http import Purpose, Reply, exchange, garbage_error, snippet
 from pipeline.settings import redact
 
 CREATE_PATH = "/kling/motion"

@@ -32,7 +32,8 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
-from pipeline.providers._common import (
+from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.common import (
     ClientBase,
     checked_task_id,
     no_client_id,
@@ -40,8 +41,7 @@ from pipeline.providers._common import (
     requery_result_url,
     require_object,
 )
-from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
-from pipeline.providers.base import InputURLs, ProviderConfig
+from pipeline.providers.http import Purpose, Reply, exchange, garbage_error, snippet
 from pipeline.settings import redact
 
 CREATE_PATH = "/api/v1/jobs/createTask"

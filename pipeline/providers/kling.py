@@ -32,7 +32,8 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.jobs import Handle, Job, TaskStatus
-from pipeline.providers._common import (
+from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
+from pipeline.providers.common import (
     ClientBase,
     checked_task_id,
     float_or_none,
@@ -41,8 +42,7 @@ from pipeline.providers._common import (
     requery_result_url,
     require_object,
 )
-from pipeline.providers._http import Purpose, Reply, exchange, garbage_error, snippet
-from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
+from pipeline.providers.http import Purpose, Reply, exchange, garbage_error, snippet
 from pipeline.settings import redact
 
 TASK_PATH = "/v1/videos/motion-control"

@@ -35,9 +35,11 @@ from pipeline.plan.summary import summarize
 from pipeline.progress.events import BatchFinished, BatchStarted, Notice, Reporter
 from pipeline.providers.base import ProviderConfig
 from pipeline.run.disk import DiskGuard
-from pipeline.run.engine import Batch, RunOptions, RunSummary
+from pipeline.run.engine import Engine
 from pipeline.run.log import close_run_log, open_run_log
+from pipeline.run.options import RunOptions
 from pipeline.run.session import credentials_for, endpoint, provider_client, run_secrets
+from pipeline.run.summary import RunSummary
 from pipeline.settings import Settings
 from pipeline.state.lock import RunLock
 from pipeline.state.rows import DuplicateTaskError, JobRecord
@@ -120,12 +122,12 @@ def run_batch(
                     output_dir, floor=settings.min_free_bytes, reserve=settings.reserve_bytes
                 )
                 disk.allocate()
-                batch = Batch(
+                engine = Engine(
                     manifest, plan, store, settings, options, reporter, credentials, tools, log,
                     disk,
                 )  # fmt: skip
                 try:
-                    summary = asyncio.run(batch.run())
+                    summary = asyncio.run(engine.run())
                 finally:
                     disk.remove()
                 summary = replace(summary, to_pay=expected.to_pay)

@@ -1,149 +1,245 @@
-"""The batch engine: submit, poll and download every job of a manifest, resumably.
+"""The batch engine: one line per job through the stages, resumably.
 
-Per job (design.md §3): commit the intent (``submitting``, with a client id) -> POST create ->
-commit the task id before anything else -> poll -> commit the result URL -> download to a temp
-file, verify, rename -> commit ``done``. Every state change goes through the group committer,
-so intents of many jobs share one fsync. A create whose outcome is unknown is reconciled by
-client id where the provider has one, else the job ``needs_attention`` and is never re-sent
-automatically. Batch-wide conditions (bad key, no credits, budget, disk full, Ctrl-C) stop new
-creates only: tasks already paid for are still collected, except on Ctrl-C, where they are
-left for the next run.
+    inputs (prepare, upload) -> submit (intent, create, task id) -> poll -> download -> done
+
+:data:`RESUME` says where each stored state re-enters that line. The engine owns what is
+shared between lines: the feed (fresh jobs in manifest order, a bounded look-ahead), same-key
+twins (a twin waits for the job already on its way, then adopts its result), the supervision of
+background work (a bug stops the run with a message, never a hang) and the signals (Ctrl-C lets
+creates on the wire commit their task ids, then stops). The stages get their dependencies in a
+frozen :class:`~pipeline.run.context.RunContext`; the engine builds it once the event loop, the
+HTTP client and the provider exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
 from pipeline import providers
-from pipeline.dataset import results as outputs
+from pipeline.dataset import results
 from pipeline.dataset.metadata import rewrite_metadata
 from pipeline.errors import BatchStopped
-from pipeline.jobs import RECHECK, State
+from pipeline.jobs import RECHECK, Handle, State
+from pipeline.manifest.model import Manifest
+from pipeline.media.tools import MediaTools
+from pipeline.plan.build import Plan
 from pipeline.plan.money import Money, paid
-from pipeline.progress.events import Notice, Waiting
-from pipeline.run.base import RunOptions
+from pipeline.progress.events import Notice, Reporter
+from pipeline.providers.base import Credentials
+from pipeline.run.budget import Spending
+from pipeline.run.calls import Calls
+from pipeline.run.context import RunContext
 from pipeline.run.crashpoints import arm
-from pipeline.run.outage import WatchingTransport
-from pipeline.run.poll import Poller
-from pipeline.run.retry import BreakerState
-from pipeline.run.session import endpoint
-from pipeline.run.submitting import Submitter
+from pipeline.run.disk import DiskGuard
+from pipeline.run.download import DownloadStage
+from pipeline.run.halt import Halt
+from pipeline.run.inputs import InputsStage
+from pipeline.run.journal import Journal
+from pipeline.run.options import RunOptions
+from pipeline.run.outage import Outage, WatchingTransport
+from pipeline.run.poll import Poller, PollStage
+from pipeline.run.retry import CircuitBreaker, PauseGate, RateLimiter, sleeper_for
+from pipeline.run.session import endpoint, run_secrets
+from pipeline.run.slots import Lease, Slots
+from pipeline.run.submit import SubmitStage
+from pipeline.run.summary import RunSummary, exit_code
+from pipeline.run.ticker import Ticker
+from pipeline.settings import DEFAULTS, Settings
 from pipeline.state.commits import GroupCommitter
+from pipeline.state.rows import JobRow
+from pipeline.state.store import StateStore
 from pipeline.storage.uploads import Storage
 
-__all__ = ["Batch", "RunOptions", "RunSummary"]
+#: Where each stored state re-enters a job's line when a run starts.
+RESUME: Mapping[State, str] = {
+    State.PENDING: "inputs -> submit -> poll -> download (fed in manifest order)",
+    State.SUBMITTING: "look the create up by client id -> poll -> download; else needs attention",
+    State.RUNNING: "poll -> download",
+    State.DOWNLOADING: "keep the result a killed run renamed into place; else poll -> download",
+    State.FAILED: "with --retry-failed: a timed-out or unreadable task is polled again; "
+    "any other failure is submitted again (pending)",
+}
 
 
-@dataclass
-class RunSummary:
-    counts: dict[State, int]
-    exit_code: int
-    stop_reason: str | None = None
-    seconds_billed: float = 0.0
-    wall_seconds: float = 0.0
-    http_requests: int = 0
-    submitted: int = 0
-    occupancy: float | None = None
-    """Share of provider slots in use while jobs were waiting for one (None: never saturated)."""
-    paid_now: Money = field(default_factory=Money)
-    """What this run paid: its creates (ambiguous ones included), their seconds and cost."""
-    batch_paid: Money = field(default_factory=Money)
-    """What the batch has paid, this run and every earlier one."""
-    to_pay: Money = field(default_factory=Money)
-    """What this run expected to pay when it started (the plan's estimate)."""
-    currency: str = "USD"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-TICK = 1.0
-"""Seconds between the run's periodic checks (outage, progress line)."""
-
-
-class Batch(Submitter):
+class Engine:
     """One run of one manifest against its state. Built by :func:`pipeline.run.batch.run_batch`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        plan: Plan,
+        store: StateStore,
+        settings: Settings,
+        options: RunOptions,
+        reporter: Reporter,
+        credentials: Credentials,
+        tools: MediaTools,
+        log: logging.Logger,
+        disk: DiskGuard,
+    ) -> None:
+        self.manifest = manifest
+        self.planned = {pj.job.id: pj for pj in plan.jobs}
+        self.store = store
+        self.settings = settings
+        self.options = options
+        self.reporter = reporter
+        self.credentials = credentials
+        self.tools = tools
+        self.log = log
+        self.disk = disk
+        self.secrets = run_secrets(manifest.provider, credentials, settings)
+        self.halt = Halt(self._announce_stop)
+        self.outage = Outage(time.monotonic, limit=settings.outage_seconds)
+        self.spending = Spending(manifest.budget)
+        concurrency = options.concurrency or manifest.provider.concurrency
+        self.slots = Slots(concurrency, time.monotonic)
+        self.lookahead = 2 * concurrency + 2
+        self.requests = 0
+        self.latest: dict[str, asyncio.Task[Any]] = {}
+        """The newest line per job key: a same-key twin waits for it, then adopts its result."""
+
+    # ------------------------------------------------------------------ set-up
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
         arm(self.settings)
-        self.videos.mkdir(parents=True, exist_ok=True)
-        outputs.remove_partials(self.videos)  # a killed run's half downloads; we hold the lock
+        videos = self.manifest.output_dir / "videos"
+        videos.mkdir(parents=True, exist_ok=True)
+        results.remove_partials(videos)  # a killed run's half downloads; we hold the lock
         self._count_committed()
-        for row in self.store.rows([State.NEEDS_ATTENTION]):
-            self.unsettled.setdefault(row.key, row.id)
-        limits = httpx.Limits(max_connections=max(32, 2 * self.concurrency))
-        timeout = httpx.Timeout(60.0, connect=15.0)
         with endpoint(self.manifest, self.tools) as config:
+            hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
+            limits = httpx.Limits(max_connections=DEFAULTS.connections)
+            transport = WatchingTransport(
+                httpx.AsyncHTTPTransport(limits=limits), self.outage, hosts
+            )
+            timeout = httpx.Timeout(DEFAULTS.read_timeout, connect=DEFAULTS.connect_timeout)
 
             async def count(_request: httpx.Request) -> None:
                 self.requests += 1
 
-            hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
-            transport = WatchingTransport(
-                httpx.AsyncHTTPTransport(limits=limits), self.outage, hosts
-            )
             async with httpx.AsyncClient(
                 transport=transport, timeout=timeout, event_hooks={"request": [count]}
             ) as client:
-                cls = providers.get(config.name)
-                self.client = client
-                self.provider = cls(config, self.credentials, client)
-                self.storage = Storage(self.provider, config, self.store.uploads)
-                self.poller = Poller(
-                    self.provider,
-                    interval=config.poll_interval,
-                    task_timeout=config.task_timeout,
-                    sleeper=self.sleeper,
-                    rng=self.rng,
-                    breaker=self.breaker,
-                    log=self.log,
-                )
+                provider = providers.get(config.name)(config, self.credentials, client)
                 loop = asyncio.get_running_loop()
 
                 def disk_full() -> bool:  # called from the commit thread
-                    loop.call_soon_threadsafe(self.stop_new, self.disk.shortage() or "disk full", 3)
+                    reason = self.disk.shortage() or "disk full"
+                    loop.call_soon_threadsafe(self.halt.stop_new, reason, 3)
                     return self.disk.release()
 
-                committer = GroupCommitter(self.store, on_disk_full=disk_full)
-                async with committer as self.commits:
-                    await self._work()
+                async with GroupCommitter(self.store, on_disk_full=disk_full) as commits:
+                    ctx = self._context(config, provider, client, commits)
+                    await self._work(ctx)
         try:
-            rewrite_metadata(self.store, self.planned, self.config, self.manifest.output_dir)
+            rewrite_metadata(
+                self.store, self.planned, self.manifest.provider, self.manifest.output_dir
+            )
         except BatchStopped as exc:
-            self.stop_new(str(exc), exc.exit_code)
+            self.halt.stop_new(str(exc), exc.exit_code)
         return self._summary(started)
 
-    async def _work(self) -> None:
+    def _context(
+        self, config: Any, provider: Any, client: httpx.AsyncClient, commits: GroupCommitter
+    ) -> RunContext:
+        sleeper = sleeper_for(self.settings)
+        rate = config.rate_limit
+        journal = Journal(self.store, commits, self.reporter, self.log, self.secrets)
+        breaker = CircuitBreaker(
+            threshold=DEFAULTS.breaker_threshold,
+            cooldown=DEFAULTS.breaker_cooldown,
+            clock=sleeper.monotonic,
+            on_change=lambda state: journal.notice(_BREAKER_WORDS[state.value]),
+        )
+        calls = Calls(
+            sleeper=sleeper,
+            rng=random.Random(),  # noqa: S311 - jitter for waits, not a secret
+            gate=PauseGate(sleeper),
+            breaker=breaker,
+            limiter=RateLimiter(rate.requests, rate.per_seconds, sleeper=sleeper),
+            halt=self.halt,
+            log=self.log,
+            secrets=self.secrets,
+        )
+        return RunContext(
+            manifest=self.manifest,
+            planned=self.planned,
+            options=self.options,
+            settings=self.settings,
+            store=self.store,
+            journal=journal,
+            provider=provider,
+            client=client,
+            storage=Storage(provider, config, self.store.uploads),
+            tools=self.tools,
+            calls=calls,
+            halt=self.halt,
+            spending=self.spending,
+            disk=self.disk,
+            slots=self.slots,
+            log=self.log,
+        )
+
+    # ------------------------------------------------------------------ the lines
+
+    async def _work(self, ctx: RunContext) -> None:
         main = asyncio.current_task()
         if main is None:  # asyncio.run always gives one; say so rather than misbehave
-            raise RuntimeError("Batch.run must run inside an asyncio task")
-        self.halt.attach(main, lambda: self.creates_in_flight)
+            raise RuntimeError("Engine.run must run inside an asyncio task")
+        calls, config = ctx.calls, ctx.manifest.provider
+        poller = Poller(
+            ctx.provider,
+            interval=config.poll_interval,
+            task_timeout=config.task_timeout,
+            sleeper=calls.sleeper,
+            rng=calls.rng,
+            breaker=calls.breaker,
+            log=self.log,
+        )
+        self.inputs = InputsStage(ctx)
+        self.submit = SubmitStage(ctx)
+        self.poll = PollStage(ctx, poller)
+        self.download = DownloadStage(ctx)
+        self.ctx = ctx
+        self.halt.attach(main, lambda: self.submit.in_flight)
+        ticker = Ticker(
+            calls=calls,
+            outage=self.outage,
+            halt=self.halt,
+            reporter=self.reporter,
+            rate=config.rate_limit,
+            creates_in_flight=lambda: self.submit.in_flight,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.halt.abort, "interrupted", 130)
-        poller = asyncio.create_task(self.poller.run(), name="poller")
-        # Nothing can be collected without the poller: its crash stops the run at once.
-        poller.add_done_callback(self._watch("the poller"))
-        ticker = asyncio.create_task(self._tick(), name="ticker")
-        ticker.add_done_callback(self._watch("the ticker"))
+        background = []
+        for name, work in (("the poller", poller.run()), ("the ticker", ticker.run())):
+            task = asyncio.create_task(work, name=name)
+            # Nothing can be collected without the poller: its crash stops the run at once.
+            task.add_done_callback(self._watch(name))
+            background.append(task)
         try:
             async with asyncio.TaskGroup() as tg:
-                self._resume_all(tg)
-                tg.create_task(self._guarded("the feed", self._feed(tg)), name="feed")
+                resumed = self._resume_all(tg)
+                tg.create_task(self._guarded("the feed", self._feed(tg, resumed)), name="feed")
         except asyncio.CancelledError:
             if not self.halt.aborted:
                 raise
             main.uncancel()
         finally:
-            for task in (poller, ticker):
+            for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -151,122 +247,108 @@ class Batch(Submitter):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
-    async def _tick(self) -> None:
-        """Once a second, in real time (also when tests record waits): is the provider gone,
-        what does the batch wait for, and a tick for the progress display."""
-        shown = Waiting()
-        while True:
-            await asyncio.sleep(TICK)
-            verdict = self.outage.verdict()
-            if verdict is not None and not self.halt.aborted:
-                self.log.error("%s", verdict)
-                self.halt.abort(verdict, 3)
-            waiting = self._waiting_for()
-            if waiting != shown:
-                shown = waiting
-                self.reporter.emit(waiting)
-                if waiting.reason:
-                    self.log.info("waiting: %s", waiting.reason)
-            self.reporter.tick(time.time())
-
-    def _waiting_for(self) -> Waiting:
-        """What the batch as a whole waits for now, most pressing first (the until in Unix time)."""
-        mono, wall = self.sleeper.monotonic(), time.time()
-        streak = self.outage.streak
-        if streak is not None:
-            gives_up = wall + max(0.0, streak.since + self.outage.limit - time.monotonic())
-            return Waiting(f"provider unreachable ({streak.host}): retrying, {streak.last_error}",
-                           gives_up)  # fmt: skip
-        if self.gate.remaining > 0:
-            return Waiting("429 pause: the provider asked to slow down", wall + self.gate.remaining)
-        if self.breaker.state is not BreakerState.CLOSED:
-            return Waiting("circuit breaker open: the provider keeps failing",
-                           wall + self.breaker.retry_in())  # fmt: skip
-        slot = self.limiter.next_free(mono)
-        if slot > mono + 0.5:
-            rate = self.config.rate_limit
-            return Waiting(f"rate limit: {rate.requests} creates per {rate.per_seconds:g} s",
-                           wall + slot - mono)  # fmt: skip
-        if self.halt.reason is not None and self.creates_in_flight == 0:
-            return Waiting(f"no new submissions ({self.halt.reason}): collecting paid tasks")
-        return Waiting()
-
-    def _watch(self, where: str) -> Callable[[asyncio.Task[Any]], None]:
-        """A done-callback for a background task whose failure must stop the run now."""
-
-        def done(task: asyncio.Task[Any]) -> None:
-            if task.cancelled() or task.exception() is None:
-                return
-            exc = task.exception()
-            if exc is not None:
-                self._internal_error(where, exc, abort=True)
-
-        return done
-
-    async def _guarded(self, where: str, work: Awaitable[None]) -> None:
-        """Run one job's (or the feed's) work; a bug in it stops new work, never the others."""
+    async def _fresh_line(self, job_id: str) -> None:
+        """A pending job: inputs -> submit -> poll -> download."""
+        pj = self.planned[job_id]
+        if await self.submit.settled_without_paying(pj):
+            return
+        ready = await self.inputs.ready_or_none(pj)
+        if ready is None:
+            return
+        lease = await self.slots.acquire()
         try:
-            await work
-        except BatchStopped as exc:  # the disk: every later job would hit it too
-            self.stop_new(str(exc), exc.exit_code)
-        except Exception as exc:  # a bug: the state is consistent (every move is atomic)
-            self._internal_error(where, exc, abort=False)
+            handle = await self.submit.create(pj, ready)
+            if handle is not None:
+                await self._collect(job_id, handle, lease)
+        finally:
+            await lease.release()
 
-    def _internal_error(self, where: str, exc: BaseException, *, abort: bool) -> None:
-        reason = self.halt.internal_error(where, exc, abort=abort)
-        self.log.error("%s", reason, exc_info=(type(exc), exc, exc.__traceback__))
+    async def _collect(self, job_id: str, handle: Handle, lease: Lease | None) -> None:
+        """A job with a task: poll to its end (the slot is given back then), then download."""
+        status = await self.poll.follow(job_id, handle, lease)
+        if status is None:
+            return
+        await self.ctx.journal.move(job_id, State.DOWNLOADING, result_url=status.result_url)
+        await self.download.fetch(job_id, handle, status)
 
-    def _resume_all(self, tg: asyncio.TaskGroup) -> None:
-        for row in self.store.rows([State.SUBMITTING, State.RUNNING, State.DOWNLOADING]):
-            # Orphans too: a paid task is collected whatever the manifest now says.
-            self.resumed.add(row.id)
-            if row.state is State.SUBMITTING:
-                resume = self._resume_submitting(row)
-            else:
-                resume = self._resume(
-                    row, self.slots.take() if row.state is State.RUNNING else None
-                )
-            work = self._guarded(f"job {row.id}", resume)
-            self._track(row.key, tg.create_task(work, name=f"resume:{row.id}"))
+    async def _resume_line(self, row: JobRow) -> None:
+        """Where a stored state re-enters the line (:data:`RESUME`); never a second create."""
+        journal = self.ctx.journal
+        if row.state is State.SUBMITTING:
+            found = await self.submit.resume(row)
+            if found is not None:
+                await self._collect(row.id, found, self.slots.take())
+            elif self._may_submit(row.id):  # the create never happened: submit it, once
+                await self._fresh_line(row.id)
+            return
+        if row.state is State.DOWNLOADING:
+            existing = await self.download.existing(row)
+            if existing is not None:
+                await self.download.finish(row.id, existing)
+                return
+            await journal.move(row.id, State.RUNNING, expect=State.DOWNLOADING)
+        elif row.state is State.FAILED:  # --retry-failed on a task that may still be alive
+            await journal.move(row.id, State.RUNNING, expect=State.FAILED, error=None)
+        if row.task_id is None:  # cannot happen for a collecting row; say so rather than guess
+            raise RuntimeError(f"job {row.id} is {row.state.value} without a task id")
+        handle = Handle(self.manifest.provider.name, row.task_id, row.client_id)
+        await self._collect(row.id, handle, self.slots.take())
+
+    def _may_submit(self, job_id: str) -> bool:
+        return (
+            not self.halt.stopping
+            and job_id in self.planned
+            and self.store.get(job_id).state is State.PENDING
+        )
+
+    def _resume_all(self, tg: asyncio.TaskGroup) -> set[str]:
+        """Start a line for every job an earlier run left with a task (orphans included: a
+        paid task is collected whatever the manifest now says); the ids resumed."""
+        resumed: set[str] = set()
+        rows = list(self.store.rows([State.SUBMITTING, State.RUNNING, State.DOWNLOADING]))
         if self.options.retry_failed:
-            for row in self.store.rows([State.FAILED]):
-                if row.id in self.planned and row.task_id and row.fail_kind in RECHECK:
-                    lease = self.slots.take()
-                    work = self._guarded(f"job {row.id}", self._recheck(row, lease))
-                    tg.create_task(work, name=f"recheck:{row.id}")
+            rows += [
+                r
+                for r in self.store.rows([State.FAILED])
+                if r.id in self.planned and r.task_id and r.fail_kind in RECHECK
+            ]
+        for row in rows:
+            resumed.add(row.id)
+            work = self._guarded(f"job {row.id}", self._resume_line(row))
+            self._track(row.key, tg.create_task(work, name=f"resume:{row.id}"))
+        return resumed
 
-    def _fresh_ids(self) -> Iterator[str]:
+    def _fresh_ids(self, resumed: set[str]) -> Iterator[str]:
         states = [State.PENDING] + ([State.FAILED] if self.options.retry_failed else [])
         for summary in self.store.summaries(states):
-            if summary.id not in self.planned or summary.id in self.resumed:
+            if summary.id not in self.planned or summary.id in resumed:
                 continue
-            if summary.state is State.FAILED and summary.task_id and summary.fail_kind in RECHECK:
-                continue  # re-checked, never re-submitted blindly
             yield summary.id
 
-    async def _feed(self, tg: asyncio.TaskGroup) -> None:
-        """Start fresh jobs, keeping only a bounded look-ahead in memory."""
-        admission = asyncio.Semaphore(2 * self.concurrency + 2)
-        for started, job_id in enumerate(self._fresh_ids()):
-            if self.stopping:
+    async def _feed(self, tg: asyncio.TaskGroup, resumed: set[str]) -> None:
+        """Start fresh jobs in manifest order, keeping only a bounded look-ahead in memory."""
+        admission = asyncio.Semaphore(self.lookahead)
+        max_jobs = self.options.max_jobs
+        for started, job_id in enumerate(self._fresh_ids(resumed)):
+            if self.halt.stopping:
                 return
-            if self.options.max_jobs is not None and started >= self.options.max_jobs:
-                self.reporter.emit(Notice(f"--max-jobs {self.options.max_jobs} reached", "info"))
+            if max_jobs is not None and started >= max_jobs:
+                self.reporter.emit(Notice(f"--max-jobs {max_jobs} reached", "info"))
                 return
             await admission.acquire()
             key = self.planned[job_id].key
             ahead = self.latest.get(key)
 
-            async def job(job_id: str = job_id, ahead: asyncio.Task[Any] | None = ahead) -> None:
+            async def line(job_id: str = job_id, ahead: asyncio.Task[Any] | None = ahead) -> None:
                 try:
                     if ahead is not None:
                         # The same generation is already on its way: adopt it, do not pay again.
                         await asyncio.wait([ahead])
-                    await self._fresh(job_id)
+                    await self._fresh_line(job_id)
                 finally:
                     admission.release()
 
-            work = self._guarded(f"job {job_id}", job())
+            work = self._guarded(f"job {job_id}", line())
             self._track(key, tg.create_task(work, name=f"job:{job_id}"))
 
     def _track(self, key: str, task: asyncio.Task[Any]) -> None:
@@ -278,50 +360,84 @@ class Batch(Submitter):
 
         task.add_done_callback(forget)
 
+    # ------------------------------------------------------------------ supervision
+
+    def _watch(self, where: str) -> Callable[[asyncio.Task[Any]], None]:
+        """A done-callback for a background task whose failure must stop the run now."""
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                self._internal_error(where, exc, abort=True)
+
+        return done
+
+    async def _guarded(self, where: str, work: Awaitable[None]) -> None:
+        """Run one job's (or the feed's) line; a bug in it stops new work, never the others."""
+        try:
+            await work
+        except BatchStopped as exc:  # the disk: every later job would hit it too
+            self.halt.stop_new(str(exc), exc.exit_code)
+        except Exception as exc:  # a bug: the state is consistent (every move is atomic)
+            self._internal_error(where, exc, abort=False)
+
+    def _internal_error(self, where: str, exc: BaseException, *, abort: bool) -> None:
+        reason = self.halt.internal_error(where, exc, abort=abort)
+        self.log.error("%s", reason, exc_info=(type(exc), exc, exc.__traceback__))
+
+    def _announce_stop(self, reason: str) -> None:
+        self.reporter.emit(Notice(f"stopping new submissions: {reason}", "warning"))
+        self.log.warning("stopping new submissions: %s", reason)
+
     # ------------------------------------------------------------------ bookkeeping
 
     def _count_committed(self) -> None:
-        for row in self.store.rows():
+        """Book what earlier runs submitted against the budget (it is spent, or on its way)."""
+        budget = self.manifest.budget
+        for row in self.store.brief():
             if row.state is State.PENDING or (row.state is State.FAILED and not row.task_id):
                 continue
             seconds = row.billed_seconds or 0.0
             pj = self.planned.get(row.id)
-            mode = pj.job.settings.mode if pj else row.spec.get("settings", {}).get("mode", "std")
-            self.spending.count(row.id, seconds, self.manifest.budget.cost(mode, seconds) or 0.0)
+            mode = pj.job.settings.mode if pj else row.mode or "std"
+            self.spending.count(row.id, seconds, budget.cost(mode, seconds) or 0.0)
 
     def _summary(self, started: float) -> RunSummary:
         counts = self.store.counts()
         planned = set(self.planned)
-        if self.halt.code:
-            code = self.halt.code
-        elif counts[State.FAILED] or counts[State.NEEDS_ATTENTION] or self._unfinished(planned):
-            code = 1
-        else:
-            code = 0
-        seconds = sum(
-            (r.billed_seconds or 0.0) for r in self.store.rows([State.DONE]) if r.id in planned
-        )
+        seconds = sum((r.billed_seconds or 0.0) for r in self.store.brief()
+                      if r.state is State.DONE and r.id in planned)  # fmt: skip
         creates, now_seconds, now_cost = self.spending.this_run()
         priced = bool(self.manifest.budget.price_per_second)
+        submit = getattr(self, "submit", None)
         return RunSummary(
-            paid_now=Money(creates, now_seconds, now_cost if priced else None),
-            batch_paid=paid(self.store.brief(), self.manifest.budget),
-            currency=self.manifest.budget.currency,
             counts=counts,
-            exit_code=code,
+            exit_code=exit_code(
+                counts, stopped=self.halt.code, unfinished=self._unfinished(planned)
+            ),
             stop_reason=self.halt.reason,
             seconds_billed=seconds,
             wall_seconds=time.monotonic() - started,
             http_requests=self.requests,
-            submitted=self.submitted,
+            submitted=submit.submitted if submit is not None else 0,
             occupancy=self.slots.occupancy(),
+            paid_now=Money(creates, now_seconds, now_cost if priced else None),
+            batch_paid=paid(self.store.brief(), self.manifest.budget),
+            currency=self.manifest.budget.currency,
         )
 
     def _unfinished(self, planned: set[str]) -> bool:
-        """A job of the manifest is not done yet, though nothing stopped the run (exit 1, not 0)."""
+        """A job is not done yet, though nothing stopped the run (exit 1, not 0)."""
         in_flight = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
         if self.store.summaries(in_flight):  # a paid task left to collect, orphans included
             return True
         if self.options.max_jobs is not None:  # --max-jobs leaves the rest pending on purpose
             return False
         return any(s.id in planned for s in self.store.summaries([State.PENDING]))
+
+
+_BREAKER_WORDS = {
+    "open": "circuit breaker open: the provider keeps failing, calls rest "
+    f"{DEFAULTS.breaker_cooldown:g} s",
+    "half_open": "circuit breaker half open: one call tries the provider again",
+    "closed": "circuit breaker closed: the provider answers again",
+}

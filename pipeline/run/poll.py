@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import BadReplyError, ProviderError, TransientError
-from pipeline.jobs import Handle, TaskStatus
+from pipeline.jobs import FailKind, Handle, State, TaskStatus
 from pipeline.providers.base import Provider
+from pipeline.run.context import RunContext
 from pipeline.run.retry import CircuitBreaker, Sleeper, backoff, cause, poll_delay
+from pipeline.run.slots import Lease
 
 BATCH_SIZE = 50
 """Tasks per batch query (AceData retrieve_batch)."""
@@ -283,3 +285,40 @@ class Poller:
 def _fail(entry: _Entry, exc: BaseException) -> None:
     if not entry.future.done():
         entry.future.set_exception(exc)
+
+
+class PollStage:
+    """The poll stage: follow a task to its end and decide what its end means for the job.
+
+    The provider slot (``lease``) is given back as soon as the task ends, whatever the outcome.
+    """
+
+    def __init__(self, ctx: RunContext, poller: Poller) -> None:
+        self.ctx = ctx
+        self.poller = poller
+
+    async def follow(self, job_id: str, handle: Handle, lease: Lease | None) -> TaskStatus | None:
+        """The succeeded task's status, or None with the job moved (or left for the next run)."""
+        journal = self.ctx.journal
+        try:
+            status = await self.poller.wait(handle, label=f"job {job_id}")
+        except (TaskTimeout, UnreadableTask) as exc:
+            kind = FailKind.TIMEOUT if isinstance(exc, TaskTimeout) else FailKind.UNREADABLE
+            kept = f"task {handle.task_id} kept: `run --retry-failed` asks about it again"
+            await journal.fail(job_id, kind, f"{exc}; {kept}")
+            return None
+        except PollerCrashed:
+            return None  # the run is stopping; the task still runs and the next run polls it
+        except ProviderError as exc:
+            # The provider does not know a task it accepted (or refuses to say): it is paid for,
+            # so a human decides; `--retry-failed` would pay for it again.
+            why = f"the provider no longer answers for task {handle.task_id}: {exc}"
+            await journal.move(job_id, State.NEEDS_ATTENTION, error=self.ctx.ambiguous(why, job_id))
+            return None
+        finally:
+            if lease is not None:
+                await lease.release()
+        if status.phase == "failed":
+            await journal.fail(job_id, FailKind.TASK, status.reason or "the task failed")
+            return None
+        return status

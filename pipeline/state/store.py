@@ -194,6 +194,14 @@ class StateStore:
     ) -> None:
         self.close()
 
+    def pragma(self, name: str) -> object:
+        """The value of a read-only PRAGMA of this connection (``synchronous``...), for checks."""
+        if not name.isidentifier():
+            raise StateError(f"not a pragma name: {name!r}")
+        with self._locked():
+            row = self._conn.execute(f"PRAGMA {name}").fetchone()
+        return None if row is None else row[0]
+
     def integrity_check(self) -> str:
         """``"ok"`` or SQLite's list of problems."""
         with self._locked():

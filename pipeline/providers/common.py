@@ -17,8 +17,8 @@ import httpx
 
 from pipeline.errors import AmbiguousError, ConfigError, ProviderError, TransientError
 from pipeline.jobs import Handle, TaskStatus
-from pipeline.providers._http import DEADLINES, Purpose, Reply, garbage_error, snippet
 from pipeline.providers.base import Credentials, ProviderConfig
+from pipeline.providers.http import DEADLINES, Purpose, Reply, garbage_error, snippet
 from pipeline.settings import redact
 from pipeline.text import printable
 
@@ -149,7 +149,7 @@ def no_client_id(provider: str, job_id: str) -> AmbiguousError:
 
 class ClientBase:
     """What every provider client holds: its config, keys, the shared HTTP client, a clock and
-    the deadline of each kind of call (:data:`~pipeline.providers._http.DEADLINES` unless given;
+    the deadline of each kind of call (:data:`~pipeline.providers.http.DEADLINES` unless given;
     tests shorten them)."""
 
     def __init__(

@@ -1,0 +1,116 @@
+"""The one retry primitive of a run: every HTTP call of a stage goes through :meth:`Calls.repeat`.
+
+It waits out the shared 429 pause, the circuit breaker and the create rate limit where asked,
+retries a :class:`~pipeline.errors.TransientError` with full-jitter backoff (Retry-After as a
+floor), gives up after its tries or when the batch is stopping, and writes one log line per
+retry with its cause. What a failure *means* (an ambiguous create, a refusal, an expired URL) is
+the stage's business: those errors pass through untouched (``final``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from pipeline.errors import RateLimitedError, TransientError
+from pipeline.run.halt import Halt
+from pipeline.run.retry import (
+    BreakerState,
+    CircuitBreaker,
+    PauseGate,
+    RateLimiter,
+    Sleeper,
+    cause,
+    next_wait,
+)
+from pipeline.settings import DEFAULTS, redact
+
+T = TypeVar("T")
+
+RATE_LIMITED_TRIES = 50
+"""429 answers in a row one call rides out (each one pauses every caller) before it gives up."""
+
+
+class Calls:
+    def __init__(
+        self,
+        *,
+        sleeper: Sleeper,
+        rng: random.Random,
+        gate: PauseGate,
+        breaker: CircuitBreaker,
+        limiter: RateLimiter,
+        halt: Halt,
+        log: logging.Logger,
+        secrets: Sequence[str],
+    ) -> None:
+        self.sleeper = sleeper
+        self.rng = rng
+        self.gate = gate
+        self.breaker = breaker
+        self.limiter = limiter
+        self.halt = halt
+        self.log = log
+        self._secrets = tuple(secrets)
+
+    async def repeat(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        what: str,
+        tries: int = DEFAULTS.call_tries,
+        cap: float = 60.0,
+        creates: bool = False,
+        final: tuple[type[BaseException], ...] = (),
+    ) -> T:
+        """``call()`` until it returns; its last TransientError after ``tries`` (or once the
+        batch is stopping). ``creates``: a create request, which also waits for the circuit
+        breaker and the rate limit and tells the breaker how it went."""
+        attempt = 0
+        limited = 0
+        while True:
+            if creates:
+                while not self.breaker.allow():
+                    is_open = self.breaker.state is BreakerState.OPEN
+                    rest = self.breaker.retry_in() if is_open else 0.05
+                    await self.sleeper.sleep(max(rest, 0.05))
+                await self.limiter.acquire()
+            await self.gate.wait()
+            try:
+                result = await call()
+            except final:
+                raise
+            except RateLimitedError as exc:
+                if creates:
+                    self.breaker.record_success()  # it answered: busy, not broken
+                limited += 1
+                wait = next_wait(limited - 1, exc.retry_after, base=1.0, cap=cap, rng=self.rng)
+                if limited >= RATE_LIMITED_TRIES or self.halt.stopping:
+                    self._say("%s: gave up after %d rate-limited answers (%s)", what, limited, exc)
+                    raise
+                self._say("%s: rate limited, every call pauses %.1f s (%s)", what, wait, exc)
+                self.gate.pause_for(wait)
+                continue
+            except TransientError as exc:
+                if creates:
+                    self.breaker.record_failure()
+                if attempt + 1 >= tries or self.halt.stopping:
+                    self._say("%s: gave up after %d tries (%s)", what, attempt + 1, exc)
+                    raise
+                wait = next_wait(attempt, exc.retry_after, base=1.0, cap=cap, rng=self.rng)
+                self._say("%s: try %d failed, again in %.1f s (%s)", what, attempt + 1, wait, exc)
+                await self.sleeper.sleep(wait)
+                attempt += 1
+                continue
+            if creates:
+                self.breaker.record_success()
+            return result
+
+    def _say(self, template: str, what: str, number: float, *rest: float | BaseException) -> None:
+        """One retry log line; its last argument is the error, written as its cause (class,
+        HTTP status, provider code, Retry-After) and redacted."""
+        *values, exc = rest
+        text = redact(cause(exc), self._secrets) if isinstance(exc, BaseException) else str(exc)
+        self.log.warning(template, what, number, *values, text)

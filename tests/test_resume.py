@@ -1,0 +1,152 @@
+"""Where each stored state re-enters a job's line (engine.RESUME), one parametrised test: the
+engine runs against the recording fake provider, results come from a real local HTTP server,
+and what the fake was asked shows that no resume ever creates twice."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from batchkit import Media
+from conftest import planned_job
+from fake_provider import FakeProvider, Script
+
+from pipeline import providers
+from pipeline.jobs import Handle, State
+from pipeline.manifest.model import Budget, Manifest
+from pipeline.media.tools import find_tools
+from pipeline.plan.build import Plan
+from pipeline.progress.events import RecordingReporter
+from pipeline.providers.base import Credentials, ProviderConfig
+from pipeline.run.disk import DiskGuard
+from pipeline.run.engine import RESUME, Engine
+from pipeline.run.options import RunOptions
+from pipeline.settings import Settings
+from pipeline.state.rows import JobRecord
+from pipeline.state.store import StateStore
+
+
+@pytest.fixture(scope="module")
+def results(stage_media: Media) -> Iterator[str]:
+    """A real HTTP server on loopback answering every GET with the test clip."""
+    body = stage_media.video.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _to(store: StateStore, job_id: str, state: str, *, kind: str | None = None) -> None:
+    """Walk a job to a stored state, as an earlier run would have left it."""
+    path = {
+        "pending": [],
+        "submitting": [State.SUBMITTING],
+        "running": [State.SUBMITTING, State.RUNNING],
+        "downloading": [State.SUBMITTING, State.RUNNING, State.DOWNLOADING],
+        "failed": [State.SUBMITTING, State.RUNNING, State.FAILED],
+    }[state]
+    for to in path:
+        fields: dict[str, Any] = {}
+        if to is State.SUBMITTING:
+            fields = {"client_id": "mp-a-1", "attempt": 1, "billed_seconds": 3.5}
+        elif to is State.RUNNING:
+            fields = {"task_id": "task-a"}
+        elif to is State.FAILED:
+            fields = {"fail_kind": kind, "error": "earlier run"}
+        store.transition(job_id, to, **fields)
+
+
+CASES = {
+    # id: (stored state, fail kind, client id, options, lookup answer, final state, submits, polls)
+    "pending": ("pending", None, False, {}, None, "done", 1, True),
+    "submitting, found by client id": ("submitting", None, True, {}, "found", "done", 0, True),
+    "submitting, never happened": ("submitting", None, True, {}, None, "done", 1, True),
+    "submitting, no client id": ("submitting", None, False, {}, None, "needs_attention", 0, False),
+    "running": ("running", None, False, {}, None, "done", 0, True),
+    "downloading": ("downloading", None, False, {}, None, "done", 0, True),
+    "failed, timed out, --retry-failed": (
+        "failed",
+        "timeout",
+        False,
+        {"retry_failed": True},
+        None,
+        "done",
+        0,
+        True,
+    ),
+    "failed, task failed, --retry-failed": (
+        "failed",
+        "task",
+        False,
+        {"retry_failed": True},
+        None,
+        "done",
+        1,
+        True,
+    ),
+    "failed, no --retry-failed": ("failed", "task", False, {}, None, "failed", 0, False),
+}
+
+
+def test_every_stored_state_has_a_way_back_in() -> None:
+    assert set(RESUME) == {
+        State.PENDING,
+        State.SUBMITTING,
+        State.RUNNING,
+        State.DOWNLOADING,
+        State.FAILED,
+    }
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_from_each_stored_state(
+    case: str, results: str, stage_media: Media, tmp_path: Path
+) -> None:
+    stored, kind, client_id, options, lookup, final, submits, polled = CASES[case]
+    task = Handle("fake", "task-a", "mp-a-1")
+    script = Script(
+        polls={"task-a": ["succeeded"]},
+        lookups=[task if lookup else None],
+        creates=[task],
+    )
+    providers.register(FakeProvider)
+    FakeProvider.reset(script, client_id=client_id)
+    FakeProvider.result_base = results
+    try:
+        pj = planned_job("a", stage_media)
+        config = ProviderConfig("fake", "fake-model", results, poll_interval=0.01)
+        output = tmp_path / "out"
+        manifest = Manifest(tmp_path / "m.yaml", "resume", output, config, Budget(), (pj.job,))
+        with StateStore.open(output) as store:
+            store.sync_jobs([JobRecord("a", pj.key, {"settings": {"mode": "std"}})])
+            _to(store, "a", stored, kind=kind)
+            engine = Engine(
+                manifest, Plan(manifest, (pj,)), store, Settings.from_env({}),
+                RunOptions(**options), RecordingReporter(), Credentials(), find_tools(),
+                logging.getLogger(f"resume.{tmp_path.name}"), DiskGuard(output, floor=0, reserve=0),
+            )  # fmt: skip
+            summary = asyncio.run(engine.run())
+            assert store.get("a").state.value == final, store.get("a").error
+        assert len(FakeProvider.calls("submit")) == submits
+        assert bool(FakeProvider.calls("poll")) == polled
+        assert summary.exit_code == (0 if final == "done" else 1)
+    finally:
+        providers.unregister("fake")
