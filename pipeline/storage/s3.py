@@ -93,7 +93,7 @@ class S3Bucket:
             s3={"addressing_style": "path" if storage.endpoint_url else "auto"},
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # one try: ours retries
             # Only the checksums S3 requires: the newer defaults break GCS and older MinIO.
             # Integrity comes from Content-MD5, which every S3-compatible service checks.
             request_checksum_calculation="when_required",
