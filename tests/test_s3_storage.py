@@ -328,3 +328,19 @@ def test_credentials_from_a_profile_file_are_secrets_too(server: S3Server, tmp_p
     assert storage_secrets(config_of(server, "mp-any-1"), Settings.from_env(env)) == [
         f"{SECRET_KEY}-p"
     ]
+
+
+def test_a_presigned_url_is_recorded_without_its_session_token(
+    server: S3Server, image: LocalFile
+) -> None:
+    from pipeline.storage.urls import record_url
+
+    bucket = server.make_bucket()
+    url = asyncio.run(storage(server, bucket).url_for(image, job_id="j1")).url
+    # Temporary credentials: the provider needs the token in the URL to fetch it...
+    assert "X-Amz-Security-Token=" in url
+    recorded = record_url(url)
+    # ...but what is written down keeps only the signature.
+    assert SESSION_TOKEN not in recorded and "X-Amz-Security-Token=***" in recorded
+    assert "X-Amz-Signature=" in recorded and recorded.split("?")[0] == url.split("?")[0]
+    assert record_url("https://cdn.example/a.png?sig=1") == "https://cdn.example/a.png?sig=1"
