@@ -344,3 +344,16 @@ def test_a_presigned_url_is_recorded_without_its_session_token(
     assert SESSION_TOKEN not in recorded and "X-Amz-Security-Token=***" in recorded
     assert "X-Amz-Signature=" in recorded and recorded.split("?")[0] == url.split("?")[0]
     assert record_url("https://cdn.example/a.png?sig=1") == "https://cdn.example/a.png?sig=1"
+
+
+def test_a_bucket_in_another_aws_region_is_named_before_any_url_is_handed_out() -> None:
+    # AWS answers every request with x-amz-bucket-region; URLs signed for the wrong region are
+    # refused when the provider fetches them, so the preflight turns that header into advice.
+    from pipeline.storage.s3errors import S3Call
+
+    conf = StorageConfig(bucket="mp-elsewhere-1", prefix="p/")  # AWS itself: no endpoint_url
+    bucket = S3Bucket(conf, SETTINGS)
+    answer = {"ResponseMetadata": {"HTTPHeaders": {"x-amz-bucket-region": "eu-west-3"}}}
+    with pytest.raises(ConfigError, match=r"region eu-west-3, not us-east-1: set storage.region"):
+        bucket._check_region(answer, S3Call(conf, "check of"))
+    bucket._check_region({"ResponseMetadata": {"HTTPHeaders": {}}}, S3Call(conf, "check of"))

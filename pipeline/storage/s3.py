@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.manifest.model import StorageConfig
 from pipeline.settings import Settings
 from pipeline.storage.aws import (
@@ -132,14 +132,30 @@ class S3Bucket:
 
         def check() -> None:
             try:
-                self._client.get_object(Bucket=self.storage.bucket, Key=key, Range="bytes=0-0")
+                answer = self._client.get_object(
+                    Bucket=self.storage.bucket, Key=key, Range="bytes=0-0"
+                )
             except Exception as exc:
                 error = _code(exc)
-                if error in {"NoSuchKey", "AccessDenied", "404", "403", "InvalidRange"}:
-                    return
-                raise translate(exc, call) from None
+                if error not in {"NoSuchKey", "AccessDenied", "404", "403", "InvalidRange"}:
+                    raise translate(exc, call) from None
+                answer = getattr(exc, "response", {})
+            self._check_region(answer, call)
 
         await asyncio.to_thread(check)
+
+    def _check_region(self, answer: Any, call: S3Call) -> None:
+        """AWS names the bucket's region in every answer; a presigned URL signed for another
+        region is refused when the provider fetches it, so say it now (the API calls would
+        only have been redirected)."""
+        headers = (answer.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        actual = headers.get("x-amz-bucket-region")
+        region = self._client.meta.region_name
+        if actual and region and actual != region and self.storage.endpoint_url is None:
+            raise ConfigError(
+                call.text(f"the bucket is in region {actual}, not {region}: "
+                          f"set storage.region: {actual}")
+            )  # fmt: skip
 
     async def store(
         self, path: Path, *, sha256: str, suffix: str, content_type: str, job_id: str
