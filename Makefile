@@ -19,8 +19,9 @@ $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) -e .
 	@touch $@
 
+# The tests need the s3 extra too: the storage tests run against a real S3-compatible server.
 $(STAMP): $(RUNTIME_STAMP) pyproject.toml
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,s3]'
 	@touch $@
 
 demo: $(RUNTIME_STAMP)

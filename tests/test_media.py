@@ -7,7 +7,6 @@ import contextlib
 import http.server
 import os
 import random
-import socket
 import stat
 import threading
 from collections.abc import Iterator
@@ -205,17 +204,7 @@ def test_probe_over_http(media: Path, tools: MediaTools) -> None:
     assert info.size_bytes == (media / "clip.mp4").stat().st_size
 
 
-@pytest.mark.timeout(60)
-def test_a_stalling_server_hits_the_hard_timeout(tools: MediaTools) -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)  # accepts connections, never answers
-    try:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/clip.mp4"
-        with pytest.raises(MediaError, match="did not finish within 1 s"):
-            probe_file(url, tools, timeout=1.0)
-    finally:
-        listener.close()
+# Fetch rules, deadlines and host names of URL inputs: tests/test_url_probe.py.
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -254,14 +243,13 @@ def test_unknown_provider_or_orientation_is_a_config_error() -> None:
         limits_for("kie", "kling-2.6/motion-control", "sideways")
 
 
-def test_ffprobe_killed_by_a_signal_on_a_url_names_the_likely_cause(tmp_path: Path) -> None:
-    # The bundled static ffprobe segfaults resolving host names; a stand-in dies the same way.
+def test_ffprobe_killed_by_a_signal_is_unreadable_not_a_crash(media: Path, tmp_path: Path) -> None:
     crashing = tmp_path / "ffprobe"
     crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crashing.chmod(0o755)
     tools = MediaTools(ffmpeg=str(crashing), ffprobe=str(crashing))
-    with pytest.raises(MediaError, match=r"signal 11; a static ffmpeg build cannot look up host"):
-        probe_file("https://assets.example.com/a.mp4", tools, timeout=30)  # a bound only
+    with pytest.raises(MediaError, match=r"unreadable: ffprobe died with signal 11"):
+        probe_file(media / "clip.mp4", tools, timeout=30)  # a bound only
 
 
 def test_run_tool_keeps_only_the_tail_of_a_flood_of_errors(tmp_path: Path) -> None:

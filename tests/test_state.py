@@ -256,12 +256,27 @@ def test_upload_cache_round_trip_and_overwrite(tmp_path: Path) -> None:
         cache = store.uploads
         assert cache.get("kie", "https://up", "abc") is None
         cache.put("kie", "https://up", "abc", "https://up/f1", 1000.5)
-        cache.put("kie", "https://up", "abc", "https://up/f2", 2000.0)
+        cache.put("kie", "https://up", "abc", "https://up/f2", 2000.0, 88400.0)
         cache.put("kie", "https://other", "abc", "https://other/f", 10.0)
-        assert cache.get("kie", "https://up", "abc") == ("https://up/f2", 2000.0)
+        assert cache.get("kie", "https://up", "abc") == ("https://up/f2", 2000.0, 88400.0)
         assert cache.get("acedata", "https://up", "abc") is None
     with StateStore.open(tmp_path, readonly=True) as reader:
-        assert reader.uploads.get("kie", "https://other", "abc") == ("https://other/f", 10.0)
+        assert reader.uploads.get("kie", "https://other", "abc") == ("https://other/f", 10.0, None)
+
+
+def test_v2_upload_rows_survive_the_v3_migration_without_an_expiry(tmp_path: Path) -> None:
+    from pipeline.state.schema import MIGRATIONS
+
+    conn = sqlite3.connect(state_path(tmp_path))
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for migrate in MIGRATIONS[:2]:
+        migrate(conn)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    conn.execute("INSERT INTO uploads VALUES ('kie', 'https://up', 'abc', 'https://up/f', 5.0)")
+    conn.commit()
+    conn.close()
+    with StateStore.open(tmp_path) as store:
+        assert store.uploads.get("kie", "https://up", "abc") == ("https://up/f", 5.0, None)
 
 
 # --------------------------------------------------------------------------- versions

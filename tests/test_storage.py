@@ -1,4 +1,7 @@
-"""Inputs -> URLs: pass-through, uploads through the provider, the upload cache and its expiry."""
+"""Inputs -> URLs: pass-through, uploads through the provider, the upload cache and its expiry.
+
+The manifest's bucket (storage: s3) has its own tests against a real S3 server: test_s3_*.py.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pipeline.media.hashing import sha256_file
 from pipeline.providers.base import Credentials, InputURLs, ProviderConfig
 from pipeline.providers.kie import KieProvider
 from pipeline.storage.uploads import (
+    InputURL,
     LocalFile,
     MemoryUploadCache,
     Storage,
@@ -115,11 +119,12 @@ def test_local_file_is_uploaded_once_under_a_unique_name(image: LocalFile) -> No
     provider, clock = fake(), [1000.0]
     store = storage(provider, clock)
 
-    async def twice() -> tuple[str, str]:
+    async def twice() -> tuple[InputURL, InputURL]:
         return await store.url_for(image, job_id="j1"), await store.url_for(image, job_id="j2")
 
     first, second = asyncio.run(twice())
     assert first == second
+    assert first.expires_at == 1000.0 + 24 * HOUR  # uploaded at 1000, Kie-like ttl
     ((path, name, content_type),) = provider.calls
     digest = hashlib.sha256(image.path.read_bytes()).hexdigest()
     assert path == image.path and content_type == "image/png"
@@ -131,7 +136,8 @@ def test_concurrent_jobs_sharing_an_input_upload_it_once(image: LocalFile) -> No
     store = storage(provider, [0.0])
 
     async def many() -> list[str]:
-        return list(await asyncio.gather(*(store.url_for(image, job_id=f"j{i}") for i in range(5))))
+        got = await asyncio.gather(*(store.url_for(image, job_id=f"j{i}") for i in range(5)))
+        return [u.url for u in got]
 
     assert len(set(asyncio.run(many()))) == 1
     assert len(provider.calls) == 1
@@ -148,7 +154,52 @@ def test_reupload_when_the_cached_upload_nears_expiry(image: LocalFile) -> None:
     second = asyncio.run(store.url_for(image, job_id="j1"))
     assert second != first and len(provider.calls) == 2
     digest = sha256_file(image.path)
-    assert cache.get("fake", "https://up.fake", digest) == (second, 23 * HOUR)
+    assert cache.get("fake", "https://up.fake", digest) == (second.url, 23 * HOUR, 47 * HOUR)
+
+
+def test_rows_without_an_expiry_expire_after_the_provider_ttl(image: LocalFile) -> None:
+    # Rows written before schema v3 have no expires_at: uploaded_at + upload_ttl is the rule.
+    cache = MemoryUploadCache()
+    cache.put("fake", "https://up.fake", sha256_file(image.path), "https://up.fake/old.png", 0.0)
+    provider = fake()
+    got = asyncio.run(storage(provider, [HOUR], cache).url_for(image, job_id="j"))
+    assert got == InputURL("https://up.fake/old.png", 24 * HOUR) and provider.calls == []
+
+
+def test_input_urls_carry_each_expiry_and_pass_through_urls_never_expire(
+    image: LocalFile,
+) -> None:
+    urls = asyncio.run(storage(fake(), [10.0]).input_urls("j", image, "https://cdn/x.mp4"))
+    assert urls.image_expires_at == 10.0 + 24 * HOUR
+    assert urls.video_expires_at is None and urls.expires_at == urls.image_expires_at
+
+
+def test_ensure_fresh_is_free_until_a_url_nears_expiry_then_uploads_again(
+    image: LocalFile,
+) -> None:
+    provider, clock = fake(), [0.0]
+    store = storage(provider, clock)
+
+    async def go() -> tuple[InputURLs, InputURLs, InputURLs]:
+        urls = await store.input_urls("j1", image, "https://cdn/x.mp4")
+        clock[0] = 20 * HOUR  # 4 h left: more than the margin
+        same = await store.ensure_fresh(urls, job_id="j1", margin=HOUR)
+        assert len(provider.calls) == 1
+        clock[0] = 23.5 * HOUR  # half an hour left: a create now could reach a deleted file
+        fresh = await store.ensure_fresh(urls, job_id="j1", margin=HOUR)
+        return urls, same, fresh
+
+    urls, same, fresh = asyncio.run(go())
+    assert same is urls
+    assert fresh.image_url != urls.image_url and len(provider.calls) == 2
+    assert fresh.image_expires_at == 23.5 * HOUR + 24 * HOUR
+    assert fresh.video_url == "https://cdn/x.mp4" and fresh.video_expires_at is None
+
+
+def test_ensure_fresh_refuses_a_url_it_did_not_make() -> None:
+    stranger = InputURLs("https://up.fake/x.png", "https://cdn/x.mp4", image_expires_at=5.0)
+    with pytest.raises(InputError, match=r"job j: .*not made by this run"):
+        asyncio.run(storage(fake(), [10.0]).ensure_fresh(stranger, job_id="j", margin=60))
 
 
 def test_cache_is_keyed_by_provider_endpoint_and_content(image: LocalFile, tmp_path: Path) -> None:
@@ -170,9 +221,8 @@ def test_known_hash_is_trusted_and_used_as_the_key(image: LocalFile) -> None:
     cache.put("fake", "https://up.fake", "f" * 64, "https://up.fake/cached.png", 0.0)
     provider = fake()
     known = LocalFile(image.path, "image/png", sha256="f" * 64)
-    assert asyncio.run(storage(provider, [1.0], cache).url_for(known, job_id="j")) == (
-        "https://up.fake/cached.png"
-    )
+    got = asyncio.run(storage(provider, [1.0], cache).url_for(known, job_id="j"))
+    assert got.url == "https://up.fake/cached.png"
     assert provider.calls == []
 
 
@@ -182,7 +232,7 @@ def test_provider_without_upload_asks_for_urls(image: LocalFile) -> None:
         asyncio.run(storage(provider, [0.0]).url_for(image, job_id="j1"))
     message = str(info.value)
     assert "job j1" in message and str(image.path) in message
-    assert "http(s) URL" in message and "until a storage backend exists" in message
+    assert "http(s) URL" in message and "add a storage block" in message
 
 
 def test_unreadable_file_names_job_and_path(tmp_path: Path) -> None:
@@ -215,8 +265,8 @@ def test_real_kie_upload_through_storage(image: LocalFile) -> None:
                 kie = KieProvider(config, Credentials({"api_key": "k" * 16}), client)
                 store = Storage(kie, config, MemoryUploadCache())
                 return (
-                    await store.url_for(image, job_id="j1"),
-                    await store.url_for(image, job_id="j2"),
+                    (await store.url_for(image, job_id="j1")).url,
+                    (await store.url_for(image, job_id="j2")).url,
                 )
 
         assert asyncio.run(go()) == ("https://t/up.png", "https://t/up.png")
@@ -233,7 +283,7 @@ def test_failed_upload_is_not_cached(image: LocalFile) -> None:
         async def go() -> str:
             async with httpx.AsyncClient() as client:
                 kie = KieProvider(config, Credentials({"api_key": "k" * 16}), client)
-                return await Storage(kie, config, cache).url_for(image, job_id="j1")
+                return (await Storage(kie, config, cache).url_for(image, job_id="j1")).url
 
         with pytest.raises(TransientError, match="disk full"):
             asyncio.run(go())

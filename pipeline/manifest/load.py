@@ -25,15 +25,19 @@ from pipeline.errors import Diagnostic, ManifestError
 from pipeline.jobs import InputRef, Job
 from pipeline.manifest.diagnostics import report_schema_error
 from pipeline.manifest.expand import Spec, assign_ids, format_path, regular_file, settings_of
-from pipeline.manifest.model import Budget, Manifest
+from pipeline.manifest.model import Budget, Manifest, StorageConfig
 from pipeline.manifest.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
 from pipeline.providers.base import ProviderConfig, RateLimit
 from pipeline.settings import DEFAULTS, public_url
+from pipeline.storage.policy import S3_EXTRA_HINT, can_send_files, s3_available
 
 SETTING_KEYS = ("mode", "character_orientation", "keep_original_sound", "prompt", "trim")
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+# S3's own rule for new buckets (R2, MinIO and GCS follow it): checked here for a clear message.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
 
 
 @functools.cache
@@ -116,13 +120,15 @@ class _Checker:
         self._check_trim(defaults.get("trim"), ("defaults", "trim"))
         specs = list(self._job_specs(data, defaults))
         jobs = assign_ids(specs, config, self.error)
-        if not provider_cls.has_upload:
+        storage = self._storage(data.get("storage"), data["name"])
+        if not can_send_files(provider_cls, storage):
             for job in jobs:
                 for role, ref in (("image", job.image), ("video", job.video)):
                     if not ref.is_url:
                         self.error(
                             self._spec_where(specs, job, role),
                             f"{config.name} has no upload API: {role} must be an http(s) URL",
+                            "add a storage block (an S3-compatible bucket) to send local files, "
                             "host the file somewhere reachable, or use provider kie",
                         )
         self._check_prices(budget, jobs)
@@ -133,6 +139,52 @@ class _Checker:
             provider=config,
             budget=budget,
             jobs=tuple(jobs),
+            storage=storage,
+        )
+
+    def _storage(self, doc: dict[str, Any] | None, name: str) -> StorageConfig | None:
+        """The ``storage`` block with its defaults, checked where the schema cannot word it."""
+        if doc is None:
+            return None
+        bucket = doc["bucket"]
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IP_LIKE.fullmatch(bucket):
+            self.error(
+                ("storage", "bucket"),
+                f"invalid bucket name {bucket!r}",
+                "3-63 characters of a-z 0-9 . - starting and ending with a letter or digit",
+            )
+        prefix = doc.get("prefix", f"motion-pipeline/{name}/")
+        if prefix.startswith("/") or any(seg in {".", ".."} for seg in prefix.split("/")[:-1]):
+            self.error(
+                ("storage", "prefix"),
+                f"prefix {prefix!r} must be relative (no leading '/', no '.' or '..' segment)",
+            )
+        elif any(ord(c) < 32 or ord(c) == 127 for c in prefix) or "//" in prefix:
+            self.error(("storage", "prefix"), f"prefix {prefix!r} has control characters or '//'")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        endpoint = doc.get("endpoint_url")
+        if isinstance(endpoint, str) and public_url(endpoint) != endpoint:
+            self.error(
+                ("storage", "endpoint_url"),
+                f"endpoint_url carries credentials ({public_url(endpoint)} with user:password@)",
+                "credentials come from the AWS chain: AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+            )
+        if not s3_available():
+            self.error(
+                ("storage",),
+                "storage kind s3 needs boto3, which is not installed",
+                S3_EXTRA_HINT,
+                at_key=True,
+            )
+        return StorageConfig(
+            bucket=bucket,
+            prefix=prefix,
+            kind=doc["kind"],
+            endpoint_url=endpoint.rstrip("/") if endpoint else None,
+            region=doc.get("region"),
+            url_expires=int(doc.get("url_expires", 3600)),
         )
 
     def _provider(

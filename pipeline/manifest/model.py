@@ -24,6 +24,30 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """The manifest's ``storage`` block: an S3-compatible bucket the provider fetches inputs from.
+
+    Holds no credential: those come from the AWS chain at run time (:mod:`pipeline.storage.aws`).
+    """
+
+    bucket: str
+    prefix: str
+    """Key prefix, ``""`` or ending in ``/``: objects are ``<prefix><sha256><.ext>``."""
+    kind: str = "s3"
+    endpoint_url: str | None = None
+    """None: AWS S3 itself; else an S3-compatible service, addressed path-style."""
+    region: str | None = None
+    url_expires: int = 3600
+    """Seconds a presigned GET URL handed to the provider stays valid."""
+
+    @property
+    def where(self) -> str:
+        """``s3://bucket/prefix`` (at the endpoint when one is set): for messages and records."""
+        at = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{at}"
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest: everything the planner and runner need, nothing from os.environ."""
 
@@ -33,3 +57,5 @@ class Manifest:
     provider: ProviderConfig
     budget: Budget
     jobs: tuple[Job, ...]
+    storage: StorageConfig | None = None
+    """Where local and prepared inputs are uploaded for the provider; None: its own upload API."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +21,9 @@ from typing import Any, Literal, TypeVar
 
 from pipeline.errors import MediaError
 from pipeline.media.tools import MediaTools, ToolTimeout, last_error_line, run_tool
+from pipeline.storage.fetch import Limits
+from pipeline.storage.inputs import fetch_all, fetch_reason
+from pipeline.storage.urls import display_url
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,8 +46,10 @@ FORMAT_WHITELIST = (
     "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,asf,ogg,gif,apng,image2,"
     "jpeg_pipe,png_pipe,webp_pipe,bmp_pipe,tiff_pipe,gif_pipe,qoi_pipe,pam_pipe,ppm_pipe"
 )
+#: ffprobe reads local files only: http(s) inputs are fetched by the tool's own HTTP client
+#: first (its timeouts, size cap, redirect rules; no host-name lookup inside a static ffprobe,
+#: which crashes on one), see :func:`probe_url`.
 FILE_PROTOCOLS = "file,pipe"
-URL_PROTOCOLS = "http,https,tcp,tls,crypto"
 
 
 # --------------------------------------------------------------------------- probing
@@ -141,15 +147,13 @@ def _stat_size(path: Path, job_id: str | None) -> int:
     return st.st_size
 
 
-def ffprobe_argv(
-    tools: MediaTools, target: str, *, url: bool, extra: Sequence[str] = ()
-) -> list[str]:
+def ffprobe_argv(tools: MediaTools, target: str, *, extra: Sequence[str] = ()) -> list[str]:
     return [
         tools.ffprobe,
         "-v", "error",
         "-probesize", str(PROBE_SIZE),
         "-analyzeduration", str(ANALYZE_DURATION),
-        "-protocol_whitelist", URL_PROTOCOLS if url else FILE_PROTOCOLS,
+        "-protocol_whitelist", FILE_PROTOCOLS,
         "-format_whitelist", FORMAT_WHITELIST,
         *extra,
         "-show_format", "-show_streams",
@@ -164,39 +168,63 @@ def probe_file(
     *,
     timeout: float = 20.0,
     job_id: str | None = None,
+    fetch_limits: Limits | None = None,
 ) -> MediaInfo:
     """Probe one local file (``Path`` or path string) or http(s) URL; hostile input -> MediaError.
 
     The size comes from ``stat`` before anything is read; ffprobe runs with bounded probe size,
-    a protocol whitelist and a hard timeout on its whole process group.
+    a protocol whitelist (local files only) and a hard timeout on its whole process group. A URL
+    is first fetched to a temporary file (:func:`probe_url`).
     """
-    url = _is_url(source)
-    name = str(source)
-    size = 0
-    if not url:
-        path = Path(source)
-        size = _stat_size(path, job_id)
-        # A leading "-" or a "proto:" prefix would be read by ffprobe as an option or protocol.
-        name = str(path)
-        target = "file:" + str(path.resolve())
-    else:
-        target = name
+    if _is_url(source):
+        return probe_url(
+            str(source), tools, timeout=timeout, job_id=job_id, fetch_limits=fetch_limits
+        )
+    path = Path(source)
+    return probe_local(path, tools, timeout=timeout, job_id=job_id)
+
+
+def probe_url(
+    url: str,
+    tools: MediaTools,
+    *,
+    timeout: float = 20.0,
+    job_id: str | None = None,
+    fetch_limits: Limits | None = None,
+) -> MediaInfo:
+    """Fetch ``url`` with the tool's own HTTP client into a temporary folder, probe the local
+    copy, remove it. ``fetch_limits``: the download's caps (default: an input's 100 MB)."""
+    with tempfile.TemporaryDirectory(prefix="mp-probe-") as folder:
+        fetched = asyncio.run(fetch_all([url], Path(folder), limits=fetch_limits))[url]
+        if not isinstance(fetched, Path):
+            raise MediaError(
+                f"could not be fetched: {fetch_reason(fetched)}",
+                job_id=job_id,
+                path=display_url(url),
+            )
+        return probed_as(url, probe_local(fetched, tools, timeout=timeout, job_id=job_id))
+
+
+def probed_as(url: str, info: MediaInfo) -> MediaInfo:
+    """The facts of a fetched copy, told as the URL's own (its text stays its identity)."""
+    return replace(info, source=url)
+
+
+def probe_local(
+    path: Path, tools: MediaTools, *, timeout: float = 20.0, job_id: str | None = None
+) -> MediaInfo:
+    """Probe one local file (see :func:`probe_file`)."""
+    size = _stat_size(path, job_id)
+    # A leading "-" or a "proto:" prefix would be read by ffprobe as an option or protocol.
+    name = str(path)
+    target = "file:" + str(path.resolve())
     try:
-        done = run_tool(ffprobe_argv(tools, target, url=url), timeout=timeout)
+        done = run_tool(ffprobe_argv(tools, target), timeout=timeout)
     except ToolTimeout as exc:
         raise MediaError(f"unreadable: {exc}", job_id=job_id, path=name) from None
     if done.returncode < 0:
-        hint = ""
-        if url:
-            # Seen here: the static build segfaults in getaddrinfo (static glibc has no NSS).
-            hint = (
-                "; a static ffmpeg build cannot look up host names: put ffmpeg on PATH or set "
-                "MOTION_PIPELINE_FFPROBE, or use a local file"
-            )
         raise MediaError(
-            f"unreadable: ffprobe died with signal {-done.returncode}{hint}",
-            job_id=job_id,
-            path=name,
+            f"unreadable: ffprobe died with signal {-done.returncode}", job_id=job_id, path=name
         )
     if done.returncode != 0:
         reason = last_error_line(done.stderr).replace(f"{target}: ", "")
@@ -211,9 +239,9 @@ def probe_file(
     if info is None:
         raise MediaError("unreadable: no video or image stream found", job_id=job_id, path=name)
     if info.format_name in {"gif", "apng"}:
-        info = _count_frames(info, tools, target, url=url, timeout=timeout)
-    elif info.format == "webp" and not url:
-        info = replace(info, animated=_webp_is_animated(Path(source)))
+        info = _count_frames(info, tools, target, timeout=timeout)
+    elif info.format == "webp":
+        info = replace(info, animated=_webp_is_animated(path))
     return info
 
 
@@ -314,13 +342,11 @@ def media_info_from_probe(
     )
 
 
-def _count_frames(
-    info: MediaInfo, tools: MediaTools, target: str, *, url: bool, timeout: float
-) -> MediaInfo:
+def _count_frames(info: MediaInfo, tools: MediaTools, target: str, *, timeout: float) -> MediaInfo:
     """GIF/APNG may be animated: count the packets of the first stream (these files are small)."""
     extra = ["-count_packets", "-select_streams", "v:0"]
     try:
-        done = run_tool(ffprobe_argv(tools, target, url=url, extra=extra), timeout=timeout)
+        done = run_tool(ffprobe_argv(tools, target, extra=extra), timeout=timeout)
         streams = json.loads(done.stdout).get("streams") or [{}]
         count = int(streams[0].get("nb_read_packets", 1))
     except (ToolTimeout, ValueError, TypeError):

@@ -7,13 +7,9 @@ never calls a provider. Its caches (``hashes.json``, ``probes.json``) live where
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import types
-import typing
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +19,15 @@ from pipeline.jobs import InputRef, Job, job_key
 from pipeline.manifest.model import Manifest
 from pipeline.media.hashing import FileHasher, sha256_text
 from pipeline.media.limits import limits_for
-from pipeline.media.probe import MediaInfo, probe_many
+from pipeline.media.probe import MediaInfo
 from pipeline.media.recipes import MediaPlan, plan_media
 from pipeline.media.tools import MediaTools, find_tools
-from pipeline.plan import sending
+from pipeline.plan import probing, sending
 from pipeline.plan.cache import CacheFolder
+from pipeline.plan.probing import cache_dir as cache_dir  # its home moved; importers keep it
 from pipeline.plan.sending import SentMedia
 from pipeline.settings import Settings
+from pipeline.storage.policy import can_send_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +104,15 @@ def input_hash(ref: InputRef, hashes: dict[str, str]) -> str:
     return "url:" + sha256_text(ref.url or ref.raw)
 
 
-def cache_dir(manifest: Manifest) -> Path:
-    """``<output_dir>/cache``: the run's caches (prepared media, fetched inputs)."""
-    return manifest.output_dir / "cache"
+def probe_inputs(
+    manifest: Manifest,
+    hashes: dict[str, str],
+    tools: MediaTools,
+    *,
+    cache: CacheFolder | None = None,
+) -> dict[str, MediaInfo | MediaError]:
+    """Probe facts per input hash (see :mod:`pipeline.plan.probing`)."""
+    return probing.probe_inputs(manifest, hashes, tools, cache=cache, input_hash=input_hash)
 
 
 def plan_cache(manifest: Manifest, settings: Settings) -> CacheFolder:
@@ -160,7 +164,9 @@ def make_plan(
             limits,
             has_sound_field=provider_cls.has_sound_field,
         )
-        media = _check_url_inputs(job, media, has_upload=provider_cls.has_upload)
+        media = _check_url_inputs(
+            job, media, can_send=can_send_files(provider_cls, manifest.storage)
+        )
         key = job_key(job, image_sha256=image_sha, video_sha256=video_sha, recipe=media.key_recipe)
         action = "done" if key in done and media.action != "reject" else media.action
         billed = media.billed_seconds if action != "reject" else 0.0
@@ -178,6 +184,7 @@ def make_plan(
                 media=media,
             )
         )
+    probing.drop_unneeded_fetches(manifest, planned)
     if prepare:
         planned = _prepared(manifest, planned, tools, hasher, cache)
         hasher.save()
@@ -253,10 +260,11 @@ def _sent(
     return sending.SentMedia(image, video, measured=True)
 
 
-def _check_url_inputs(job: Job, media: MediaPlan, *, has_upload: bool) -> MediaPlan:
+def _check_url_inputs(job: Job, media: MediaPlan, *, can_send: bool) -> MediaPlan:
     """A URL is sent as it is. One that needs preparation is downloaded, prepared and uploaded
-    by the run where the provider has an upload API; elsewhere it is rejected here."""
-    if media.error is not None or has_upload:
+    by the run where files can be sent (an upload API or the manifest's storage); elsewhere it
+    is rejected here."""
+    if media.error is not None or can_send:
         return media
     for ref, identity, what in (
         (job.video, media.video.is_identity, "video"),
@@ -271,91 +279,12 @@ def _check_url_inputs(job: Job, media: MediaPlan, *, has_upload: bool) -> MediaP
                 billed_seconds=0.0,
                 error=(
                     f"{what} URL needs preparation ({steps}) and {job.provider} has no upload "
-                    "API to send the prepared file: host a prepared copy and use its URL"
+                    "API to send the prepared file: add a storage block (an S3-compatible "
+                    "bucket), or host a prepared copy and use its URL"
                 ),
                 error_path=str(ref),
             )
     return media
-
-
-def probe_inputs(
-    manifest: Manifest,
-    hashes: dict[str, str],
-    tools: MediaTools,
-    *,
-    cache: CacheFolder | None = None,
-) -> dict[str, MediaInfo | MediaError]:
-    """Probe facts per input hash; local files are probed once per content, cached on disk."""
-    sources: dict[str, Path | str] = {}
-    for job in manifest.jobs:
-        for ref in (job.image, job.video):
-            sources.setdefault(input_hash(ref, hashes), ref.path or ref.url or ref.raw)
-    cached = _load_probe_cache(cache)
-    facts: dict[str, MediaInfo | MediaError] = {}
-    todo: list[str] = []
-    for sha, source in sources.items():
-        # URLs are cached by their text too: a URL's identity is its text (see input_hash), and a
-        # re-run of a finished batch must not send a single request.
-        hit = cached.get(sha)
-        info = _cached_info(hit, str(source)) if hit is not None else None
-        if info is not None:
-            facts[sha] = info
-        else:
-            todo.append(sha)
-    if todo:
-        results = asyncio.run(probe_many([sources[sha] for sha in todo], tools))
-        fresh = False
-        for sha, result in zip(todo, results, strict=True):
-            facts[sha] = result
-            if isinstance(result, MediaInfo):
-                cached[sha] = result.facts()
-                fresh = True
-        if fresh and cache is not None:
-            cache.write_json(PROBE_CACHE, {"version": 1, "probes": cached})
-    return facts
-
-
-PROBE_CACHE = "probes.json"
-
-
-def _load_probe_cache(cache: CacheFolder | None) -> dict[str, Any]:
-    doc = cache.read_json(PROBE_CACHE) if cache is not None else None
-    if isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("probes"), dict):
-        probes: dict[str, Any] = doc["probes"]
-        return probes
-    return {}
-
-
-@functools.cache
-def _info_types() -> dict[str, Any]:
-    return typing.get_type_hints(MediaInfo)
-
-
-def _cached_info(hit: Any, source: str) -> MediaInfo | None:
-    """A cached probe entry as MediaInfo, or None when it is not one (edited, older, damaged)."""
-    if not isinstance(hit, dict):
-        return None
-    values = {**hit, "source": source}
-    hints = _info_types()
-    if set(values) != {f.name for f in fields(MediaInfo)}:
-        return None  # a field added or removed since it was written: probe again
-    if not all(_fits(values[name], hints[name]) for name in values):
-        return None
-    return MediaInfo(**values)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a simple annotation (int, float, str, bool, Literal, X | None)."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return type(value) in (int, float)  # JSON writes 3.0 as 3.0, but a hand edit says 3
-    return type(value) is hint
 
 
 def _facts(info: MediaInfo | None) -> dict[str, Any] | None:

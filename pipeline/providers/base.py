@@ -70,10 +70,22 @@ class Credentials:
 
 @dataclass(frozen=True)
 class InputURLs:
-    """The URLs a create request carries for one job."""
+    """The URLs a create request carries for one job, and when each stops working.
+
+    ``*_expires_at`` is Unix time, None for a URL that does not expire (an http(s) input sent as
+    it is). :meth:`pipeline.storage.uploads.Storage.ensure_fresh` renews what is about to.
+    """
 
     image_url: str
     video_url: str
+    image_expires_at: float | None = None
+    video_expires_at: float | None = None
+
+    @property
+    def expires_at(self) -> float | None:
+        """The earlier expiry of the two, None when neither expires."""
+        times = [t for t in (self.image_expires_at, self.video_expires_at) if t is not None]
+        return min(times) if times else None
 
 
 @runtime_checkable

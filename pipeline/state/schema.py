@@ -77,8 +77,15 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_task ON jobs(task_id) WHERE task_id IS NOT NULL")
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    # expires_at: when an uploaded input's URL stops working (Unix time), recorded at upload:
+    # Kie deletes its uploads after upload_ttl; NULL for an object in the user's own bucket
+    # (it stays; only the presigned URLs made from it expire) and for rows written before v3.
+    conn.execute("ALTER TABLE uploads ADD COLUMN expires_at REAL")
+
+
 #: Applied in order on open; ``schema_version`` is how many have run. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

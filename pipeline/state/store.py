@@ -618,41 +618,65 @@ class StateStore:
 
     # ----------------------------------------------------------------------- uploads
 
-    def _upload_get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
+    def _upload_get(
+        self, provider: str, endpoint: str, sha256: str
+    ) -> tuple[str, float, float | None] | None:
         with self._locked():
             r = self._conn.execute(
-                "SELECT url, uploaded_at FROM uploads WHERE provider=? AND endpoint=? AND sha256=?",
+                "SELECT url, uploaded_at, expires_at FROM uploads "
+                "WHERE provider=? AND endpoint=? AND sha256=?",
                 (provider, endpoint, sha256),
             ).fetchone()
-        return None if r is None else (str(r[0]), float(r[1]))
+        if r is None:
+            return None
+        return str(r[0]), float(r[1]), None if r[2] is None else float(r[2])
 
     def _upload_put(
-        self, provider: str, endpoint: str, sha256: str, url: str, uploaded_at: float
+        self,
+        provider: str,
+        endpoint: str,
+        sha256: str,
+        url: str,
+        uploaded_at: float,
+        expires_at: float | None,
     ) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO uploads (provider, endpoint, sha256, url, uploaded_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, endpoint, sha256) "
-                "DO UPDATE SET url=excluded.url, uploaded_at=excluded.uploaded_at",
-                (provider, endpoint, sha256, url, float(uploaded_at)),
-            )
+                "INSERT INTO uploads (provider, endpoint, sha256, url, uploaded_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, endpoint, sha256) "
+                "DO UPDATE SET url=excluded.url, uploaded_at=excluded.uploaded_at, "
+                "expires_at=excluded.expires_at",
+                (provider, endpoint, sha256, url, float(uploaded_at),
+                 None if expires_at is None else float(expires_at)),
+            )  # fmt: skip
 
 
 class UploadTable:
     """The ``uploads`` table as the UploadCache of :mod:`pipeline.storage.uploads`.
 
-    ``uploaded_at`` is a Unix timestamp (seconds); the cache decides freshness against the
-    provider's ``upload_ttl``.
+    Times are Unix timestamps (seconds). ``expires_at`` is when the stored URL stops working
+    (NULL: it does not, or a row from before schema v3); :class:`~pipeline.storage.uploads.Storage`
+    decides freshness from it.
     """
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
 
-    def get(self, provider: str, endpoint: str, sha256: str) -> tuple[str, float] | None:
+    def get(
+        self, provider: str, endpoint: str, sha256: str
+    ) -> tuple[str, float, float | None] | None:
         return self._store._upload_get(provider, endpoint, sha256)
 
-    def put(self, provider: str, endpoint: str, sha256: str, url: str, uploaded_at: float) -> None:
-        self._store._upload_put(provider, endpoint, sha256, url, uploaded_at)
+    def put(
+        self,
+        provider: str,
+        endpoint: str,
+        sha256: str,
+        url: str,
+        uploaded_at: float,
+        expires_at: float | None = None,
+    ) -> None:
+        self._store._upload_put(provider, endpoint, sha256, url, uploaded_at, expires_at)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -72,3 +72,26 @@ def host_of(url: str) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: Query parameters of presigned URLs that carry a credential: a temporary credentials' session
+#: token travels in the URL it signs (SigV4 ``X-Amz-Security-Token``, SigV2 lower case).
+_CREDENTIAL_PARAMS = frozenset({"x-amz-security-token"})
+
+
+def record_url(url: str) -> str:
+    """``url`` as it may be written down (state, metadata, lock file): a presigned URL keeps
+    its signature (useless once expired, and it grants one GET) but not its session token,
+    which is replaced by ``***``. Other URLs are returned as they are."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    fragment = ""
+    if "#" in query:
+        query, _, rest = query.partition("#")
+        fragment = "#" + rest
+    parts = []
+    for part in query.split("&"):
+        name = part.partition("=")[0]
+        parts.append(f"{name}=***" if name.lower() in _CREDENTIAL_PARAMS else part)
+    return f"{head}?{'&'.join(parts)}{fragment}"
