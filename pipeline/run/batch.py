@@ -70,6 +70,7 @@ def run_batch(
     output_dir.mkdir(parents=True, exist_ok=True)
     with RunLock.acquire(output_dir):
         credentials = credentials_for(manifest.provider, settings)
+        secrets = run_secrets(manifest, credentials, settings)  # checks the AWS chain: exit 2
         tools = find_tools(settings)
         plan = make_plan(manifest, settings, tools=tools, prepare=True)
         rejected = _rejected(plan, skip=options.skip_invalid)
@@ -93,7 +94,7 @@ def run_batch(
                 notes.insert(
                     0, f"the state was lost: rebuilt {restored} job(s) from metadata.jsonl"
                 )
-            log = open_run_log(output_dir, run_secrets(manifest.provider, credentials, settings))
+            log = open_run_log(output_dir, secrets)
             try:
                 reporter.emit(BatchStarted(total=len(plan.jobs), counts=store.counts()))
                 for note in notes:

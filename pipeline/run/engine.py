@@ -27,7 +27,7 @@ import httpx
 from pipeline import providers
 from pipeline.dataset import results
 from pipeline.dataset.metadata import rewrite_metadata
-from pipeline.errors import BatchStopped
+from pipeline.errors import BatchStopped, PipelineError
 from pipeline.jobs import RECHECK, Handle, State
 from pipeline.manifest.model import Manifest
 from pipeline.media.tools import MediaTools
@@ -57,7 +57,7 @@ from pipeline.settings import DEFAULTS, Settings
 from pipeline.state.commits import GroupCommitter
 from pipeline.state.rows import JobRow
 from pipeline.state.store import StateStore
-from pipeline.storage.uploads import Storage
+from pipeline.storage.uploads import storage_for_run
 
 #: Where each stored state re-enters a job's line when a run starts.
 RESUME: Mapping[State, str] = {
@@ -96,7 +96,7 @@ class Engine:
         self.tools = tools
         self.log = log
         self.disk = disk
-        self.secrets = run_secrets(manifest.provider, credentials, settings)
+        self.secrets = run_secrets(manifest, credentials, settings)
         self.halt = Halt(self._announce_stop)
         self.outage = Outage(time.monotonic, limit=settings.outage_seconds)
         self.spending = Spending(manifest.budget)
@@ -180,7 +180,9 @@ class Engine:
             journal=journal,
             provider=provider,
             client=client,
-            storage=Storage(provider, config, self.store.uploads),
+            storage=storage_for_run(
+                self.manifest, provider, config, self.store.uploads, self.settings
+            ),
             tools=self.tools,
             calls=calls,
             halt=self.halt,
@@ -231,6 +233,8 @@ class Engine:
             task.add_done_callback(self._watch(name))
             background.append(task)
         try:
+            if not await self._storage_ready(ctx):
+                return
             async with asyncio.TaskGroup() as tg:
                 resumed = self._resume_all(tg)
                 tg.create_task(self._guarded("the feed", self._feed(tg, resumed)), name="feed")
@@ -246,6 +250,16 @@ class Engine:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+    async def _storage_ready(self, ctx: RunContext) -> bool:
+        """One read-only check of the storage (the bucket exists, its region, our access)
+        before any job: a missing bucket stops the run with its name, nothing sent."""
+        try:
+            await ctx.calls.repeat(ctx.storage.preflight, what="storage check")
+        except PipelineError as exc:
+            self.halt.stop_new(ctx.journal.redact(str(exc)), exc.exit_code)
+            return False
+        return True
 
     async def _fresh_line(self, job_id: str) -> None:
         """A pending job: inputs -> submit -> poll -> download."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import (
     BatchFatalError,
     BatchStopped,
+    ConfigError,
     InputError,
     RefusedError,
     TransientError,
@@ -60,6 +61,8 @@ class InputsStage:
             return await self.ready(pj)
         except (InputError, RefusedError) as exc:
             await ctx.journal.fail(job_id, FailKind.INPUT, str(exc))
+        except ConfigError as exc:  # the storage bucket is missing or refuses us: every job would
+            ctx.halt.stop_new(ctx.journal.redact(str(exc)), exc.exit_code)
         except TransientError as exc:
             why = ctx.journal.redact(str(exc))
             ctx.log.warning("job %s: upload failed, left pending: %s", job_id, why)

@@ -18,6 +18,7 @@ from pipeline.media.tools import MediaTools
 from pipeline.plan.build import cache_dir
 from pipeline.providers.base import Credentials, Provider, ProviderConfig
 from pipeline.settings import Settings, url_secrets
+from pipeline.storage.aws import storage_secrets
 
 EMBEDDED = "embedded"
 """``base_url`` of a provider served by the in-process sandbox."""
@@ -39,13 +40,17 @@ def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
     return Credentials(values)
 
 
-def run_secrets(config: ProviderConfig, credentials: Credentials, settings: Settings) -> list[str]:
-    """Everything a run must never print: its keys, every key variable's value, and the
-    passwords of its provider URLs (``https://user:pw@proxy``)."""
+def run_secrets(manifest: Manifest, credentials: Credentials, settings: Settings) -> list[str]:
+    """Everything a run must never print: its keys, every key variable's value, the passwords
+    of its provider URLs (``https://user:pw@proxy``), and the storage's AWS secret key and
+    session token. Resolving the AWS credentials is also the early check that they exist
+    (MissingKeyError, exit 2, before anything is sent)."""
+    config = manifest.provider
     return [
         *credentials.secrets(),
         *settings.secrets(config.key_envs.values()),
         *url_secrets(config.base_url, config.upload_url),
+        *storage_secrets(manifest.storage, settings),
     ]
 
 

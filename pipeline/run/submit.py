@@ -26,6 +26,7 @@ from pipeline.errors import (
     AmbiguousError,
     BatchFatalError,
     BatchStopped,
+    PipelineError,
     ProviderError,
     RefusedError,
     TransientError,
@@ -36,9 +37,18 @@ from pipeline.run.context import RunContext
 from pipeline.run.crashpoints import crash_point
 from pipeline.run.inputs import Ready
 from pipeline.state.rows import DuplicateTaskError, JobRow
+from pipeline.storage.urls import record_url
 
 RECONCILES = 3
 """Lookups that say "the create never happened" before an ambiguous job is left to a human."""
+
+
+class _NotRenewed(Exception):
+    """An input URL could not be renewed before the create: nothing was sent."""
+
+    def __init__(self, error: PipelineError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Unknown:
@@ -178,12 +188,24 @@ class SubmitStage:
         ``submitting`` some other way."""
         ctx, job = self.ctx, pj.job
         reconciles = 0
+        urls = ready.urls
         while True:
 
             async def attempt() -> Handle:
+                nonlocal urls
+                # An input URL that could expire before the provider fetches it (a late create,
+                # a retry, a resume the next day) is signed or uploaded anew, never sent stale.
+                try:
+                    urls = await ctx.storage.ensure_fresh(
+                        urls, job_id=job.id, margin=ctx.storage.refresh_margin
+                    )
+                except TransientError:
+                    raise  # retried like a create that certainly did not happen
+                except PipelineError as exc:
+                    raise _NotRenewed(exc) from None
                 self.in_flight += 1
                 try:
-                    return await ctx.provider.submit(job, ready.urls, client_id=client_id)
+                    return await ctx.provider.submit(job, urls, client_id=client_id)
                 except BaseException:
                     self.in_flight -= 1  # answered (or failed): no task id is left to commit
                     raise
@@ -191,7 +213,7 @@ class SubmitStage:
             try:
                 return await ctx.calls.repeat(
                     attempt, what=f"job {job.id}: create", cap=120.0, creates=True,
-                    final=(AmbiguousError, RefusedError, BatchFatalError),
+                    final=(AmbiguousError, RefusedError, BatchFatalError, _NotRenewed),
                 )  # fmt: skip
             except AmbiguousError as exc:
                 ctx.calls.breaker.record_failure()
@@ -217,6 +239,9 @@ class SubmitStage:
             except BatchFatalError as exc:
                 ctx.halt.stop_new(ctx.journal.redact(exc.message), exc.exit_code)
                 await self.unsubmit(job.id, str(exc))
+                return None
+            except _NotRenewed as exc:
+                await self.unsubmit(job.id, f"input URLs could not be renewed: {exc.error}")
                 return None
             except TransientError as exc:  # it certainly did not happen, after every try
                 await self.unsubmit(job.id, f"create not accepted: {exc}")
@@ -288,8 +313,11 @@ def _sent_record(pj: PlannedJob, ready: Ready) -> str:
     """What this create sends, for the state and metadata.jsonl: URLs, files, hashes, recipe."""
     media = pj.media
     doc: dict[str, object] = {
-        "image_url": ready.urls.image_url,
-        "video_url": ready.urls.video_url,
+        # A signed URL is stored without any session token (its signature may stay).
+        "image_url": record_url(ready.urls.image_url),
+        "video_url": record_url(ready.urls.video_url),
+        "image_expires_at": ready.urls.image_expires_at,
+        "video_expires_at": ready.urls.video_expires_at,
         "video_recipe": media.video.as_dict() if media else None,
         "image_recipe": media.image.as_dict() if media else None,
         **ready.sent.as_dict(),
