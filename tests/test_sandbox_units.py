@@ -15,8 +15,8 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.media.probe import MediaInfo
 from pipeline.sandbox import FaultProfile, Latency, SandboxKeys, acedata, kie, kling
-from pipeline.sandbox.faults import FaultPicker
 from pipeline.sandbox.kling import b64url, mint_jwt, verify_jwt
+from pipeline.sandbox.picker import FaultPicker
 from pipeline.sandbox.rules import RULES, check_media
 from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
 from pipeline.sandbox.wire import parse_multipart

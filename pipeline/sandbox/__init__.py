@@ -52,9 +52,10 @@ faults come from a profile (schema in :mod:`.faults`). Callbacks are not sent: p
 
 from __future__ import annotations
 
-from pipeline.sandbox.app import SandboxKeys
-from pipeline.sandbox.faults import FaultProfile, FaultRule, Latency
+from pipeline.sandbox.faults import FaultRule
+from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger, LedgerEntry
+from pipeline.sandbox.profile import FaultProfile, Latency
 from pipeline.sandbox.server import SandboxServer, serve
 
 __all__ = [

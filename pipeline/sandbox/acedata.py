@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.sandbox.faults import FaultRule
+from pipeline.sandbox.service import Route, Service
 from pipeline.sandbox.store import Task, TaskSpec
 from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid, same_secret
-
-if TYPE_CHECKING:
-    from pipeline.sandbox.app import Handler, SandboxApp
 
 MAX_PROMPT = 2500
 
@@ -34,7 +32,7 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return json_reply(status, doc, headers)
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
+def route(req: Request) -> Route | None:
     if req.method != "POST":
         return None
     if req.path == "/kling/motion":
@@ -56,7 +54,7 @@ def fault_reply(rule: FaultRule, req: Request) -> Reply:
     return error(rule.status or status, rule.code or code, rule.message or message, headers)
 
 
-def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
+def _auth_error(app: Service, req: Request) -> Reply | None:
     token = req.bearer()
     if token is None:
         return error(400, "no_token", "token is required in the authorization header")
@@ -70,7 +68,7 @@ def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
 # ---------------------------------------------------------------------- /kling/motion
 
 
-def motion(app: SandboxApp, req: Request) -> Reply:
+def motion(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None:
         return refused
@@ -130,7 +128,7 @@ def _enum(doc: dict[str, Any], name: str, allowed: tuple[str, ...], default: str
     return str(value)
 
 
-def _wait(app: SandboxApp, task: Task, base_url: str) -> Reply:
+def _wait(app: Service, task: Task, base_url: str) -> Reply:
     """The synchronous mode: hold the connection until the task ends, up to the server's cap."""
     latency = app.latency("acedata")
     deadline = task.created + app.profile.sync_timeout
@@ -141,7 +139,7 @@ def _wait(app: SandboxApp, task: Task, base_url: str) -> Reply:
     return json_reply(200, result(app, task, base_url))
 
 
-def result(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
+def result(app: Service, task: Task, base_url: str) -> dict[str, Any]:
     """The final result: the sync answer, the callback body and the record's ``response``."""
     if task.outcome is None:
         raise RuntimeError(f"sandbox bug: task {task.task_id} has no outcome to report")
@@ -167,7 +165,7 @@ def result(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- /kling/tasks
 
 
-def tasks(app: SandboxApp, req: Request) -> Reply:
+def tasks(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None and refused.status != 403:  # queries work with an empty balance
         return refused
@@ -194,7 +192,7 @@ def tasks(app: SandboxApp, req: Request) -> Reply:
     return error(400, "bad_request", "action must be retrieve or retrieve_batch")
 
 
-def record(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
+def record(app: Service, task: Task, base_url: str) -> dict[str, Any]:
     """A task record as /kling/tasks returns it; counts as one status query of the task."""
     phase = app.store.observe(task, app.latency("acedata"))
     doc: dict[str, Any] = {

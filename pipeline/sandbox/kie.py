@@ -14,10 +14,11 @@ import mimetypes
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from pipeline.sandbox.faults import FaultRule
+from pipeline.sandbox.service import Route, Service
 from pipeline.sandbox.store import Task, TaskSpec
 from pipeline.sandbox.wire import (
     InputProblem,
@@ -27,9 +28,6 @@ from pipeline.sandbox.wire import (
     parse_multipart,
     same_secret,
 )
-
-if TYPE_CHECKING:
-    from pipeline.sandbox.app import Handler, SandboxApp
 
 MODELS = ("kling-2.6/motion-control", "kling-3.0/motion-control")
 MODES = {"720p": "std", "1080p": "pro"}
@@ -56,8 +54,8 @@ def upload_error(status: int, msg: str) -> Reply:
     return json_reply(status, {"success": False, "code": status, "msg": msg, "data": None})
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
-    table: dict[tuple[str, str], tuple[str, Handler]] = {
+def route(req: Request) -> Route | None:
+    table: dict[tuple[str, str], Route] = {
         ("POST", "/api/v1/jobs/createTask"): ("create", create_task),
         ("GET", "/api/v1/jobs/recordInfo"): ("poll", record_info),
         ("GET", "/api/v1/chat/credit"): ("account", credit),
@@ -87,7 +85,7 @@ def fault_reply(rule: FaultRule, req: Request) -> Reply:
     return json_reply(rule.status or 200, doc, headers)
 
 
-def _authorized(app: SandboxApp, req: Request) -> bool:
+def _authorized(app: Service, req: Request) -> bool:
     return same_secret(req.bearer() or "", app.keys.kie)
 
 
@@ -97,7 +95,7 @@ UNAUTHORIZED = "You do not have access permissions"
 # ---------------------------------------------------------------------- createTask
 
 
-def create_task(app: SandboxApp, req: Request) -> Reply:
+def create_task(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     if app.profile.credits <= 0:
@@ -175,7 +173,7 @@ def _enum(
 # ---------------------------------------------------------------------- recordInfo
 
 
-def record_info(app: SandboxApp, req: Request) -> Reply:
+def record_info(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     task_id = req.query.get("taskId", "")
@@ -188,7 +186,7 @@ def record_info(app: SandboxApp, req: Request) -> Reply:
     return body(200, "success", record(app, task, phase, req.base_url))
 
 
-def record(app: SandboxApp, task: Task, phase: str, base_url: str) -> dict[str, Any]:
+def record(app: Service, task: Task, phase: str, base_url: str) -> dict[str, Any]:
     """recordInfo ``data`` for a task in ``phase`` (also the callback body's ``data``)."""
     created = int(task.created * 1000)
     state = {"queued": "waiting", "running": "queuing" if task.polls == 2 else "generating"}
@@ -222,13 +220,13 @@ def record(app: SandboxApp, task: Task, phase: str, base_url: str) -> dict[str, 
 # ---------------------------------------------------------------------- account
 
 
-def credit(app: SandboxApp, req: Request) -> Reply:
+def credit(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     return body(200, "success", app.profile.credits)
 
 
-def download_url(app: SandboxApp, req: Request) -> Reply:
+def download_url(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     try:
@@ -248,7 +246,7 @@ def download_url(app: SandboxApp, req: Request) -> Reply:
 # ---------------------------------------------------------------------- uploads
 
 
-def upload_stream(app: SandboxApp, req: Request) -> Reply:
+def upload_stream(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return upload_error(401, UNAUTHORIZED)
     try:
@@ -263,7 +261,7 @@ def upload_stream(app: SandboxApp, req: Request) -> Reply:
     return _store(app, req, upload_path, name, file.data, file.content_type)
 
 
-def upload_base64(app: SandboxApp, req: Request) -> Reply:
+def upload_base64(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return upload_error(401, UNAUTHORIZED)
     try:
@@ -280,7 +278,7 @@ def upload_base64(app: SandboxApp, req: Request) -> Reply:
                   data, mime)  # fmt: skip
 
 
-def upload_url(app: SandboxApp, req: Request) -> Reply:
+def upload_url(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return upload_error(401, UNAUTHORIZED)
     try:
@@ -304,7 +302,7 @@ def _text(parts: dict[str, Any], name: str) -> str:
 
 
 def _store(
-    app: SandboxApp, req: Request, upload_path: str, name: str, data: bytes, mime: str | None
+    app: Service, req: Request, upload_path: str, name: str, data: bytes, mime: str | None
 ) -> Reply:
     if not name:
         ext = mimetypes.guess_extension(mime or "") or ".bin"

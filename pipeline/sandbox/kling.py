@@ -16,14 +16,12 @@ import hmac
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.sandbox.faults import FaultRule
+from pipeline.sandbox.service import Route, Service
 from pipeline.sandbox.store import Task, TaskSpec
 from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid
-
-if TYPE_CHECKING:
-    from pipeline.sandbox.app import Handler, SandboxApp
 
 MODELS = ("kling-v2-6", "kling-v3")
 MAX_PROMPT = 2500
@@ -39,7 +37,7 @@ def error(status: int, code: int, message: str, headers: dict[str, str] | None =
     return json_reply(status, {"code": code, "message": message, "request_id": new_uuid()}, headers)
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
+def route(req: Request) -> Route | None:
     if req.method == "POST" and req.path == PATH:
         return "create", create
     if req.method == "GET" and req.path.startswith(PATH + "/") and len(req.path) > len(PATH) + 1:
@@ -126,7 +124,7 @@ def verify_jwt(
 _INVALID = "Authorization is invalid"
 
 
-def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
+def _auth_error(app: Service, req: Request) -> Reply | None:
     found = verify_jwt(req.bearer(), app.keys.kling_access, app.keys.kling_secret, time.time())
     if found is None:
         return None
@@ -137,7 +135,7 @@ def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
 # ---------------------------------------------------------------------- create
 
 
-def create(app: SandboxApp, req: Request) -> Reply:
+def create(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None:
         return refused
@@ -219,7 +217,7 @@ def _enum(doc: dict[str, Any], name: str, allowed: tuple[str, ...], default: str
 # ---------------------------------------------------------------------- query
 
 
-def query(app: SandboxApp, req: Request) -> Reply:
+def query(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None:
         return refused

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from pipeline.sandbox import hostile
-from pipeline.sandbox.faults import DOWNLOAD_KINDS, REQUEST_KINDS, FaultPicker
+from pipeline.sandbox.faults import DOWNLOAD_KINDS, REQUEST_KINDS
+from pipeline.sandbox.picker import FaultPicker
 from pipeline.sandbox.store import TaskStore
 from pipeline.sandbox.wire import Reply, Request
 

@@ -20,9 +20,11 @@ from typing import TextIO
 
 from pipeline.errors import ConfigError
 from pipeline.media.tools import MediaTools, find_tools
-from pipeline.sandbox.app import SandboxApp, SandboxKeys
-from pipeline.sandbox.faults import PROTOCOLS, FaultProfile
+from pipeline.sandbox.app import SandboxApp
+from pipeline.sandbox.faults import PROTOCOLS
+from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger
+from pipeline.sandbox.profile import FaultProfile
 from pipeline.sandbox.wire import Pace, Reply, Request, json_reply
 
 log = logging.getLogger("pipeline.sandbox")

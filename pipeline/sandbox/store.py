@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.sandbox.faults import Latency
+from pipeline.sandbox.profile import Latency
 from pipeline.sandbox.render import Rendered
 
 Phase = Literal["queued", "running", "succeeded", "failed"]

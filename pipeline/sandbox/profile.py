@@ -1,0 +1,104 @@
+"""Fault profiles: how slow the sandbox is and which failures it injects, read from YAML or JSON.
+
+A profile is a small file; every key is optional and unknown keys are errors::
+
+    seed: 7                  # seeds the probability rules, so a run is reproducible
+    credits: 1000            # what Kie's /api/v1/chat/credit reports; 0 = out of credits
+    sync_timeout: 300        # AceData synchronous /kling/motion waits at most this long (s)
+    latency:
+      polls: 2               # status queries answered "running" before the result shows
+      seconds: 0             # and at least this task age (s); 0 and 0 = done on the first poll
+      kling: {polls: 4}      # per protocol (kie | acedata | kling) overrides of the two above
+    faults:                  # rules, tried in file order (their keys and kinds: :mod:`.faults`)
+      - kind: rate_limit
+        endpoint: create
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.sandbox import schema
+from pipeline.sandbox.faults import PROTOCOLS, FaultRule, rule_from_dict
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long a task looks busy: ``polls`` running answers, and at least ``seconds`` of age."""
+
+    polls: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """Latency and fault rules; ``FaultProfile()`` is a well-behaved, instant sandbox."""
+
+    latency: Latency = field(default_factory=Latency)
+    protocol_latency: Mapping[str, Latency] = field(default_factory=dict)
+    faults: tuple[FaultRule, ...] = ()
+    seed: int = 0
+    credits: float = 1000.0
+    sync_timeout: float = 300.0
+
+    def latency_for(self, protocol: str) -> Latency:
+        return self.protocol_latency.get(protocol, self.latency)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FaultProfile:
+        """Read a YAML or JSON profile; every mistake is a :class:`ConfigError` naming the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read fault profile: {exc.strerror}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
+        try:
+            return cls.from_dict(data or {})
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FaultProfile:
+        """Build a profile from parsed YAML/JSON; raises ValueError with the offending path."""
+        top = schema.mapping(data, "profile")
+        schema.no_unknown(top, {"seed", "credits", "sync_timeout", "latency", "faults"}, "profile")
+        latency, per_protocol = _latency(top.get("latency", {}))
+        faults_raw = top.get("faults", [])
+        if not isinstance(faults_raw, list):
+            raise ValueError("faults: must be a list of rules")
+        return cls(
+            latency=latency,
+            protocol_latency=per_protocol,
+            faults=tuple(rule_from_dict(item, f"faults[{i}]") for i, item in enumerate(faults_raw)),
+            seed=schema.number(top, "seed", "profile", int, 0),
+            credits=schema.number(top, "credits", "profile", float, 1000.0),
+            sync_timeout=schema.number(top, "sync_timeout", "profile", float, 300.0),
+        )
+
+
+def _one_latency(data: Any, where: str, base: Latency) -> Latency:
+    raw = schema.mapping(data, where)
+    schema.no_unknown(raw, {"polls", "seconds"}, where)
+    return Latency(
+        polls=schema.number(raw, "polls", where, int, base.polls),
+        seconds=schema.number(raw, "seconds", where, float, base.seconds),
+    )
+
+
+def _latency(data: Any) -> tuple[Latency, dict[str, Latency]]:
+    raw = schema.mapping(data, "latency")
+    schema.no_unknown(raw, {"polls", "seconds", *PROTOCOLS}, "latency")
+    base = _one_latency({k: v for k, v in raw.items() if k not in PROTOCOLS}, "latency", Latency())
+    per = {p: _one_latency(raw[p], f"latency.{p}", base) for p in PROTOCOLS if p in raw}
+    return base, per
