@@ -21,6 +21,12 @@ from pipeline.sandbox.store import Task, TaskSpec
 from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid, same_secret
 
 MAX_PROMPT = 2500
+MODELS = ("kling-v2-6", "kling-v3")
+#: The /kling/motion body fields (AceDataCloud/Docs openapi/kling.json, commit 0ba546ff).
+FIELDS = frozenset({
+    "model_name", "image_url", "video_url", "character_orientation", "mode",
+    "keep_original_sound", "watermark_info", "prompt", "callback_url", "async",
+})  # fmt: skip
 
 
 class Invalid(Exception):
@@ -94,6 +100,12 @@ def validate_motion(doc: Any) -> tuple[TaskSpec, bool]:
     """Check a /kling/motion body (pure); the flag says whether the answer is asynchronous."""
     if not isinstance(doc, dict):
         raise Invalid("the request body must be a JSON object")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise Invalid(f"{unknown[0]} is not a parameter of /kling/motion")
+    model = doc.get("model_name") or MODELS[0]
+    if model not in MODELS:
+        raise Invalid(f"model_name is invalid: must be one of {', '.join(MODELS)}")
     for name in ("image_url", "video_url"):
         value = doc.get(name)
         if not isinstance(value, str) or not value:
@@ -112,7 +124,11 @@ def validate_motion(doc: Any) -> tuple[TaskSpec, bool]:
     is_async = doc.get("async", False)
     if not isinstance(is_async, bool):
         raise Invalid("async must be a boolean")
-    model = str(doc.get("model") or "kling-v2-6")
+    watermark = doc.get("watermark_info")
+    if watermark is not None and not (
+        isinstance(watermark, dict) and isinstance(watermark.get("enabled", False), bool)
+    ):
+        raise Invalid('watermark_info must be an object like {"enabled": false}')
     return (
         TaskSpec(model, doc["image_url"], doc["video_url"], orientation, mode, sound == "yes"),
         is_async or bool(callback),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.media.tools import MediaTools
-from pipeline.sandbox import acedata, hostile, kling, results
+from pipeline.sandbox import acedata, hostile, kling, replicate, results
 from pipeline.sandbox.faults import REQUEST_KINDS, FaultRule
 from pipeline.sandbox.files import Files, upload_relpath
 from pipeline.sandbox.keys import SandboxKeys
@@ -24,8 +24,9 @@ from pipeline.sandbox.picker import FaultPicker
 from pipeline.sandbox.profile import FaultProfile, Latency
 from pipeline.sandbox.protocols import MODULES
 from pipeline.sandbox.render import Renderer
+from pipeline.sandbox.replicate_api import problem
 from pipeline.sandbox.service import Handler, Service
-from pipeline.sandbox.store import Task, TaskSpec, TaskStore
+from pipeline.sandbox.store import Outcome, ResultLink, Task, TaskSpec, TaskStore
 from pipeline.sandbox.tasks import Tasks
 from pipeline.sandbox.wire import Reply, Request, json_reply, malformed
 
@@ -92,8 +93,10 @@ class SandboxApp:
         *,
         client_id: str | None = None,
         extra: dict[str, Any] | None = None,
+        failure: Outcome | None = None,
     ) -> Task:
-        return self.tasks.commit(protocol, task_id, body, spec, client_id=client_id, extra=extra)
+        return self.tasks.commit(protocol, task_id, body, spec, client_id=client_id, extra=extra,
+                                 failure=failure)  # fmt: skip
 
     def fetch(self, url: str, field: str) -> bytes:
         return self.files.fetch(url, field)
@@ -107,13 +110,22 @@ class SandboxApp:
     def upload_relpath(self, upload_path: str, file_name: str) -> str:
         return upload_relpath(upload_path, file_name)
 
+    def upload_file(self, relpath: str) -> Path | None:
+        return self.files.upload_file(relpath)
+
+    def delete_upload(self, upload_path: str) -> bool:
+        return self.files.delete_upload(upload_path)
+
+    def inline_url(self, data: bytes, name: str) -> str:
+        return self.files.inline_url(data, name)
+
     # ------------------------------------------------------------------ requests
 
     def handle(self, req: Request) -> Reply:
         """Answer one request, with any fault the profile injects on its endpoint."""
         if req.method in ("GET", "HEAD"):
             if req.path.startswith("/results/"):
-                return results.serve(req, self.store, self.picker)
+                return results.serve(req, self.store, self.picker, self._data_removed)
             served = self.files.serve(req)
             if served is not None:
                 return served
@@ -170,6 +182,17 @@ class SandboxApp:
     def _not_found(self, req: Request) -> Reply:
         if req.path.startswith("/kling/") and "acedata" in self.protocols:
             return acedata.error(404, "no_api", "API not found")
-        if req.path.startswith("/v1/") and "kling" in self.protocols:
+        if req.path.startswith("/v1/videos/") and "kling" in self.protocols:
             return kling.error(404, 1202, "method or resource not found")
+        if req.path.startswith("/v1/") and "replicate" in self.protocols:
+            return problem(404, "Not found", "The requested resource could not be found.")
+        if req.path.startswith(("/fal-ai/", "/fal-media/")) and "fal" in self.protocols:
+            return json_reply(404, {"detail": "Not Found"})
         return json_reply(404, {"code": 404, "msg": "Not Found", "data": None})
+
+    def _data_removed(self, link: ResultLink) -> bool:
+        """Whether a result URL's file is gone with its task's data (Replicate's retention)."""
+        task = self.store.get(link.protocol, link.task_id)
+        return (
+            link.protocol == "replicate" and task is not None and replicate.data_removed(self, task)
+        )

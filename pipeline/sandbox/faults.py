@@ -5,8 +5,9 @@ first rule that fires handles the request. Every key but ``kind`` is optional::
 
     faults:
       - kind: rate_limit     # what happens (see KINDS below)
-        endpoint: create     # create | poll | upload | download | account | any (default any)
-        protocol: kie        # kie | acedata | kling (default: every protocol)
+        endpoint: create     # create | poll | cancel | upload | download | account | any
+                             #   (default any; fal's result fetch is a poll)
+        protocol: kie        # kie | acedata | kling | fal | replicate (default: every one)
         times: 2             # fire at most N times (default: unlimited)
         every: 3             # fire on every Nth matching request (3rd, 6th, ...)
         after: 1             # ignore the first N matching requests
@@ -23,14 +24,20 @@ first rule that fires handles the request. Every key but ``kind`` is optional::
                              #   chunked, so only counting tells the reader it is too big)
         url: "ftp://x/y"     # bad_result_url: the exact result URL text
         task_id: "\\ud800"   # weird_task_id: the id text, written verbatim between the quotes
-
+        repeat: 1            #   of the JSON answer's id field, ``repeat`` times (see below)
 
 KINDS (request level: answered instead of, or around, the normal handler)
     rate_limit           429 with a Retry-After header when ``retry_after`` is set. Kie says it in
-                         an HTTP 200 body (code 429); AceData 429 too_many_requests; Kling 429/1302.
-    server_error         5xx. Kie: HTTP 200 body code 500; AceData 500 api_error; Kling 500/5000.
-    bad_key              the protocol's auth failure (Kie 401, AceData 401, Kling 401/1002).
-    out_of_credits       Kie body code 402; AceData 403 used_up; Kling 429/1102.
+                         an HTTP 200 body (code 429); AceData 429 too_many_requests; Kling 429/1302;
+                         fal 429 ``{"detail"}``; Replicate 429 "Request was throttled. Your rate
+                         limit resets in ~Ns." with Retry-After always (N = retry_after, or 30).
+    server_error         5xx. Kie: HTTP 200 body code 500; AceData 500 api_error; Kling 500/5000;
+                         fal ``{"detail", "error_type"}`` (``code``: the type, default
+                         internal_error) with X-Fal-Error-Type; Replicate a 500 problem.
+    bad_key              the protocol's auth failure (Kie 401, AceData 401, Kling 401/1002, fal 401,
+                         Replicate 401 Unauthenticated).
+    out_of_credits       Kie body code 402; AceData 403 used_up; Kling 429/1102; fal 403 "User is
+                         locked. Reason: Exhausted balance..."; Replicate 402 Insufficient credit.
     reset_before_commit  the body is read, then the connection is reset (TCP RST): nothing created.
     reset_after_commit   the request is handled (a create is in the ledger), then the connection is
                          reset before any answer byte is sent.
@@ -44,14 +51,18 @@ KINDS (request level: answered instead of, or around, the normal handler)
                          body generated while it is sent: JSON whitespace, then the normal
                          answer, so a client that reads it all gets a valid reply.
 TASK level (creates only, drawn from accepted creates; ``endpoint`` is ignored)
-    task_fail            the task runs and fails with ``message`` (a moderation-like reason).
+    task_fail            the task runs and fails with ``message`` (a moderation-like reason). fal:
+                         COMPLETED, then the result is a 422 model error of type ``code`` (default
+                         content_policy_violation), or the request error ``code`` names
+                         (runner_server_error...); Replicate: status failed, ``error`` set.
     never_finish         the task stays running forever.
     bad_result_url       the task succeeds, but every status query answers ``url`` as its result
                          URL (default ``http://127.0.0.1:99999/x``; ``ftp://...`` and
                          ``http://[::1`` are other classics).
 ANSWER level (creates only, drawn from accepted creates; ``endpoint`` is ignored). The task is
 made, billed and in the ledger (``LedgerEntry.answered_id`` records what the client was told);
-only the create's answer lies about its id:
+only the create's answer lies about its id, wherever the id appears in it (fal's and Replicate's
+URLs too):
     weird_task_id        the answered id is ``task_id`` repeated ``repeat`` times, written
                          verbatim into the JSON string, so JSON escapes reach the client
                          decoded: ``task_id: ""`` (empty); ``task_id: "x"`` with ``repeat:
@@ -63,8 +74,8 @@ only the create's answer lies about its id:
                          same protocol, so two jobs receive one id (counted only on creates that
                          have a predecessor).
 DOWNLOAD level
-    expired_result       the result URL being fetched expires now: 404 (Kie, AceData) or 403
-                         (Kling); a new status query issues a fresh URL.
+    expired_result       the result URL being fetched expires now: 404 (Kie, AceData, fal,
+                         Replicate) or 403 (Kling); a new status query issues a fresh URL.
     redirect_loop        302 to the very URL asked, for ever.
     huge_result          200 with a ``size``-byte body of zeros, streamed (``content_length``
                          false: chunked, no length announced).
@@ -80,8 +91,8 @@ from typing import Any
 
 from pipeline.sandbox import schema
 
-PROTOCOLS = ("kie", "acedata", "kling")
-ENDPOINTS = ("create", "poll", "upload", "download", "account", "any")
+PROTOCOLS = ("kie", "acedata", "kling", "fal", "replicate")
+ENDPOINTS = ("create", "poll", "cancel", "upload", "download", "account", "any")
 REQUEST_KINDS = (
     "rate_limit",
     "server_error",

@@ -7,9 +7,11 @@ plays a remote service but must never reach beyond this machine.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import mimetypes
 import re
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -21,6 +23,8 @@ from pipeline.sandbox.wire import InputProblem, Reply, Request, json_reply
 
 #: What the sandbox fetches for a task or a URL upload; the real limits are 100 MB.
 MAX_FETCH_BYTES = 200 * 1024 * 1024
+#: Upload URL paths: served from disk, so they stay valid across restarts on another port.
+UPLOAD_PREFIXES = ("/tempfile/", "/fal-media/files/", "/v1/files/")
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
 
 
@@ -30,6 +34,7 @@ class Files:
     def __init__(self, data_dir: Path, store: TaskStore) -> None:
         self.uploads_dir = data_dir / "uploads"
         self.fetch_dir = data_dir / "fetched"
+        self.inline_dir = data_dir / "inline"
         self.store = store
         self.port = 0
         self._seq = 0
@@ -48,6 +53,36 @@ class Files:
         tmp.replace(target)
         return target
 
+    def upload_file(self, relpath: str) -> Path | None:
+        """The stored upload at ``relpath`` (checked segment by segment), if it exists."""
+        segments = relpath.split("/")
+        try:
+            upload_relpath("/".join(segments[:-1]), segments[-1])
+        except ValueError:
+            return None
+        candidate = self.uploads_dir / relpath
+        return candidate if candidate.is_file() else None
+
+    def delete_upload(self, upload_path: str) -> bool:
+        try:
+            rel = upload_relpath(upload_path, "x").removesuffix("/x")
+        except ValueError:
+            return False
+        target = self.uploads_dir / rel
+        if not target.is_dir():
+            return False
+        shutil.rmtree(target, ignore_errors=True)
+        return True
+
+    def inline_url(self, data: bytes, name: str) -> str:
+        path = self.inline_dir / f"{hashlib.sha256(data).hexdigest()}-{Path(name).name}"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{threading.get_ident()}.part")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return self.file_url(f"http://127.0.0.1:{self.port}", path)
+
     def own_file(self, url: str) -> Path | None:
         """The local file behind one of the sandbox's own input or result URLs, if it is one."""
         parts = urlsplit(url)
@@ -56,27 +91,40 @@ class Files:
         path = unquote(parts.path)
         # Uploads live on disk, so they stay ours after a restart on another port (the
         # embedded sandbox gets a new port every run); /files/ tokens live in memory only.
-        if parts.port != self.port and not path.startswith("/tempfile/"):
+        if parts.port != self.port and not path.startswith(UPLOAD_PREFIXES):
             return None
         return self.path_for(path)
 
     def path_for(self, path: str) -> Path | None:
+        """The file behind a served path: an upload of any protocol, or a ``file_url`` token.
+
+        Upload URLs, one layout per protocol's storage: Kie ``/tempfile/<path>`` (uploads/),
+        fal ``/fal-media/files/<key>/<name>`` (uploads/fal/), Replicate ``/v1/files/<id>``
+        (uploads/replicate/<id>/content/<name>; Replicate resolves its own file URLs given as
+        inputs).
+        """
         if path.startswith("/tempfile/"):
-            rel = path[len("/tempfile/") :]
-            segments = rel.split("/")
-            try:
-                upload_relpath("/".join(segments[:-1]), segments[-1])
-            except ValueError:
+            return self.upload_file(path[len("/tempfile/") :])
+        if path.startswith("/fal-media/files/"):
+            return self.upload_file("fal/" + path[len("/fal-media/files/") :])
+        if path.startswith("/v1/files/"):
+            file_id = path[len("/v1/files/") :].removesuffix("/download")
+            folder = self.uploads_dir / "replicate" / file_id / "content"
+            if "/" in file_id or not file_id or not folder.is_dir():
                 return None
-            candidate = self.uploads_dir / rel
-            return candidate if candidate.is_file() else None
+            return next((p for p in sorted(folder.iterdir()) if p.is_file()), None)
         if path.startswith("/files/"):
             token = path[len("/files/") :].split("/", 1)[0]
             return self.store.file(token)
         return None
 
     def serve(self, req: Request) -> Reply | None:
-        """A GET/HEAD of an upload or a ``file_url`` file; None when the path is neither."""
+        """A GET/HEAD of an upload or a ``file_url`` file; None when the path is neither.
+
+        Replicate's ``/v1/files/...`` are API calls (with auth): its protocol module serves them.
+        """
+        if req.path.startswith("/v1/"):
+            return None
         path = self.path_for(unquote(req.path))
         if path is None:
             return None
@@ -90,7 +138,7 @@ class Files:
         own = self.own_file(url)
         if own is not None:
             if not own.is_file():
-                raise InputProblem(f"{field} could not be fetched: file not found")
+                raise InputProblem(f"{field} could not be fetched: file not found", field)
             return own
         data = self.fetch(url, field)
         self.fetch_dir.mkdir(parents=True, exist_ok=True)
@@ -105,11 +153,12 @@ class Files:
         """Download an http URL on loopback; anything else is an unreachable input."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise InputProblem(f"{field} must be an http(s) URL")
+            raise InputProblem(f"{field} must be an http(s) URL", field)
         if not is_loopback(parts.hostname):
             raise InputProblem(
                 f"{field} could not be fetched: the sandbox only fetches loopback URLs "
-                f"(host {parts.hostname})"
+                f"(host {parts.hostname})",
+                field,
             )
         own = self.own_file(url)
         if own is not None:
@@ -120,11 +169,11 @@ class Files:
             with opener.open(url, timeout=30) as response:  # scheme checked above
                 data: bytes = response.read(MAX_FETCH_BYTES + 1)
         except urllib.error.HTTPError as exc:
-            raise InputProblem(f"{field} could not be fetched: HTTP {exc.code}") from None
+            raise InputProblem(f"{field} could not be fetched: HTTP {exc.code}", field) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise InputProblem(f"{field} could not be fetched: {exc}") from None
+            raise InputProblem(f"{field} could not be fetched: {exc}", field) from None
         if len(data) > MAX_FETCH_BYTES:
-            raise InputProblem(f"{field} is larger than {MAX_FETCH_BYTES // 1024**2} MB")
+            raise InputProblem(f"{field} is larger than {MAX_FETCH_BYTES // 1024**2} MB", field)
         return data
 
 

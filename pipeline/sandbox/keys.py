@@ -13,6 +13,10 @@ class SandboxKeys:
     acedata: str | None = None
     kling_access: str | None = None
     kling_secret: str | None = None
+    fal: str | None = None
+    """fal's ``Authorization: Key <key>`` (also signs the CDN upload tokens it hands out)."""
+    replicate: str | None = None
+    """Replicate's ``Authorization: Bearer <token>`` (``Token <token>``, its client's, too)."""
 
     def __repr__(self) -> str:
         # Keys are test data here, but the same object is built from real-looking env values.

@@ -30,6 +30,14 @@ from pipeline.sandbox.wire import (
 )
 
 MODELS = ("kling-2.6/motion-control", "kling-3.0/motion-control")
+#: The ``input`` fields of each model (providers.md §1.2: 5 for 2.6, 6 for 3.0).
+INPUT_FIELDS = {
+    MODELS[0]: frozenset({"prompt", "input_urls", "video_urls", "character_orientation", "mode"}),
+    MODELS[1]: frozenset(
+        {"prompt", "input_urls", "video_urls", "character_orientation", "mode", "background_source"}
+    ),
+}
+TOP_FIELDS = frozenset({"model", "callBackUrl", "input"})
 MODES = {"720p": "std", "1080p": "pro"}
 MAX_PROMPT = 2500
 UPLOAD_PATHS = ("/api/file-stream-upload", "/api/file-base64-upload", "/api/file-url-upload")
@@ -123,12 +131,18 @@ def validate_create(doc: Any) -> TaskSpec:
         raise Invalid(422, "model is required")
     if model not in MODELS:
         raise Invalid(422, f"model {model} is not supported")
+    unknown = sorted(set(doc) - TOP_FIELDS)
+    if unknown:
+        raise Invalid(422, f"{unknown[0]} is not a supported parameter")
     callback = doc.get("callBackUrl")
     if callback is not None and not isinstance(callback, str):
         raise Invalid(422, "callBackUrl must be a string")
     data = doc.get("input")
     if not isinstance(data, dict):
         raise Invalid(422, "input is required and must be an object")
+    unknown = sorted(set(data) - INPUT_FIELDS[model])
+    if unknown:
+        raise Invalid(422, f"input.{unknown[0]} is not a supported parameter of {model}")
     v26 = model.startswith("kling-2.6")
     image = _one_url(data, "input_urls")
     video = _one_url(data, "video_urls")

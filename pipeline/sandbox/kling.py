@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,6 +25,12 @@ from pipeline.sandbox.store import Task, TaskSpec
 from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid
 
 MODELS = ("kling-v2-6", "kling-v3")
+#: The create body fields (providers.md §3.2); anything else is refused like a bad value.
+FIELDS = frozenset({
+    "model_name", "prompt", "image_url", "video_url", "keep_original_sound",
+    "character_orientation", "mode", "callback_url", "external_task_id", "watermark_info",
+    "element_list",
+})  # fmt: skip
 MAX_PROMPT = 2500
 PATH = "/v1/videos/motion-control"
 _CREATE_LOCK = threading.Lock()
@@ -151,11 +158,7 @@ def create(app: Service, req: Request) -> Reply:
         return error(400, 1201, str(exc))
     if image_bytes is not None:
         # Raw base64 images are accepted by Kling; the sandbox keeps them as one of its files.
-        path = app.data_dir / "inline" / f"{hashlib.sha256(image_bytes).hexdigest()}.img"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(image_bytes)
-        spec = TaskSpec(spec.model, app.file_url(f"http://127.0.0.1:{app.port}", path),
-                        spec.video_url, spec.orientation, spec.mode, spec.sound)  # fmt: skip
+        spec = dataclasses.replace(spec, image_url=app.inline_url(image_bytes, "image.img"))
     external = doc.get("external_task_id") or None
     task_id = str(860_000_000_000_000_000 + int(time.time() * 1000) % 10**12 * 1000
                   + app.next_seq() % 1000)  # fmt: skip
@@ -171,6 +174,9 @@ def validate_create(doc: Any) -> tuple[TaskSpec, bytes | None]:
     """Check a create body like Kling does (pure); also returns decoded raw-base64 image bytes."""
     if not isinstance(doc, dict):
         raise Invalid("the request body must be a JSON object")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise Invalid(f"{unknown[0]} is not a parameter of motion-control")
     model = doc.get("model_name") or "kling-v2-6"
     if model not in MODELS:
         raise Invalid(f"model_name must be one of {', '.join(MODELS)}")

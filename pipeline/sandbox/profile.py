@@ -5,10 +5,12 @@ A profile is a small file; every key is optional and unknown keys are errors::
     seed: 7                  # seeds the probability rules, so a run is reproducible
     credits: 1000            # what Kie's /api/v1/chat/credit reports; 0 = out of credits
     sync_timeout: 300        # AceData synchronous /kling/motion waits at most this long (s)
+    expire_after: 3600       # Replicate: a prediction's input, output and files are deleted
+                             #   this long (s) after it ends (its docs: about an hour)
     latency:
       polls: 2               # status queries answered "running" before the result shows
       seconds: 0             # and at least this task age (s); 0 and 0 = done on the first poll
-      kling: {polls: 4}      # per protocol (kie | acedata | kling) overrides of the two above
+      kling: {polls: 4}      # per protocol (kie | acedata | kling | fal | replicate) overrides
     faults:                  # rules, tried in file order (their keys and kinds: :mod:`.faults`)
       - kind: rate_limit
         endpoint: create
@@ -47,6 +49,7 @@ class FaultProfile:
     seed: int = 0
     credits: float = 1000.0
     sync_timeout: float = 300.0
+    expire_after: float = 3600.0
 
     def latency_for(self, protocol: str) -> Latency:
         return self.protocol_latency.get(protocol, self.latency)
@@ -72,7 +75,7 @@ class FaultProfile:
     def from_dict(cls, data: Any) -> FaultProfile:
         """Build a profile from parsed YAML/JSON; raises ValueError with the offending path."""
         top = schema.mapping(data, "profile")
-        schema.no_unknown(top, {"seed", "credits", "sync_timeout", "latency", "faults"}, "profile")
+        schema.no_unknown(top, _TOP_KEYS, "profile")
         latency, per_protocol = _latency(top.get("latency", {}))
         faults_raw = top.get("faults", [])
         if not isinstance(faults_raw, list):
@@ -84,7 +87,11 @@ class FaultProfile:
             seed=schema.number(top, "seed", "profile", int, 0),
             credits=schema.number(top, "credits", "profile", float, 1000.0),
             sync_timeout=schema.number(top, "sync_timeout", "profile", float, 300.0),
+            expire_after=schema.number(top, "expire_after", "profile", float, 3600.0),
         )
+
+
+_TOP_KEYS = {"seed", "credits", "sync_timeout", "expire_after", "latency", "faults"}
 
 
 def _one_latency(data: Any, where: str, base: Latency) -> Latency:

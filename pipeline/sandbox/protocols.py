@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pipeline.sandbox import acedata, kie, kling
+from pipeline.sandbox import acedata, fal, kie, kling, replicate
 from pipeline.sandbox.service import ProtocolModule
 
-MODULES: dict[str, ProtocolModule] = {"kie": kie, "acedata": acedata, "kling": kling}
+MODULES: dict[str, ProtocolModule] = {
+    "kie": kie,
+    "acedata": acedata,
+    "kling": kling,
+    "fal": fal,
+    "replicate": replicate,
+}

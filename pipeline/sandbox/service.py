@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pipeline.sandbox.faults import FaultRule
 from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.profile import FaultProfile, Latency
-from pipeline.sandbox.store import Task, TaskSpec, TaskStore
+from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
 from pipeline.sandbox.wire import Reply, Request
 
 
@@ -54,8 +54,10 @@ class Service(Protocol):
         *,
         client_id: str | None = None,
         extra: dict[str, Any] | None = None,
+        failure: Outcome | None = None,
     ) -> Task:
-        """Accept a create: the task exists, is in the ledger, and its work is queued."""
+        """Accept a create: the task exists, is in the ledger, and its work is queued
+        (or, with ``failure``, it has already failed: an input only checked when it runs)."""
         ...
 
     def fetch(self, url: str, field: str) -> bytes:
@@ -71,6 +73,18 @@ class Service(Protocol):
         ...
 
     def upload_relpath(self, upload_path: str, file_name: str) -> str: ...
+
+    def upload_file(self, relpath: str) -> Path | None:
+        """The stored upload at ``relpath`` under the uploads directory, if there is one."""
+        ...
+
+    def delete_upload(self, upload_path: str) -> bool:
+        """Remove the uploads under ``upload_path`` (a directory); False when there were none."""
+        ...
+
+    def inline_url(self, data: bytes, name: str) -> str:
+        """An http URL on the sandbox for input bytes sent inline (base64, data: URIs)."""
+        ...
 
 
 Handler = Callable[[Service, Request], Reply]

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MediaError
+from pipeline.media.probe import MediaInfo
 from pipeline.sandbox.faults import ANSWER_KINDS, DEFAULT_FAIL_REASON, TASK_KINDS
 from pipeline.sandbox.files import Files
 from pipeline.sandbox.journal import TaskJournal
 from pipeline.sandbox.ledger import Ledger, LedgerEntry
 from pipeline.sandbox.picker import FaultPicker
 from pipeline.sandbox.render import Renderer
-from pipeline.sandbox.rules import RULES, check_media
+from pipeline.sandbox.rules import RULES, media_breach
 from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
 from pipeline.sandbox.wire import InputProblem
 
@@ -76,17 +77,24 @@ class Tasks:
         *,
         client_id: str | None = None,
         extra: dict[str, Any] | None = None,
+        failure: Outcome | None = None,
     ) -> Task:
         """Accept a create: the task exists, is in the ledger, and its work is queued.
 
-        The ledger records the task as billed even when an ANSWER fault makes the create's
-        answer carry another id (``LedgerEntry.answered_id``).
+        ``failure`` is a failure decided at once (fal validates its queued inputs only when it
+        runs them); TASK faults are drawn only for the other creates. The ledger records the
+        task as billed even when an ANSWER fault makes the create's answer carry another id
+        (``LedgerEntry.answered_id``).
         """
-        rule = self.picker.pick(protocol, "create", TASK_KINDS)
+        rule = None if failure is not None else self.picker.pick(protocol, "create", TASK_KINDS)
         task = Task(protocol, task_id, client_id, body, spec, created=time.time(),
                     extra=extra or {})  # fmt: skip
         fate_code = None
-        if rule is not None and rule.kind == "never_finish":
+        if failure is not None:
+            task.fate = "fail"
+            task.fate_reason = failure.reason
+            fate_code = failure.code
+        elif rule is not None and rule.kind == "never_finish":
             task.fate = "never"
         elif rule is not None and rule.kind == "bad_result_url":
             task.bad_url = rule.url
@@ -117,8 +125,9 @@ class Tasks:
 
     def _start(self, task: Task, fate_code: str | None) -> None:
         self.store.add(task)
-        if task.fate == "fail":
-            self.store.finish(task, Outcome(reason=task.fate_reason, code=fate_code or "500"))
+        if task.fate == "fail":  # decided at the create: it ended when it was made
+            outcome = Outcome(reason=task.fate_reason, code=fate_code or "500")
+            self.store.finish(task, outcome, at=task.created)
         elif task.fate == "normal":
             self._pool.submit(self._work, task)
 
@@ -128,22 +137,25 @@ class Tasks:
         except Exception as exc:  # a bug or a broken ffmpeg must fail the task, not hang it
             outcome = Outcome(reason=f"internal error: {exc}", code="500")
         self.store.finish(task, outcome)
+        self._journal.append_finish(task)
 
     def _generate(self, protocol: str, spec: TaskSpec, task_id: str) -> Outcome:
-        try:
-            image = self.files.input_path(spec.image_url, "image_url")
-            video = self.files.input_path(spec.video_url, "video_url")
-            image_sha = self.renderer.sha256(image)
-            video_sha = self.renderer.sha256(video)
-            image_info = self.renderer.probe(image, image_sha)
-            video_info = self.renderer.probe(video, video_sha)
-        except InputProblem as exc:
-            return Outcome(reason=str(exc), code="422")
-        except MediaError as exc:
-            return Outcome(reason=f"input media unreadable: {exc.reason}", code="422")
-        reason = check_media(RULES[protocol], image_info, video_info, spec.orientation)
-        if reason is not None:
-            return Outcome(reason=reason, code="422")
+        found: list[tuple[Path, str, MediaInfo]] = []
+        for url, field in ((spec.image_url, "image_url"), (spec.video_url, "video_url")):
+            try:
+                path = self.files.input_path(url, field)
+                digest = self.renderer.sha256(path)
+                found.append((path, digest, self.renderer.probe(path, digest)))
+            except InputProblem as exc:
+                return Outcome(reason=str(exc), code="422", kind="file_download_error",
+                               field=field)  # fmt: skip
+            except MediaError as exc:
+                return Outcome(reason=f"{field} media unreadable: {exc.reason}", code="422",
+                               kind="file_download_error", field=field)  # fmt: skip
+        (image, image_sha, image_info), (video, video_sha, video_info) = found
+        breach = media_breach(RULES[protocol], image_info, video_info, spec.orientation)
+        if breach is not None:
+            return Outcome(reason=breach.reason, code="422", kind=breach.kind, field=breach.field)
         self.ledger.bill(task_id, video_info.duration or 0.0)
         rendered = self.renderer.render(
             image, video, image_sha=image_sha, video_sha=video_sha, video_info=video_info,
