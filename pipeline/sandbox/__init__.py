@@ -24,7 +24,10 @@ Public API::
                              #   a new status query of the task issues a fresh URL
         srv.render_count     # ffmpeg renders actually run (renders are cached)
 
-    serve(host, port, protocols, faults_path)  # blocks; first prints
+    SandboxServer(..., instant=True)  # benchmarks: no media work, every task done on its first
+                                      #   poll, one canned mp4 from memory (:mod:`.instant`);
+                                      #   overrides the profile's ``instant`` switch
+    serve(host, port, protocols, faults_path, instant=False)  # blocks; first prints
                                                # "sandbox listening on http://HOST:PORT";
                                                # stops on SIGINT/SIGTERM
 

@@ -18,6 +18,7 @@ from pipeline.media.tools import MediaTools
 from pipeline.sandbox import acedata, hostile, kling, replicate, results
 from pipeline.sandbox.faults import REQUEST_KINDS, FaultRule
 from pipeline.sandbox.files import Files, upload_relpath
+from pipeline.sandbox.instant import canned_result
 from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger
 from pipeline.sandbox.picker import FaultPicker
@@ -55,9 +56,10 @@ class SandboxApp:
         self.picker = FaultPicker(profile)
         self.renderer = Renderer(tools, data_dir / "renders")
         self.files = Files(data_dir, self.store)
+        canned = canned_result(tools, data_dir / "instant") if profile.instant else None
         self.tasks = Tasks(
             store=self.store, ledger=self.ledger, picker=self.picker, renderer=self.renderer,
-            files=self.files, journal_path=data_dir / "tasks.jsonl",
+            files=self.files, journal_path=data_dir / "tasks.jsonl", instant=canned,
         )  # fmt: skip
         self._seq = 0
         self._seq_lock = threading.Lock()

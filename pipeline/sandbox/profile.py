@@ -7,6 +7,8 @@ A profile is a small file; every key is optional and unknown keys are errors::
     sync_timeout: 300        # AceData synchronous /kling/motion waits at most this long (s)
     expire_after: 3600       # Replicate: a prediction's input, output and files are deleted
                              #   this long (s) after it ends (its docs: about an hour)
+    instant: false           # benchmarks: no media checks, no renders, no latency; every task
+                             #   succeeds on its first poll with one canned clip (:mod:`.instant`)
     latency:
       polls: 2               # status queries answered "running" before the result shows
       seconds: 0             # and at least this task age (s); 0 and 0 = done on the first poll
@@ -50,8 +52,11 @@ class FaultProfile:
     credits: float = 1000.0
     sync_timeout: float = 300.0
     expire_after: float = 3600.0
+    instant: bool = False
 
     def latency_for(self, protocol: str) -> Latency:
+        if self.instant:
+            return _NO_LATENCY
         return self.protocol_latency.get(protocol, self.latency)
 
     @classmethod
@@ -88,10 +93,12 @@ class FaultProfile:
             credits=schema.number(top, "credits", "profile", float, 1000.0),
             sync_timeout=schema.number(top, "sync_timeout", "profile", float, 300.0),
             expire_after=schema.number(top, "expire_after", "profile", float, 3600.0),
+            instant=schema.flag(top, "instant", "profile", False),
         )
 
 
-_TOP_KEYS = {"seed", "credits", "sync_timeout", "expire_after", "latency", "faults"}
+_TOP_KEYS = {"seed", "credits", "sync_timeout", "expire_after", "instant", "latency", "faults"}
+_NO_LATENCY = Latency()
 
 
 def _one_latency(data: Any, where: str, base: Latency) -> Latency:

@@ -45,4 +45,6 @@ def serve(
         return hostile.download_fault(rule)
     if link.expired:
         return Reply(expired_status, b"Request has expired", {"Content-Type": "text/plain"})
+    if link.data is not None:  # instant mode: no disk read per download
+        return Reply(200, link.data, {"Content-Type": "video/mp4"})
     return Reply(200, headers={"Content-Type": "video/mp4"}, file=link.path)

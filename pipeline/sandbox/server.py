@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -49,9 +50,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "motion-pipeline-sandbox"
     timeout = 120  # an idle keep-alive connection ends after this, freeing its thread
     server: _HTTPServer
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's own, written by flush_headers()
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body leave in one write (see _send); without NODELAY a second small write
+        # would still wait for the peer's delayed ACK (about 40 ms on loopback), per request.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
@@ -150,6 +156,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
         else:
             self.send_header("Content-Length", str(length))
+        if reply.file is None and reply.stream is None and reply.pace is None:
+            # The common case, an answer in memory: status, headers and body in one write, one
+            # syscall and one TCP segment (BaseHTTPRequestHandler buffers headers in this list).
+            self._headers_buffer.append(b"\r\n")
+            if self.command != "HEAD":
+                self._headers_buffer.append(reply.body)
+            self.flush_headers()
+            return
         self.end_headers()
         if self.command == "HEAD" or status == 416:
             return
@@ -217,7 +231,9 @@ class SandboxServer:
         protocols: tuple[str, ...] | list[str] = PROTOCOLS,
         data_dir: Path | str | None = None,
         tools: MediaTools | None = None,
+        instant: bool | None = None,
     ) -> None:
+        """``instant`` (when given) overrides the profile's ``instant`` switch (:mod:`.instant`)."""
         unknown = [p for p in protocols if p not in PROTOCOLS]
         if unknown or not protocols:
             raise ConfigError(
@@ -231,9 +247,12 @@ class SandboxServer:
             tempfile.mkdtemp(prefix="mp-sandbox-") if data_dir is None else data_dir
         )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        profile = faults or FaultProfile()
+        if instant is not None:
+            profile = dataclasses.replace(profile, instant=instant)
         self.app = SandboxApp(
             keys=keys or SandboxKeys(),
-            profile=faults or FaultProfile(),
+            profile=profile,
             protocols=tuple(protocols),
             data_dir=self.data_dir,
             tools=tools or find_tools(),
@@ -332,6 +351,7 @@ def serve(
     data_dir: Path | str | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
+    instant: bool = False,
 ) -> None:
     """Run a sandbox until SIGINT/SIGTERM (or ``stop`` is set); first prints its base URL.
 
@@ -352,9 +372,11 @@ def serve(
             previous[sig] = signal.signal(sig, on_signal)
     try:
         with SandboxServer(host, port, keys=keys, faults=profile, protocols=protocols,
-                           data_dir=data_dir) as server:  # fmt: skip
+                           data_dir=data_dir, instant=instant or None) as server:  # fmt: skip
             print(f"sandbox listening on {server.base_url}", file=stream, flush=True)
             print(f"protocols: {', '.join(server.app.protocols)}", file=stream, flush=True)
+            if server.app.profile.instant:
+                print("instant mode: no media checks, no renders", file=stream, flush=True)
             while not stop.wait(0.5):
                 pass
             print(f"sandbox stopped; {len(server.ledger)} tasks accepted", file=stream, flush=True)

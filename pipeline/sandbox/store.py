@@ -81,6 +81,8 @@ class ResultLink:
     protocol: str
     path: Path
     expired: bool = False
+    data: bytes | None = None
+    """The video's bytes when served from memory (instant mode), else read from ``path``."""
 
 
 class TaskStore:
@@ -189,8 +191,9 @@ class TaskStore:
             link = self._links.get(task.token or "")
             if link is None or link.expired or fresh:
                 task.token = secrets.token_hex(12)
+                rendered = task.outcome.rendered
                 self._links[task.token] = ResultLink(
-                    task.task_id, task.protocol, task.outcome.rendered.path
+                    task.task_id, task.protocol, rendered.path, data=rendered.data
                 )
             return f"{base_url}/results/{task.token}.mp4"
 
