@@ -58,7 +58,12 @@ A task fetches its inputs (the sandbox's own URLs straight from disk, other http
 loopback), probes them with ffprobe and fails like the real service when they break the model
 rules (:mod:`.rules`); otherwise it renders a real mp4 (:mod:`.render`): the image beside the
 driving clip, same duration, its sound unless ``keep_original_sound`` is "no". Latency and
-faults come from a profile (schema in :mod:`.faults`). Callbacks are not sent: poll.
+faults come from a profile (schema in :mod:`.profile` and :mod:`.faults`).
+
+Callbacks: a create that names one (Kie ``callBackUrl``, AceData and Kling ``callback_url``, fal
+``?fal_webhook=``, Replicate ``webhook``) is POSTed its end from a background thread, with
+retries (:mod:`.callbacks`, :mod:`.notify`); only loopback URLs are called.
+``srv.callbacks`` lists every callback delivered, dropped, forged or refused.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from typing import Any
 
 from pipeline.sandbox.faults import FaultRule
 from pipeline.sandbox.service import Route, Service
-from pipeline.sandbox.store import Task, TaskSpec
-from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid, same_secret
+from pipeline.sandbox.store import Phase, Task, TaskSpec
+from pipeline.sandbox.wire import Callback, Reply, Request, json_reply, new_uuid, same_secret
 
 MAX_PROMPT = 2500
 MODELS = ("kling-v2-6", "kling-v3")
@@ -176,6 +176,20 @@ def result(app: Service, task: Task, base_url: str) -> dict[str, Any]:
         "state": "succeed",
         "task_id": task.task_id,
     }
+
+
+# ---------------------------------------------------------------------- callback
+
+
+def callback_url(task: Task) -> str | None:
+    url = task.body.get("callback_url")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    """The final result, in the synchronous answer's shape (providers.md §2.2)."""
+    url = callback_url(task)
+    return None if url is None else Callback(url, result(app, task, base_url))
 
 
 # ---------------------------------------------------------------------- /kling/tasks

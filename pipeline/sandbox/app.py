@@ -16,11 +16,13 @@ from typing import Any
 
 from pipeline.media.tools import MediaTools
 from pipeline.sandbox import acedata, hostile, kling, replicate, results
+from pipeline.sandbox.callbacks import Callbacks
 from pipeline.sandbox.faults import REQUEST_KINDS, FaultRule
 from pipeline.sandbox.files import Files, upload_relpath
 from pipeline.sandbox.instant import canned_result
 from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger
+from pipeline.sandbox.notify import Notifier
 from pipeline.sandbox.picker import FaultPicker
 from pipeline.sandbox.profile import FaultProfile, Latency
 from pipeline.sandbox.protocols import MODULES
@@ -63,6 +65,13 @@ class SandboxApp:
         )  # fmt: skip
         self._seq = 0
         self._seq_lock = threading.Lock()
+        self.base_url = ""
+        """Set by the server once bound: ``http://host:port``, for URLs in callbacks."""
+        self.callbacks = Callbacks(
+            timeout=profile.callback_timeout, attempts=profile.callback_attempts
+        )
+        self.notifier = Notifier(self, self.picker, self.callbacks, lambda: self.base_url)
+        self.tasks.on_end = self.notifier.ended
 
     @property
     def port(self) -> int:
@@ -74,6 +83,7 @@ class SandboxApp:
         self.files.port = value
 
     def close(self) -> None:
+        self.callbacks.close()
         self.tasks.close()
 
     def next_seq(self) -> int:
@@ -97,8 +107,16 @@ class SandboxApp:
         extra: dict[str, Any] | None = None,
         failure: Outcome | None = None,
     ) -> Task:
-        return self.tasks.commit(protocol, task_id, body, spec, client_id=client_id, extra=extra,
+        task = self.tasks.commit(protocol, task_id, body, spec, client_id=client_id, extra=extra,
                                  failure=failure)  # fmt: skip
+        self.notifier.created(task)
+        return task
+
+    def cancel(self, task: Task) -> bool:
+        if not self.store.cancel(task):
+            return False
+        self.tasks.ended(task)
+        return True
 
     def fetch(self, url: str, field: str) -> bytes:
         return self.files.fetch(url, field)

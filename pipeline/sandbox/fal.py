@@ -21,6 +21,7 @@ silent (inferred): the 401/404 texts, "Request is still in progress" (400).
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +30,8 @@ from pipeline.sandbox import fal_storage, inputs
 from pipeline.sandbox.fal_auth import BAD_KEY, LOCKED, auth_error, detail, locked
 from pipeline.sandbox.faults import FaultRule
 from pipeline.sandbox.service import Route, Service
-from pipeline.sandbox.store import TERMINAL, Outcome, Task, TaskSpec
-from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid
+from pipeline.sandbox.store import TERMINAL, Outcome, Phase, Task, TaskSpec
+from pipeline.sandbox.wire import Callback, Reply, Request, json_reply, new_uuid
 
 APP = "fal-ai/kling-video"
 ENDPOINTS = {  # endpoint id -> (model, tier): the tier is in the id, there is no mode input
@@ -280,7 +281,10 @@ def result(app: Service, req: Request) -> Reply:
     task = _task(app, req)
     if isinstance(task, Reply):
         return task
-    phase = app.store.current(task, app.latency("fal"))
+    return _result(app, task, app.store.current(task, app.latency("fal")), req.base_url)
+
+
+def _result(app: Service, task: Task, phase: Phase, base_url: str) -> Reply:
     if phase not in TERMINAL:
         return detail(400, "Request is still in progress")
     if phase == "canceled":
@@ -294,7 +298,7 @@ def result(app: Service, req: Request) -> Reply:
         200,
         {
             "video": {
-                "url": app.store.result_url(task, req.base_url),
+                "url": app.store.result_url(task, base_url),
                 "content_type": "video/mp4",
                 "file_name": "output.mp4",
                 "file_size": rendered.size_bytes,
@@ -316,10 +320,30 @@ def _failure(task: Task) -> Reply:
     return json_reply(422, {"detail": items}, headers)
 
 
+def callback_url(task: Task) -> str | None:
+    url = task.extra.get("callback_url")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    """The webhook body: ``{request_id, gateway_request_id, status: OK | ERROR, payload,
+    error}``, the payload being what the result fetch answers (fal's webhooks page)."""
+    url = callback_url(task)
+    if url is None:
+        return None
+    reply = _result(app, task, phase, base_url)
+    ok = reply.status == 200
+    return Callback(url, {
+        "request_id": task.task_id, "gateway_request_id": task.task_id,
+        "status": "OK" if ok else "ERROR", "payload": json.loads(reply.body),
+        "error": None if ok else f"Invalid status code: {reply.status}",
+    })  # fmt: skip
+
+
 def cancel(app: Service, req: Request) -> Reply:
     task = _task(app, req)
     if isinstance(task, Reply):
         return json_reply(task.status, {"status": "NOT_FOUND"}) if task.status == 404 else task
-    if app.store.current(task, app.latency("fal")) in TERMINAL or not app.store.cancel(task):
+    if app.store.current(task, app.latency("fal")) in TERMINAL or not app.cancel(task):
         return json_reply(400, {"status": "ALREADY_COMPLETED"})
     return json_reply(202, {"status": "CANCELLATION_REQUESTED"})

@@ -25,6 +25,7 @@ first rule that fires handles the request. Every key but ``kind`` is optional::
         url: "ftp://x/y"     # bad_result_url: the exact result URL text
         task_id: "\\ud800"   # weird_task_id: the id text, written verbatim between the quotes
         repeat: 1            #   of the JSON answer's id field, ``repeat`` times (see below)
+        forge: unknown_task  # callback_forged: unknown_task | early_success
 
 KINDS (request level: answered instead of, or around, the normal handler)
     rate_limit           429 with a Retry-After header when ``retry_after`` is set. Kie says it in
@@ -80,6 +81,15 @@ DOWNLOAD level
     huge_result          200 with a ``size``-byte body of zeros, streamed (``content_length``
                          false: chunked, no length announced).
 
+CALLBACK level (only tasks whose create named a callback URL; ``endpoint`` is ignored)
+    callback_drop        the task's end is never called back (recorded as ``dropped``).
+    callback_delay       the callback is sent ``seconds`` late.
+    callback_duplicate   the same callback is delivered twice.
+    callback_forged      right after the create, a callback nobody should trust: for a task id
+                         that does not exist (``forge: unknown_task``), or announcing success for
+                         this still-running task with a result URL that answers 404
+                         (``forge: early_success``). The real callback still follows.
+
 Counting: every rule counts the requests it matches (endpoint and protocol), whether or not an
 earlier rule fired; ``times`` counts only the requests the rule actually handled.
 """
@@ -108,7 +118,9 @@ REQUEST_KINDS = (
 TASK_KINDS = ("task_fail", "never_finish", "bad_result_url")
 ANSWER_KINDS = ("weird_task_id", "duplicate_task_id")
 DOWNLOAD_KINDS = ("expired_result", "redirect_loop", "huge_result")
-KINDS = REQUEST_KINDS + TASK_KINDS + ANSWER_KINDS + DOWNLOAD_KINDS
+CALLBACK_KINDS = ("callback_drop", "callback_delay", "callback_duplicate", "callback_forged")
+KINDS = REQUEST_KINDS + TASK_KINDS + ANSWER_KINDS + DOWNLOAD_KINDS + CALLBACK_KINDS
+FORGERIES = ("unknown_task", "early_success")
 
 DEFAULT_HUGE_SIZE = 64 * 1024 * 1024
 DEFAULT_BAD_URL = "http://127.0.0.1:99999/x"
@@ -143,6 +155,7 @@ class FaultRule:
     url: str = DEFAULT_BAD_URL
     task_id: str = ""
     repeat: int = 1
+    forge: str = "unknown_task"
 
     @property
     def answered_id(self) -> str:
@@ -156,6 +169,8 @@ class FaultRule:
             return endpoint == "create"
         if self.kind in DOWNLOAD_KINDS:
             return endpoint == "download"
+        if self.kind in CALLBACK_KINDS:
+            return endpoint == "callback"
         if self.kind == "huge_body" and endpoint == "download":
             return False  # a result download's huge body is huge_result
         return self.endpoint in ("any", endpoint)
@@ -197,6 +212,9 @@ def rule_from_dict(data: Any, where: str) -> FaultRule:
             raise ValueError(f"{where}.{key}: must be true or false")
     if kind == "huge_body" and endpoint == "download":
         raise ValueError(f"{where}.endpoint: huge_body answers API calls; use huge_result")
+    forge = schema.text(raw, "forge", where, "unknown_task")
+    if forge not in FORGERIES:
+        raise ValueError(f"{where}.forge: must be one of {', '.join(FORGERIES)}, got {forge!r}")
     if kind == "weird_task_id" and "task_id" not in raw:
         raise ValueError(f"{where}.task_id: weird_task_id needs the id text to answer")
     default_seconds = DEFAULT_TRICKLE_SECONDS if kind == "trickle" else 0.0
@@ -220,4 +238,5 @@ def rule_from_dict(data: Any, where: str) -> FaultRule:
         url=schema.text(raw, "url", where, DEFAULT_BAD_URL),
         task_id=schema.json_string_text(raw, "task_id", where),
         repeat=schema.positive(raw, "repeat", where, 1),
+        forge=forge,
     )

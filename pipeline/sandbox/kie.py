@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import mimetypes
 import secrets
@@ -19,8 +21,9 @@ from urllib.parse import quote
 
 from pipeline.sandbox.faults import FaultRule
 from pipeline.sandbox.service import Route, Service
-from pipeline.sandbox.store import Task, TaskSpec
+from pipeline.sandbox.store import Phase, Task, TaskSpec
 from pipeline.sandbox.wire import (
+    Callback,
     InputProblem,
     Reply,
     Request,
@@ -200,7 +203,7 @@ def record_info(app: Service, req: Request) -> Reply:
     return body(200, "success", record(app, task, phase, req.base_url))
 
 
-def record(app: Service, task: Task, phase: str, base_url: str) -> dict[str, Any]:
+def record(app: Service, task: Task, phase: Phase, base_url: str) -> dict[str, Any]:
     """recordInfo ``data`` for a task in ``phase`` (also the callback body's ``data``)."""
     created = int(task.created * 1000)
     state = {"queued": "waiting", "running": "queuing" if task.polls == 2 else "generating"}
@@ -229,6 +232,34 @@ def record(app: Service, task: Task, phase: str, base_url: str) -> dict[str, Any
         data.update(state="fail", failCode=task.outcome.code, failMsg=task.outcome.reason,
                     costTime=None)  # fmt: skip
     return data
+
+
+# ---------------------------------------------------------------------- callback
+
+
+def callback_url(task: Task) -> str | None:
+    url = task.body.get("callBackUrl")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    """recordInfo's answer, POSTed ("identical to the Query Task API response", providers.md
+    §1.4), signed when the profile sets ``webhook_hmac_key``: base64 HMAC-SHA256 of
+    ``taskId + "." + timestamp`` in X-Webhook-Signature, the timestamp (s) beside it."""
+    url = callback_url(task)
+    if url is None:
+        return None
+    data = record(app, task, phase, base_url)
+    headers: dict[str, str] = {}
+    key = app.profile.webhook_hmac_key
+    if key:
+        stamp = str(int(time.time()))
+        digest = hmac.new(key.encode(), f"{data['taskId']}.{stamp}".encode(), hashlib.sha256)
+        headers = {
+            "X-Webhook-Timestamp": stamp,
+            "X-Webhook-Signature": base64.b64encode(digest.digest()).decode("ascii"),
+        }
+    return Callback(url, {"code": 200, "msg": "success", "data": data}, headers)
 
 
 # ---------------------------------------------------------------------- account

@@ -21,8 +21,8 @@ from typing import Any
 
 from pipeline.sandbox.faults import FaultRule
 from pipeline.sandbox.service import Route, Service
-from pipeline.sandbox.store import Task, TaskSpec
-from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid
+from pipeline.sandbox.store import Phase, Task, TaskSpec
+from pipeline.sandbox.wire import Callback, Reply, Request, json_reply, new_uuid
 
 MODELS = ("kling-v2-6", "kling-v3")
 #: The create body fields (providers.md §3.2); anything else is refused like a bad value.
@@ -232,6 +232,14 @@ def query(app: Service, req: Request) -> Reply:
     if task is None:
         return error(404, 1203, f"task {key} not found")
     phase = app.store.observe(task, app.latency("kling"))
+    data = task_data(app, task, phase, req.base_url)
+    return json_reply(
+        200, {"code": 0, "message": "SUCCEED", "request_id": new_uuid(), "data": data}
+    )
+
+
+def task_data(app: Service, task: Task, phase: Phase, base_url: str) -> dict[str, Any]:
+    """The task object: a query's ``data``, and the callback body (a flat task, §3.4)."""
     status = {"queued": "submitted", "running": "processing", "succeeded": "succeed"}
     data = _task_doc(task, status.get(phase, "failed"))
     if phase == "succeeded":
@@ -241,16 +249,24 @@ def query(app: Service, req: Request) -> Reply:
         data["final_unit_deduction"] = f"{duration:.1f}"
         data["task_result"] = {"videos": [{
             "id": f"{task.task_id}-0",
-            "url": app.store.result_url(task, req.base_url),
+            "url": app.store.result_url(task, base_url),
             "duration": f"{duration:.3f}",
         }]}  # fmt: skip
     elif phase == "failed":
         if task.outcome is None:
             raise RuntimeError(f"sandbox bug: task {task.task_id} failed without an outcome")
         data["task_status_msg"] = task.outcome.reason or "failed"
-    return json_reply(
-        200, {"code": 0, "message": "SUCCEED", "request_id": new_uuid(), "data": data}
-    )
+    return data
+
+
+def callback_url(task: Task) -> str | None:
+    url = task.body.get("callback_url")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    url = callback_url(task)
+    return None if url is None else Callback(url, task_data(app, task, phase, base_url))
 
 
 def _task_doc(task: Task, status: str) -> dict[str, Any]:

@@ -9,6 +9,9 @@ A profile is a small file; every key is optional and unknown keys are errors::
                              #   this long (s) after it ends (its docs: about an hour)
     instant: false           # benchmarks: no media checks, no renders, no latency; every task
                              #   succeeds on its first poll with one canned clip (:mod:`.instant`)
+    callback_timeout: 5      # callbacks (:mod:`.callbacks`): seconds per delivery attempt
+    callback_attempts: 3     #   and attempts before giving up (connection error or non-2xx)
+    webhook_hmac_key: null   # Kie: sign callbacks (X-Webhook-Timestamp, X-Webhook-Signature)
     latency:
       polls: 2               # status queries answered "running" before the result shows
       seconds: 0             # and at least this task age (s); 0 and 0 = done on the first poll
@@ -53,6 +56,15 @@ class FaultProfile:
     sync_timeout: float = 300.0
     expire_after: float = 3600.0
     instant: bool = False
+    callback_timeout: float = 5.0
+    callback_attempts: int = 3
+    webhook_hmac_key: str | None = None
+
+    def __repr__(self) -> str:
+        # The HMAC key is a secret in the real service: keep it out of logs and test output.
+        key = "set" if self.webhook_hmac_key else None
+        return (f"FaultProfile(latency={self.latency}, faults={len(self.faults)} rules, "
+                f"instant={self.instant}, webhook_hmac_key={key})")  # fmt: skip
 
     def latency_for(self, protocol: str) -> Latency:
         if self.instant:
@@ -94,10 +106,24 @@ class FaultProfile:
             sync_timeout=schema.number(top, "sync_timeout", "profile", float, 300.0),
             expire_after=schema.number(top, "expire_after", "profile", float, 3600.0),
             instant=schema.flag(top, "instant", "profile", False),
+            callback_timeout=schema.number(top, "callback_timeout", "profile", float, 5.0),
+            callback_attempts=schema.positive(top, "callback_attempts", "profile", 3),
+            webhook_hmac_key=_optional_text(top, "webhook_hmac_key"),
         )
 
 
-_TOP_KEYS = {"seed", "credits", "sync_timeout", "expire_after", "instant", "latency", "faults"}
+_TOP_KEYS = {
+    "seed", "credits", "sync_timeout", "expire_after", "instant", "latency", "faults",
+    "callback_timeout", "callback_attempts", "webhook_hmac_key",
+}  # fmt: skip
+
+
+def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    if data.get(key) is None:
+        return None
+    return schema.text(data, key, "profile", "")
+
+
 _NO_LATENCY = Latency()
 
 

@@ -35,7 +35,7 @@ from pipeline.sandbox.replicate_api import (
 from pipeline.sandbox.replicate_api import fault_reply as _fault_reply
 from pipeline.sandbox.service import Route, Service
 from pipeline.sandbox.store import TERMINAL, Phase, Task, TaskSpec
-from pipeline.sandbox.wire import Reply, Request, json_reply
+from pipeline.sandbox.wire import Callback, Reply, Request, json_reply
 
 MODELS = {
     "kwaivgi/kling-v2.6-motion-control": "kling-v2-6",
@@ -233,8 +233,24 @@ def cancel(app: Service, req: Request) -> Reply:
     if isinstance(task, Reply):
         return task
     if app.store.current(task, _lat(app)) not in TERMINAL:
-        app.store.cancel(task)
+        app.cancel(task)
     return json_reply(200, prediction(app, task, req.base_url, app.store.current(task, _lat(app))))
+
+
+def callback_url(task: Task) -> str | None:
+    """The webhook, when its events filter asks for ``completed`` (the only event sent)."""
+    url = task.extra.get("callback_url")
+    events = task.extra.get("events") or WEBHOOK_EVENTS
+    return url if isinstance(url, str) and url and "completed" in events else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    """The prediction object, with Standard Webhooks' id (the same on every retry) and time."""
+    url = callback_url(task)
+    if url is None:
+        return None
+    headers = {"webhook-id": f"msg_{task.task_id}", "webhook-timestamp": str(int(time.time()))}
+    return Callback(url, prediction(app, task, base_url, phase), headers)
 
 
 def data_removed(app: Service, task: Task, now: float | None = None) -> bool:

@@ -22,6 +22,7 @@ from typing import TextIO
 from pipeline.errors import ConfigError
 from pipeline.media.tools import MediaTools, find_tools
 from pipeline.sandbox.app import SandboxApp
+from pipeline.sandbox.callbacks import CallbackRecord
 from pipeline.sandbox.faults import PROTOCOLS
 from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger
@@ -278,6 +279,11 @@ class SandboxServer:
         """ffmpeg renders actually run (identical jobs share one)."""
         return self.app.renderer.render_count
 
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """Every callback delivered (or dropped, forged...) so far, in order (:mod:`.callbacks`)."""
+        return self.app.callbacks.records()
+
     def file_url(self, path: Path | str) -> str:
         """An http URL on the sandbox that serves a local file (input URLs for tests)."""
         return self.app.file_url(self.base_url, Path(path))
@@ -296,6 +302,7 @@ class SandboxServer:
                 f"sandbox cannot listen on {self.host}:{self._port}: {exc.strerror}"
             ) from None
         self.app.port = httpd.server_address[1]
+        self.app.base_url = self.base_url
         httpd.app = self.app
         httpd.base_url = self.base_url
         httpd.connections = set()

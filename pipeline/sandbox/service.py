@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from pipeline.sandbox.faults import FaultRule
 from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.profile import FaultProfile, Latency
-from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
-from pipeline.sandbox.wire import Reply, Request
+from pipeline.sandbox.store import Outcome, Phase, Task, TaskSpec, TaskStore
+from pipeline.sandbox.wire import Callback, Reply, Request
 
 
 class Service(Protocol):
@@ -86,6 +86,10 @@ class Service(Protocol):
         """An http URL on the sandbox for input bytes sent inline (base64, data: URIs)."""
         ...
 
+    def cancel(self, task: Task) -> bool:
+        """Cancel a task that has not ended (its callback, if any, follows); False if it had."""
+        ...
+
 
 Handler = Callable[[Service, Request], Reply]
 """A protocol endpoint: the request in, the answer out."""
@@ -100,3 +104,11 @@ class ProtocolModule(Protocol):
     def route(self, req: Request) -> Route | None: ...
 
     def fault_reply(self, rule: FaultRule, req: Request) -> Reply: ...
+
+    def callback_url(self, task: Task) -> str | None:
+        """Where the create asked to be called back, or None."""
+        ...
+
+    def callback(self, app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+        """What the service POSTs to :func:`callback_url` when ``task`` ended in ``phase``."""
+        ...

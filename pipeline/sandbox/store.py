@@ -114,14 +114,16 @@ class TaskStore:
         with self._lock:
             return sum(1 for t in self._tasks.values() if not t.shown_terminal)
 
-    def finish(self, task: Task, outcome: Outcome, at: float | None = None) -> None:
-        """Record the end of the task's work (at ``at``, default now); a cancel wins."""
+    def finish(self, task: Task, outcome: Outcome, at: float | None = None) -> bool:
+        """Record the end of the task's work (at ``at``, default now); False when a cancel came
+        first (the cancel is the task's end)."""
         with self._lock:
             if task.outcome is not None and task.outcome.canceled:
-                return
+                return False
             task.outcome = outcome
             task.finished = at if at is not None else task.restored_finish or time.time()
         task.done.set()
+        return True
 
     def cancel(self, task: Task, now: float | None = None) -> bool:
         """Cancel a task that has not ended yet (as shown to a client); False when it had."""

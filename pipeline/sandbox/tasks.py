@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class Tasks:
         self.files = files
         self.instant = instant
         """Instant mode's canned result: every task succeeds with it at once."""
+        self.on_end: Callable[[Task], None] | None = None
+        """Called once when a task's work ends in this sandbox (callbacks hang on it)."""
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-media")
         self._commit_lock = threading.Lock()
         # The (task id, answered id text) of the create this thread is answering, when an
@@ -131,19 +134,29 @@ class Tasks:
         if task.fate == "fail":  # decided at the create: it ended when it was made
             outcome = Outcome(reason=task.fate_reason, code=fate_code or "500")
             self.store.finish(task, outcome, at=task.created)
+            self.ended(task)
         elif task.fate == "normal" and self.instant is not None:
             self.ledger.bill(task.task_id, self.instant.duration)  # nothing measured: the clip's
             self.store.finish(task, Outcome(rendered=self.instant))
+            self.ended(task)
         elif task.fate == "normal":
             self._pool.submit(self._work, task)
+
+    def ended(self, task: Task) -> None:
+        """A task ended in this sandbox: journal when, and tell :attr:`on_end` (once)."""
+        if task.restored_finish is not None:  # it ended under an earlier sandbox, which told
+            return
+        self._journal.append_finish(task)
+        if self.on_end is not None:
+            self.on_end(task)
 
     def _work(self, task: Task) -> None:
         try:
             outcome = self._generate(task.protocol, task.spec, task.task_id)
         except Exception as exc:  # a bug or a broken ffmpeg must fail the task, not hang it
             outcome = Outcome(reason=f"internal error: {exc}", code="500")
-        self.store.finish(task, outcome)
-        self._journal.append_finish(task)
+        if self.store.finish(task, outcome):
+            self.ended(task)
 
     def _generate(self, protocol: str, spec: TaskSpec, task_id: str) -> Outcome:
         found: list[tuple[Path, str, MediaInfo]] = []

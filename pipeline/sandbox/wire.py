@@ -78,6 +78,15 @@ class Reply:
     pace: Pace | None = None
 
 
+@dataclass(frozen=True)
+class Callback:
+    """A callback to POST: where, the JSON body, and extra headers (signatures, ids)."""
+
+    url: str
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
     body = json.dumps(doc, separators=(",", ":")).encode()
     return Reply(status, body, {"Content-Type": "application/json", **(headers or {})})
