@@ -20,6 +20,10 @@ KIE_KEY = "kie-test-key"
 ACE_KEY = "ace-test-key"
 KLING_AK = "kling-access"
 KLING_SK = "kling-secret"
+FAL_KEY = "fal-id:fal-secret"
+REPLICATE_TOKEN = "r8_test_token"
+FAL_V26 = "/fal-ai/kling-video/v2.6/standard/motion-control"
+REPLICATE_V26 = "/v1/models/kwaivgi/kling-v2.6-motion-control/predictions"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,28 @@ def ace_client(base_url: str, key: str = ACE_KEY) -> httpx.Client:
 def kling_client(base_url: str, access: str = KLING_AK, secret: str = KLING_SK) -> httpx.Client:
     headers = {"Authorization": f"Bearer {mint_jwt(access, secret)}"}
     return httpx.Client(base_url=base_url, headers=headers, timeout=30)
+
+
+def fal_client(base_url: str, key: str = FAL_KEY) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Key {key}"}, timeout=30)
+
+
+def replicate_client(base_url: str, token: str = REPLICATE_TOKEN) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=30)
+
+
+def fal_wait(client: httpx.Client, submitted: dict[str, Any]) -> httpx.Response:
+    """Poll a fal request's status_url until COMPLETED (200); the last status answer."""
+    return until(lambda: client.get(submitted["status_url"]), lambda r: r.status_code != 202)
+
+
+def replicate_wait(client: httpx.Client, prediction: dict[str, Any]) -> dict[str, Any]:
+    doc = until(
+        lambda: client.get(prediction["urls"]["get"]).json(),
+        lambda d: d["status"] in ("succeeded", "failed", "canceled"),
+    )
+    return dict(doc)
 
 
 def until(fetch: Callable[[], Any], done: Callable[[Any], bool]) -> Any:

@@ -15,8 +15,8 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.media.probe import MediaInfo
 from pipeline.sandbox import FaultProfile, Latency, SandboxKeys, acedata, kie, kling
-from pipeline.sandbox.faults import FaultPicker
 from pipeline.sandbox.kling import b64url, mint_jwt, verify_jwt
+from pipeline.sandbox.picker import FaultPicker
 from pipeline.sandbox.rules import RULES, check_media
 from pipeline.sandbox.store import Outcome, Task, TaskSpec, TaskStore
 from pipeline.sandbox.wire import parse_multipart
@@ -53,7 +53,7 @@ def test_profile_fields_and_latency_overrides() -> None:
         ({"fautls": []}, "unknown key 'fautls'"),
         ({"faults": [{"kind": "explode"}]}, "faults[0].kind: must be one of"),
         ({"faults": [{"kind": "rate_limit", "endpoint": "everywhere"}]}, "faults[0].endpoint"),
-        ({"faults": [{"kind": "rate_limit", "protocol": "fal"}]}, "faults[0].protocol"),
+        ({"faults": [{"kind": "rate_limit", "protocol": "runway"}]}, "faults[0].protocol"),
         ({"faults": [{"kind": "rate_limit", "probability": 1.5}]}, "between 0 and 1"),
         ({"faults": [{"kind": "rate_limit", "every": 0}]}, "at least 1"),
         ({"faults": [{"kind": "rate_limit", "times": "two"}]}, "faults[0].times: must be a number"),

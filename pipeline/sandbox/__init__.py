@@ -1,18 +1,20 @@
-"""A local HTTP server that speaks the Kie.ai, AceData Cloud and Kling wire protocols.
+"""A local HTTP server that speaks the Kie.ai, AceData Cloud, Kling, fal.ai and Replicate protocols.
 
 It is the project's test double, the embedded provider behind ``provider: sandbox`` and
 ``make demo``, and a free rehearsal target (``motion-pipeline sandbox``). It follows
-``shared/providers.md`` sections 1-3 and 7: endpoints, auth, envelopes, error shapes, states.
+``shared/providers.md`` sections 1-5 and 7: endpoints, auth, envelopes, error shapes, states.
 
 Public API::
 
     from pipeline.sandbox import SandboxServer, FaultProfile, SandboxKeys, serve
 
     # None fields accept any non-empty credential (Kling: any token; a JWT's exp/nbf still count)
-    keys = SandboxKeys(kie="k-test", acedata="a-test", kling_access="ak", kling_secret="sk")
+    keys = SandboxKeys(kie="k-test", acedata="a-test", kling_access="ak", kling_secret="sk",
+                       fal="fal-key", replicate="r8-token")
     profile = FaultProfile.load("manifests/faults/flaky.yaml")   # or FaultProfile()
     with SandboxServer(host="127.0.0.1", port=0, keys=keys, faults=profile,
-                       protocols=("kie", "acedata", "kling"), data_dir=tmp_path) as srv:
+                       protocols=("kie", "acedata", "kling", "fal", "replicate"),
+                       data_dir=tmp_path) as srv:
         srv.base_url         # "http://127.0.0.1:PORT": every protocol, and Kie's upload host too
         srv.ledger           # thread-safe list of accepted creates (each billed, whatever id
                              #   its answer carried):
@@ -22,7 +24,10 @@ Public API::
                              #   a new status query of the task issues a fresh URL
         srv.render_count     # ffmpeg renders actually run (renders are cached)
 
-    serve(host, port, protocols, faults_path)  # blocks; first prints
+    SandboxServer(..., instant=True)  # benchmarks: no media work, every task done on its first
+                                      #   poll, one canned mp4 from memory (:mod:`.instant`);
+                                      #   overrides the profile's ``instant`` switch
+    serve(host, port, protocols, faults_path, instant=False)  # blocks; first prints
                                                # "sandbox listening on http://HOST:PORT";
                                                # stops on SIGINT/SIGTERM
 
@@ -40,6 +45,12 @@ Routes (paths do not collide, so one server serves all enabled protocols):
 - AceData: ``POST /kling/motion`` (sync unless ``async``/``callback_url``), ``POST /kling/tasks``.
 - Kling: ``POST /v1/videos/motion-control``,
   ``GET /v1/videos/motion-control/{task_id or external_task_id}``.
+- fal (:mod:`.fal`, :mod:`.fal_storage`): ``POST /<endpoint id>`` (``?fal_webhook=``),
+  ``GET|PUT /fal-ai/kling-video/requests/<id>[/status|/cancel]``, ``POST /storage/auth/token``,
+  ``POST /files/upload[/multipart]``, ``/fal-media/files/...`` (uploaded files, multipart parts).
+- Replicate (:mod:`.replicate`, :mod:`.replicate_files`):
+  ``POST /v1/models/{owner}/{name}/predictions``, ``GET /v1/predictions/{id}``,
+  ``POST /v1/predictions/{id}/cancel``, ``POST|GET|DELETE /v1/files[/{id}[/download]]``.
 - Sandbox: ``GET /files/...`` (``file_url``), ``/tempfile/...`` (uploads),
   ``/results/...`` (result videos).
 
@@ -47,14 +58,20 @@ A task fetches its inputs (the sandbox's own URLs straight from disk, other http
 loopback), probes them with ffprobe and fails like the real service when they break the model
 rules (:mod:`.rules`); otherwise it renders a real mp4 (:mod:`.render`): the image beside the
 driving clip, same duration, its sound unless ``keep_original_sound`` is "no". Latency and
-faults come from a profile (schema in :mod:`.faults`). Callbacks are not sent: poll.
+faults come from a profile (schema in :mod:`.profile` and :mod:`.faults`).
+
+Callbacks: a create that names one (Kie ``callBackUrl``, AceData and Kling ``callback_url``, fal
+``?fal_webhook=``, Replicate ``webhook``) is POSTed its end from a background thread, with
+retries (:mod:`.callbacks`, :mod:`.notify`); only loopback URLs are called.
+``srv.callbacks`` lists every callback delivered, dropped, forged or refused.
 """
 
 from __future__ import annotations
 
-from pipeline.sandbox.app import SandboxKeys
-from pipeline.sandbox.faults import FaultProfile, FaultRule, Latency
+from pipeline.sandbox.faults import FaultRule
+from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger, LedgerEntry
+from pipeline.sandbox.profile import FaultProfile, Latency
 from pipeline.sandbox.server import SandboxServer, serve
 
 __all__ = [

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.sandbox.faults import FaultRule
-from pipeline.sandbox.store import Task, TaskSpec
-from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid, same_secret
-
-if TYPE_CHECKING:
-    from pipeline.sandbox.app import Handler, SandboxApp
+from pipeline.sandbox.service import Route, Service
+from pipeline.sandbox.store import Phase, Task, TaskSpec
+from pipeline.sandbox.wire import Callback, Reply, Request, json_reply, new_uuid, same_secret
 
 MAX_PROMPT = 2500
+MODELS = ("kling-v2-6", "kling-v3")
+#: The /kling/motion body fields (AceDataCloud/Docs openapi/kling.json, commit 0ba546ff).
+FIELDS = frozenset({
+    "model_name", "image_url", "video_url", "character_orientation", "mode",
+    "keep_original_sound", "watermark_info", "prompt", "callback_url", "async",
+})  # fmt: skip
 
 
 class Invalid(Exception):
@@ -34,7 +38,7 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return json_reply(status, doc, headers)
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
+def route(req: Request) -> Route | None:
     if req.method != "POST":
         return None
     if req.path == "/kling/motion":
@@ -56,7 +60,7 @@ def fault_reply(rule: FaultRule, req: Request) -> Reply:
     return error(rule.status or status, rule.code or code, rule.message or message, headers)
 
 
-def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
+def _auth_error(app: Service, req: Request) -> Reply | None:
     token = req.bearer()
     if token is None:
         return error(400, "no_token", "token is required in the authorization header")
@@ -70,7 +74,7 @@ def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
 # ---------------------------------------------------------------------- /kling/motion
 
 
-def motion(app: SandboxApp, req: Request) -> Reply:
+def motion(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None:
         return refused
@@ -96,6 +100,12 @@ def validate_motion(doc: Any) -> tuple[TaskSpec, bool]:
     """Check a /kling/motion body (pure); the flag says whether the answer is asynchronous."""
     if not isinstance(doc, dict):
         raise Invalid("the request body must be a JSON object")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise Invalid(f"{unknown[0]} is not a parameter of /kling/motion")
+    model = doc.get("model_name") or MODELS[0]
+    if model not in MODELS:
+        raise Invalid(f"model_name is invalid: must be one of {', '.join(MODELS)}")
     for name in ("image_url", "video_url"):
         value = doc.get(name)
         if not isinstance(value, str) or not value:
@@ -114,7 +124,11 @@ def validate_motion(doc: Any) -> tuple[TaskSpec, bool]:
     is_async = doc.get("async", False)
     if not isinstance(is_async, bool):
         raise Invalid("async must be a boolean")
-    model = str(doc.get("model") or "kling-v2-6")
+    watermark = doc.get("watermark_info")
+    if watermark is not None and not (
+        isinstance(watermark, dict) and isinstance(watermark.get("enabled", False), bool)
+    ):
+        raise Invalid('watermark_info must be an object like {"enabled": false}')
     return (
         TaskSpec(model, doc["image_url"], doc["video_url"], orientation, mode, sound == "yes"),
         is_async or bool(callback),
@@ -130,7 +144,7 @@ def _enum(doc: dict[str, Any], name: str, allowed: tuple[str, ...], default: str
     return str(value)
 
 
-def _wait(app: SandboxApp, task: Task, base_url: str) -> Reply:
+def _wait(app: Service, task: Task, base_url: str) -> Reply:
     """The synchronous mode: hold the connection until the task ends, up to the server's cap."""
     latency = app.latency("acedata")
     deadline = task.created + app.profile.sync_timeout
@@ -141,7 +155,7 @@ def _wait(app: SandboxApp, task: Task, base_url: str) -> Reply:
     return json_reply(200, result(app, task, base_url))
 
 
-def result(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
+def result(app: Service, task: Task, base_url: str) -> dict[str, Any]:
     """The final result: the sync answer, the callback body and the record's ``response``."""
     if task.outcome is None:
         raise RuntimeError(f"sandbox bug: task {task.task_id} has no outcome to report")
@@ -164,10 +178,24 @@ def result(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- callback
+
+
+def callback_url(task: Task) -> str | None:
+    url = task.body.get("callback_url")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    """The final result, in the synchronous answer's shape (providers.md §2.2)."""
+    url = callback_url(task)
+    return None if url is None else Callback(url, result(app, task, base_url))
+
+
 # ---------------------------------------------------------------------- /kling/tasks
 
 
-def tasks(app: SandboxApp, req: Request) -> Reply:
+def tasks(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None and refused.status != 403:  # queries work with an empty balance
         return refused
@@ -194,7 +222,7 @@ def tasks(app: SandboxApp, req: Request) -> Reply:
     return error(400, "bad_request", "action must be retrieve or retrieve_batch")
 
 
-def record(app: SandboxApp, task: Task, base_url: str) -> dict[str, Any]:
+def record(app: Service, task: Task, base_url: str) -> dict[str, Any]:
     """A task record as /kling/tasks returns it; counts as one status query of the task."""
     phase = app.store.observe(task, app.latency("acedata"))
     doc: dict[str, Any] = {

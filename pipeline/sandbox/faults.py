@@ -1,18 +1,13 @@
-r"""Fault profiles: how slow the sandbox is and which failures it injects, read from YAML or JSON.
+r"""Fault rules: which failures the sandbox injects, where and when (one ``faults`` entry each).
 
-A profile is a small file; every key is optional and unknown keys are errors::
+A profile (:mod:`.profile`) lists rules under ``faults``; they are tried in file order and the
+first rule that fires handles the request. Every key but ``kind`` is optional::
 
-    seed: 7                  # seeds the probability rules, so a run is reproducible
-    credits: 1000            # what Kie's /api/v1/chat/credit reports
-    sync_timeout: 300        # AceData synchronous /kling/motion waits at most this long (s)
-    latency:
-      polls: 2               # status queries answered "running" before the result shows
-      seconds: 0             # and at least this task age (s); 0 and 0 = done on the first poll
-      kling: {polls: 4}      # per protocol (kie | acedata | kling) overrides of the two above
-    faults:                  # tried in file order; the first rule that fires handles the request
+    faults:
       - kind: rate_limit     # what happens (see KINDS below)
-        endpoint: create     # create | poll | upload | download | account | any (default any)
-        protocol: kie        # kie | acedata | kling (default: every protocol)
+        endpoint: create     # create | poll | cancel | upload | download | account | any
+                             #   (default any; fal's result fetch is a poll)
+        protocol: kie        # kie | acedata | kling | fal | replicate (default: every one)
         times: 2             # fire at most N times (default: unlimited)
         every: 3             # fire on every Nth matching request (3rd, 6th, ...)
         after: 1             # ignore the first N matching requests
@@ -30,13 +25,20 @@ A profile is a small file; every key is optional and unknown keys are errors::
         url: "ftp://x/y"     # bad_result_url: the exact result URL text
         task_id: "\\ud800"   # weird_task_id: the id text, written verbatim between the quotes
         repeat: 1            #   of the JSON answer's id field, ``repeat`` times (see below)
+        forge: unknown_task  # callback_forged: unknown_task | early_success
 
 KINDS (request level: answered instead of, or around, the normal handler)
     rate_limit           429 with a Retry-After header when ``retry_after`` is set. Kie says it in
-                         an HTTP 200 body (code 429); AceData 429 too_many_requests; Kling 429/1302.
-    server_error         5xx. Kie: HTTP 200 body code 500; AceData 500 api_error; Kling 500/5000.
-    bad_key              the protocol's auth failure (Kie 401, AceData 401, Kling 401/1002).
-    out_of_credits       Kie body code 402; AceData 403 used_up; Kling 429/1102.
+                         an HTTP 200 body (code 429); AceData 429 too_many_requests; Kling 429/1302;
+                         fal 429 ``{"detail"}``; Replicate 429 "Request was throttled. Your rate
+                         limit resets in ~Ns." with Retry-After always (N = retry_after, or 30).
+    server_error         5xx. Kie: HTTP 200 body code 500; AceData 500 api_error; Kling 500/5000;
+                         fal ``{"detail", "error_type"}`` (``code``: the type, default
+                         internal_error) with X-Fal-Error-Type; Replicate a 500 problem.
+    bad_key              the protocol's auth failure (Kie 401, AceData 401, Kling 401/1002, fal 401,
+                         Replicate 401 Unauthenticated).
+    out_of_credits       Kie body code 402; AceData 403 used_up; Kling 429/1102; fal 403 "User is
+                         locked. Reason: Exhausted balance..."; Replicate 402 Insufficient credit.
     reset_before_commit  the body is read, then the connection is reset (TCP RST): nothing created.
     reset_after_commit   the request is handled (a create is in the ledger), then the connection is
                          reset before any answer byte is sent.
@@ -50,14 +52,18 @@ KINDS (request level: answered instead of, or around, the normal handler)
                          body generated while it is sent: JSON whitespace, then the normal
                          answer, so a client that reads it all gets a valid reply.
 TASK level (creates only, drawn from accepted creates; ``endpoint`` is ignored)
-    task_fail            the task runs and fails with ``message`` (a moderation-like reason).
+    task_fail            the task runs and fails with ``message`` (a moderation-like reason). fal:
+                         COMPLETED, then the result is a 422 model error of type ``code`` (default
+                         content_policy_violation), or the request error ``code`` names
+                         (runner_server_error...); Replicate: status failed, ``error`` set.
     never_finish         the task stays running forever.
     bad_result_url       the task succeeds, but every status query answers ``url`` as its result
                          URL (default ``http://127.0.0.1:99999/x``; ``ftp://...`` and
                          ``http://[::1`` are other classics).
 ANSWER level (creates only, drawn from accepted creates; ``endpoint`` is ignored). The task is
 made, billed and in the ledger (``LedgerEntry.answered_id`` records what the client was told);
-only the create's answer lies about its id:
+only the create's answer lies about its id, wherever the id appears in it (fal's and Replicate's
+URLs too):
     weird_task_id        the answered id is ``task_id`` repeated ``repeat`` times, written
                          verbatim into the JSON string, so JSON escapes reach the client
                          decoded: ``task_id: ""`` (empty); ``task_id: "x"`` with ``repeat:
@@ -69,11 +75,20 @@ only the create's answer lies about its id:
                          same protocol, so two jobs receive one id (counted only on creates that
                          have a predecessor).
 DOWNLOAD level
-    expired_result       the result URL being fetched expires now: 404 (Kie, AceData) or 403
-                         (Kling); a new status query issues a fresh URL.
+    expired_result       the result URL being fetched expires now: 404 (Kie, AceData, fal,
+                         Replicate) or 403 (Kling); a new status query issues a fresh URL.
     redirect_loop        302 to the very URL asked, for ever.
     huge_result          200 with a ``size``-byte body of zeros, streamed (``content_length``
                          false: chunked, no length announced).
+
+CALLBACK level (only tasks whose create named a callback URL; ``endpoint`` is ignored)
+    callback_drop        the task's end is never called back (recorded as ``dropped``).
+    callback_delay       the callback is sent ``seconds`` late.
+    callback_duplicate   the same callback is delivered twice.
+    callback_forged      right after the create, a callback nobody should trust: for a task id
+                         that does not exist (``forge: unknown_task``), or announcing success for
+                         this still-running task with a result URL that answers 404
+                         (``forge: early_success``). The real callback still follows.
 
 Counting: every rule counts the requests it matches (endpoint and protocol), whether or not an
 earlier rule fired; ``times`` counts only the requests the rule actually handled.
@@ -81,20 +96,13 @@ earlier rule fired; ``times`` counts only the requests the rule actually handled
 
 from __future__ import annotations
 
-import json
-import random
-import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
-import yaml
+from pipeline.sandbox import schema
 
-from pipeline.errors import ConfigError
-
-PROTOCOLS = ("kie", "acedata", "kling")
-ENDPOINTS = ("create", "poll", "upload", "download", "account", "any")
+PROTOCOLS = ("kie", "acedata", "kling", "fal", "replicate")
+ENDPOINTS = ("create", "poll", "cancel", "upload", "download", "account", "any")
 REQUEST_KINDS = (
     "rate_limit",
     "server_error",
@@ -110,7 +118,9 @@ REQUEST_KINDS = (
 TASK_KINDS = ("task_fail", "never_finish", "bad_result_url")
 ANSWER_KINDS = ("weird_task_id", "duplicate_task_id")
 DOWNLOAD_KINDS = ("expired_result", "redirect_loop", "huge_result")
-KINDS = REQUEST_KINDS + TASK_KINDS + ANSWER_KINDS + DOWNLOAD_KINDS
+CALLBACK_KINDS = ("callback_drop", "callback_delay", "callback_duplicate", "callback_forged")
+KINDS = REQUEST_KINDS + TASK_KINDS + ANSWER_KINDS + DOWNLOAD_KINDS + CALLBACK_KINDS
+FORGERIES = ("unknown_task", "early_success")
 
 DEFAULT_HUGE_SIZE = 64 * 1024 * 1024
 DEFAULT_BAD_URL = "http://127.0.0.1:99999/x"
@@ -120,14 +130,6 @@ DEFAULT_TRICKLE_CHUNK = 4
 DEFAULT_FAIL_REASON = (
     "The content you submitted may violate our content policy (moderation check failed)."
 )
-
-
-@dataclass(frozen=True)
-class Latency:
-    """How long a task looks busy: ``polls`` running answers, and at least ``seconds`` of age."""
-
-    polls: int = 0
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class FaultRule:
     url: str = DEFAULT_BAD_URL
     task_id: str = ""
     repeat: int = 1
+    forge: str = "unknown_task"
 
     @property
     def answered_id(self) -> str:
@@ -166,111 +169,19 @@ class FaultRule:
             return endpoint == "create"
         if self.kind in DOWNLOAD_KINDS:
             return endpoint == "download"
+        if self.kind in CALLBACK_KINDS:
+            return endpoint == "callback"
         if self.kind == "huge_body" and endpoint == "download":
             return False  # a result download's huge body is huge_result
         return self.endpoint in ("any", endpoint)
 
 
-@dataclass(frozen=True)
-class FaultProfile:
-    """Latency and fault rules; ``FaultProfile()`` is a well-behaved, instant sandbox."""
-
-    latency: Latency = field(default_factory=Latency)
-    protocol_latency: Mapping[str, Latency] = field(default_factory=dict)
-    faults: tuple[FaultRule, ...] = ()
-    seed: int = 0
-    credits: float = 1000.0
-    sync_timeout: float = 300.0
-
-    def latency_for(self, protocol: str) -> Latency:
-        return self.protocol_latency.get(protocol, self.latency)
-
-    @classmethod
-    def load(cls, path: str | Path) -> FaultProfile:
-        """Read a YAML or JSON profile; every mistake is a :class:`ConfigError` naming the file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read fault profile: {exc.strerror}") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
-        try:
-            return cls.from_dict(data or {})
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-
-    @classmethod
-    def from_dict(cls, data: Any) -> FaultProfile:
-        """Build a profile from parsed YAML/JSON; raises ValueError with the offending path."""
-        top = _mapping(data, "profile")
-        _no_unknown(top, {"seed", "credits", "sync_timeout", "latency", "faults"}, "profile")
-        latency, per_protocol = _latency(top.get("latency", {}))
-        faults_raw = top.get("faults", [])
-        if not isinstance(faults_raw, list):
-            raise ValueError("faults: must be a list of rules")
-        return cls(
-            latency=latency,
-            protocol_latency=per_protocol,
-            faults=tuple(_rule(item, f"faults[{i}]") for i, item in enumerate(faults_raw)),
-            seed=_number(top, "seed", "profile", int, 0),
-            credits=_number(top, "credits", "profile", float, 1000.0),
-            sync_timeout=_number(top, "sync_timeout", "profile", float, 300.0),
-        )
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _no_unknown(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
-def _number(data: Mapping[str, Any], key: str, where: str, kind: type, default: Any) -> Any:
-    if key not in data or data[key] is None:
-        return default
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where}.{key}: must be a number, got {value!r}")
-    if kind is int and not float(value).is_integer():
-        raise ValueError(f"{where}.{key}: must be a whole number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{where}.{key}: must not be negative, got {value!r}")
-    return kind(value)
-
-
-def _one_latency(data: Any, where: str, base: Latency) -> Latency:
-    raw = _mapping(data, where)
-    _no_unknown(raw, {"polls", "seconds"}, where)
-    return Latency(
-        polls=_number(raw, "polls", where, int, base.polls),
-        seconds=_number(raw, "seconds", where, float, base.seconds),
-    )
-
-
-def _latency(data: Any) -> tuple[Latency, dict[str, Latency]]:
-    raw = _mapping(data, "latency")
-    _no_unknown(raw, {"polls", "seconds", *PROTOCOLS}, "latency")
-    base = _one_latency({k: v for k, v in raw.items() if k not in PROTOCOLS}, "latency", Latency())
-    per = {p: _one_latency(raw[p], f"latency.{p}", base) for p in PROTOCOLS if p in raw}
-    return base, per
-
-
 _RULE_KEYS = {f.name for f in fields(FaultRule)}
 
 
-def _rule(data: Any, where: str) -> FaultRule:
-    raw = _mapping(data, where)
-    _no_unknown(raw, _RULE_KEYS, where)
+def rule_from_dict(data: Any, where: str) -> FaultRule:
+    raw = schema.mapping(data, where)
+    schema.no_unknown(raw, _RULE_KEYS, where)
     kind = raw.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{where}.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -284,13 +195,13 @@ def _rule(data: Any, where: str) -> FaultRule:
         raise ValueError(
             f"{where}.protocol: must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"
         )
-    probability = _number(raw, "probability", where, float, None)
+    probability = schema.number(raw, "probability", where, float, None)
     if probability is not None and probability > 1:
         raise ValueError(f"{where}.probability: must be between 0 and 1, got {probability!r}")
-    every = _number(raw, "every", where, int, None)
+    every = schema.number(raw, "every", where, int, None)
     if every == 0:
         raise ValueError(f"{where}.every: must be at least 1")
-    status = _number(raw, "status", where, int, None)
+    status = schema.number(raw, "status", where, int, None)
     if status is not None and not 100 <= status <= 599:
         raise ValueError(f"{where}.status: must be an HTTP status, got {status!r}")
     for key in ("code", "message"):
@@ -301,6 +212,9 @@ def _rule(data: Any, where: str) -> FaultRule:
             raise ValueError(f"{where}.{key}: must be true or false")
     if kind == "huge_body" and endpoint == "download":
         raise ValueError(f"{where}.endpoint: huge_body answers API calls; use huge_result")
+    forge = schema.text(raw, "forge", where, "unknown_task")
+    if forge not in FORGERIES:
+        raise ValueError(f"{where}.forge: must be one of {', '.join(FORGERIES)}, got {forge!r}")
     if kind == "weird_task_id" and "task_id" not in raw:
         raise ValueError(f"{where}.task_id: weird_task_id needs the id text to answer")
     default_seconds = DEFAULT_TRICKLE_SECONDS if kind == "trickle" else 0.0
@@ -308,90 +222,21 @@ def _rule(data: Any, where: str) -> FaultRule:
         kind=kind,
         endpoint=endpoint,
         protocol=protocol,
-        times=_number(raw, "times", where, int, None),
+        times=schema.number(raw, "times", where, int, None),
         every=every,
-        after=_number(raw, "after", where, int, 0),
+        after=schema.number(raw, "after", where, int, 0),
         probability=probability,
-        retry_after=_number(raw, "retry_after", where, float, None),
+        retry_after=schema.number(raw, "retry_after", where, float, None),
         status=status,
         code=str(raw["code"]) if "code" in raw else None,
         message=str(raw["message"]) if "message" in raw else None,
         commit=raw.get("commit", True),
-        seconds=_number(raw, "seconds", where, float, default_seconds),
-        chunk=_positive(raw, "chunk", where, DEFAULT_TRICKLE_CHUNK),
-        size=_positive(raw, "size", where, DEFAULT_HUGE_SIZE),
+        seconds=schema.number(raw, "seconds", where, float, default_seconds),
+        chunk=schema.positive(raw, "chunk", where, DEFAULT_TRICKLE_CHUNK),
+        size=schema.positive(raw, "size", where, DEFAULT_HUGE_SIZE),
         content_length=raw.get("content_length", True),
-        url=_text(raw, "url", where, DEFAULT_BAD_URL),
-        task_id=_json_string_text(raw, where),
-        repeat=_positive(raw, "repeat", where, 1),
+        url=schema.text(raw, "url", where, DEFAULT_BAD_URL),
+        task_id=schema.json_string_text(raw, "task_id", where),
+        repeat=schema.positive(raw, "repeat", where, 1),
+        forge=forge,
     )
-
-
-def _positive(data: Mapping[str, Any], key: str, where: str, default: int) -> int:
-    value: int = _number(data, key, where, int, default)
-    if value < 1:
-        raise ValueError(f"{where}.{key}: must be at least 1, got {value!r}")
-    return value
-
-
-def _text(data: Mapping[str, Any], key: str, where: str, default: str) -> str:
-    value = data.get(key, default)
-    if not isinstance(value, str):
-        raise ValueError(f"{where}.{key}: must be a string, got {value!r}")
-    return value
-
-
-def _json_string_text(data: Mapping[str, Any], where: str) -> str:
-    """``task_id``: the inside of a JSON string (escapes allowed), kept exactly as written."""
-    text = _text(data, "task_id", where, "")
-    try:
-        text.encode("utf-8")
-        json.loads(f'"{text}"')
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"{where}.task_id: a lone surrogate cannot be sent as UTF-8; write it as the JSON "
-            'escape (task_id: "\\\\ud800")'
-        ) from None
-    except ValueError:
-        raise ValueError(
-            f'{where}.task_id: must be the inside of a JSON string (escape \\" and \\\\)'
-        ) from None
-    return text
-
-
-class FaultPicker:
-    """Decides, request by request, which rule fires; thread-safe and deterministic per seed."""
-
-    def __init__(self, profile: FaultProfile) -> None:
-        self._rules = profile.faults
-        self._seen = [0] * len(self._rules)
-        self._fired = [0] * len(self._rules)
-        self._rng = random.Random(profile.seed)  # noqa: S311  # picks faults, not secrets
-        self._lock = threading.Lock()
-
-    def pick(self, protocol: str, endpoint: str, kinds: tuple[str, ...]) -> FaultRule | None:
-        """The first rule of ``kinds`` that fires for this request, counting it everywhere."""
-        winner: FaultRule | None = None
-        with self._lock:
-            for index, rule in enumerate(self._rules):
-                if rule.kind not in kinds or not rule.matches(protocol, endpoint):
-                    continue
-                self._seen[index] += 1
-                fires = _selected(rule, self._seen[index], self._rng)
-                if rule.times is not None and self._fired[index] >= rule.times:
-                    fires = False
-                if fires and winner is None:
-                    winner = rule
-                    self._fired[index] += 1
-        return winner
-
-
-def _selected(rule: FaultRule, seen: int, rng: random.Random) -> bool:
-    # The draw happens for every counted request so a seed gives the same sequence whatever
-    # the other selectors decided.
-    draw = rng.random() if rule.probability is not None else 0.0
-    if seen <= rule.after:
-        return False
-    if rule.every is not None and (seen - rule.after) % rule.every != 0:
-        return False
-    return rule.probability is None or draw < rule.probability

@@ -56,13 +56,15 @@ def trickled_file(path: Path, rule: FaultRule) -> Reply:
 
 
 def with_task_id(reply: Reply, task_id: str, text: str) -> Reply:
-    """The create's answer with every JSON string ``task_id`` replaced by ``text``, verbatim.
+    """The create's answer with the task id replaced by ``text``, verbatim, wherever it is.
 
-    ``text`` is the inside of a JSON string (escapes allowed, see weird_task_id); the sandbox's
-    ids are unique and quoted only where an id field is, so the replacement touches nothing else.
+    ``text`` is the inside of a JSON string (escapes allowed, see weird_task_id), so it can go
+    into the id field and into the URLs built from the id (fal's ``status_url``, Replicate's
+    ``urls.get``) alike. The sandbox's ids are unique tokens of letters, digits, ``-`` and ``_``,
+    so the replacement touches nothing else.
     """
-    needle = json.dumps(task_id).encode()
-    return dataclasses.replace(reply, body=reply.body.replace(needle, f'"{text}"'.encode()))
+    needle = json.dumps(task_id)[1:-1].encode()
+    return dataclasses.replace(reply, body=reply.body.replace(needle, text.encode()))
 
 
 def download_fault(rule: FaultRule) -> Reply:

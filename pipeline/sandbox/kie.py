@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import mimetypes
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from pipeline.sandbox.faults import FaultRule
-from pipeline.sandbox.store import Task, TaskSpec
+from pipeline.sandbox.service import Route, Service
+from pipeline.sandbox.store import Phase, Task, TaskSpec
 from pipeline.sandbox.wire import (
+    Callback,
     InputProblem,
     Reply,
     Request,
@@ -28,10 +32,15 @@ from pipeline.sandbox.wire import (
     same_secret,
 )
 
-if TYPE_CHECKING:
-    from pipeline.sandbox.app import Handler, SandboxApp
-
 MODELS = ("kling-2.6/motion-control", "kling-3.0/motion-control")
+#: The ``input`` fields of each model (providers.md §1.2: 5 for 2.6, 6 for 3.0).
+INPUT_FIELDS = {
+    MODELS[0]: frozenset({"prompt", "input_urls", "video_urls", "character_orientation", "mode"}),
+    MODELS[1]: frozenset(
+        {"prompt", "input_urls", "video_urls", "character_orientation", "mode", "background_source"}
+    ),
+}
+TOP_FIELDS = frozenset({"model", "callBackUrl", "input"})
 MODES = {"720p": "std", "1080p": "pro"}
 MAX_PROMPT = 2500
 UPLOAD_PATHS = ("/api/file-stream-upload", "/api/file-base64-upload", "/api/file-url-upload")
@@ -56,8 +65,8 @@ def upload_error(status: int, msg: str) -> Reply:
     return json_reply(status, {"success": False, "code": status, "msg": msg, "data": None})
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
-    table: dict[tuple[str, str], tuple[str, Handler]] = {
+def route(req: Request) -> Route | None:
+    table: dict[tuple[str, str], Route] = {
         ("POST", "/api/v1/jobs/createTask"): ("create", create_task),
         ("GET", "/api/v1/jobs/recordInfo"): ("poll", record_info),
         ("GET", "/api/v1/chat/credit"): ("account", credit),
@@ -87,7 +96,7 @@ def fault_reply(rule: FaultRule, req: Request) -> Reply:
     return json_reply(rule.status or 200, doc, headers)
 
 
-def _authorized(app: SandboxApp, req: Request) -> bool:
+def _authorized(app: Service, req: Request) -> bool:
     return same_secret(req.bearer() or "", app.keys.kie)
 
 
@@ -97,7 +106,7 @@ UNAUTHORIZED = "You do not have access permissions"
 # ---------------------------------------------------------------------- createTask
 
 
-def create_task(app: SandboxApp, req: Request) -> Reply:
+def create_task(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     if app.profile.credits <= 0:
@@ -125,12 +134,18 @@ def validate_create(doc: Any) -> TaskSpec:
         raise Invalid(422, "model is required")
     if model not in MODELS:
         raise Invalid(422, f"model {model} is not supported")
+    unknown = sorted(set(doc) - TOP_FIELDS)
+    if unknown:
+        raise Invalid(422, f"{unknown[0]} is not a supported parameter")
     callback = doc.get("callBackUrl")
     if callback is not None and not isinstance(callback, str):
         raise Invalid(422, "callBackUrl must be a string")
     data = doc.get("input")
     if not isinstance(data, dict):
         raise Invalid(422, "input is required and must be an object")
+    unknown = sorted(set(data) - INPUT_FIELDS[model])
+    if unknown:
+        raise Invalid(422, f"input.{unknown[0]} is not a supported parameter of {model}")
     v26 = model.startswith("kling-2.6")
     image = _one_url(data, "input_urls")
     video = _one_url(data, "video_urls")
@@ -175,7 +190,7 @@ def _enum(
 # ---------------------------------------------------------------------- recordInfo
 
 
-def record_info(app: SandboxApp, req: Request) -> Reply:
+def record_info(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     task_id = req.query.get("taskId", "")
@@ -188,7 +203,7 @@ def record_info(app: SandboxApp, req: Request) -> Reply:
     return body(200, "success", record(app, task, phase, req.base_url))
 
 
-def record(app: SandboxApp, task: Task, phase: str, base_url: str) -> dict[str, Any]:
+def record(app: Service, task: Task, phase: Phase, base_url: str) -> dict[str, Any]:
     """recordInfo ``data`` for a task in ``phase`` (also the callback body's ``data``)."""
     created = int(task.created * 1000)
     state = {"queued": "waiting", "running": "queuing" if task.polls == 2 else "generating"}
@@ -219,16 +234,44 @@ def record(app: SandboxApp, task: Task, phase: str, base_url: str) -> dict[str, 
     return data
 
 
+# ---------------------------------------------------------------------- callback
+
+
+def callback_url(task: Task) -> str | None:
+    url = task.body.get("callBackUrl")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    """recordInfo's answer, POSTed ("identical to the Query Task API response", providers.md
+    §1.4), signed when the profile sets ``webhook_hmac_key``: base64 HMAC-SHA256 of
+    ``taskId + "." + timestamp`` in X-Webhook-Signature, the timestamp (s) beside it."""
+    url = callback_url(task)
+    if url is None:
+        return None
+    data = record(app, task, phase, base_url)
+    headers: dict[str, str] = {}
+    key = app.profile.webhook_hmac_key
+    if key:
+        stamp = str(int(time.time()))
+        digest = hmac.new(key.encode(), f"{data['taskId']}.{stamp}".encode(), hashlib.sha256)
+        headers = {
+            "X-Webhook-Timestamp": stamp,
+            "X-Webhook-Signature": base64.b64encode(digest.digest()).decode("ascii"),
+        }
+    return Callback(url, {"code": 200, "msg": "success", "data": data}, headers)
+
+
 # ---------------------------------------------------------------------- account
 
 
-def credit(app: SandboxApp, req: Request) -> Reply:
+def credit(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     return body(200, "success", app.profile.credits)
 
 
-def download_url(app: SandboxApp, req: Request) -> Reply:
+def download_url(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return body(401, UNAUTHORIZED)
     try:
@@ -248,7 +291,7 @@ def download_url(app: SandboxApp, req: Request) -> Reply:
 # ---------------------------------------------------------------------- uploads
 
 
-def upload_stream(app: SandboxApp, req: Request) -> Reply:
+def upload_stream(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return upload_error(401, UNAUTHORIZED)
     try:
@@ -263,7 +306,7 @@ def upload_stream(app: SandboxApp, req: Request) -> Reply:
     return _store(app, req, upload_path, name, file.data, file.content_type)
 
 
-def upload_base64(app: SandboxApp, req: Request) -> Reply:
+def upload_base64(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return upload_error(401, UNAUTHORIZED)
     try:
@@ -280,7 +323,7 @@ def upload_base64(app: SandboxApp, req: Request) -> Reply:
                   data, mime)  # fmt: skip
 
 
-def upload_url(app: SandboxApp, req: Request) -> Reply:
+def upload_url(app: Service, req: Request) -> Reply:
     if not _authorized(app, req):
         return upload_error(401, UNAUTHORIZED)
     try:
@@ -304,7 +347,7 @@ def _text(parts: dict[str, Any], name: str) -> str:
 
 
 def _store(
-    app: SandboxApp, req: Request, upload_path: str, name: str, data: bytes, mime: str | None
+    app: Service, req: Request, upload_path: str, name: str, data: bytes, mime: str | None
 ) -> Reply:
     if not name:
         ext = mimetypes.guess_extension(mime or "") or ".bin"

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.sandbox.faults import FaultRule
-from pipeline.sandbox.store import Task, TaskSpec
-from pipeline.sandbox.wire import Reply, Request, json_reply, new_uuid
-
-if TYPE_CHECKING:
-    from pipeline.sandbox.app import Handler, SandboxApp
+from pipeline.sandbox.service import Route, Service
+from pipeline.sandbox.store import Phase, Task, TaskSpec
+from pipeline.sandbox.wire import Callback, Reply, Request, json_reply, new_uuid
 
 MODELS = ("kling-v2-6", "kling-v3")
+#: The create body fields (providers.md §3.2); anything else is refused like a bad value.
+FIELDS = frozenset({
+    "model_name", "prompt", "image_url", "video_url", "keep_original_sound",
+    "character_orientation", "mode", "callback_url", "external_task_id", "watermark_info",
+    "element_list",
+})  # fmt: skip
 MAX_PROMPT = 2500
 PATH = "/v1/videos/motion-control"
 _CREATE_LOCK = threading.Lock()
@@ -39,7 +44,7 @@ def error(status: int, code: int, message: str, headers: dict[str, str] | None =
     return json_reply(status, {"code": code, "message": message, "request_id": new_uuid()}, headers)
 
 
-def route(req: Request) -> tuple[str, Handler] | None:
+def route(req: Request) -> Route | None:
     if req.method == "POST" and req.path == PATH:
         return "create", create
     if req.method == "GET" and req.path.startswith(PATH + "/") and len(req.path) > len(PATH) + 1:
@@ -126,7 +131,7 @@ def verify_jwt(
 _INVALID = "Authorization is invalid"
 
 
-def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
+def _auth_error(app: Service, req: Request) -> Reply | None:
     found = verify_jwt(req.bearer(), app.keys.kling_access, app.keys.kling_secret, time.time())
     if found is None:
         return None
@@ -137,7 +142,7 @@ def _auth_error(app: SandboxApp, req: Request) -> Reply | None:
 # ---------------------------------------------------------------------- create
 
 
-def create(app: SandboxApp, req: Request) -> Reply:
+def create(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None:
         return refused
@@ -153,11 +158,7 @@ def create(app: SandboxApp, req: Request) -> Reply:
         return error(400, 1201, str(exc))
     if image_bytes is not None:
         # Raw base64 images are accepted by Kling; the sandbox keeps them as one of its files.
-        path = app.data_dir / "inline" / f"{hashlib.sha256(image_bytes).hexdigest()}.img"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(image_bytes)
-        spec = TaskSpec(spec.model, app.file_url(f"http://127.0.0.1:{app.port}", path),
-                        spec.video_url, spec.orientation, spec.mode, spec.sound)  # fmt: skip
+        spec = dataclasses.replace(spec, image_url=app.inline_url(image_bytes, "image.img"))
     external = doc.get("external_task_id") or None
     task_id = str(860_000_000_000_000_000 + int(time.time() * 1000) % 10**12 * 1000
                   + app.next_seq() % 1000)  # fmt: skip
@@ -173,6 +174,9 @@ def validate_create(doc: Any) -> tuple[TaskSpec, bytes | None]:
     """Check a create body like Kling does (pure); also returns decoded raw-base64 image bytes."""
     if not isinstance(doc, dict):
         raise Invalid("the request body must be a JSON object")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise Invalid(f"{unknown[0]} is not a parameter of motion-control")
     model = doc.get("model_name") or "kling-v2-6"
     if model not in MODELS:
         raise Invalid(f"model_name must be one of {', '.join(MODELS)}")
@@ -219,7 +223,7 @@ def _enum(doc: dict[str, Any], name: str, allowed: tuple[str, ...], default: str
 # ---------------------------------------------------------------------- query
 
 
-def query(app: SandboxApp, req: Request) -> Reply:
+def query(app: Service, req: Request) -> Reply:
     refused = _auth_error(app, req)
     if refused is not None:
         return refused
@@ -228,6 +232,14 @@ def query(app: SandboxApp, req: Request) -> Reply:
     if task is None:
         return error(404, 1203, f"task {key} not found")
     phase = app.store.observe(task, app.latency("kling"))
+    data = task_data(app, task, phase, req.base_url)
+    return json_reply(
+        200, {"code": 0, "message": "SUCCEED", "request_id": new_uuid(), "data": data}
+    )
+
+
+def task_data(app: Service, task: Task, phase: Phase, base_url: str) -> dict[str, Any]:
+    """The task object: a query's ``data``, and the callback body (a flat task, §3.4)."""
     status = {"queued": "submitted", "running": "processing", "succeeded": "succeed"}
     data = _task_doc(task, status.get(phase, "failed"))
     if phase == "succeeded":
@@ -237,16 +249,24 @@ def query(app: SandboxApp, req: Request) -> Reply:
         data["final_unit_deduction"] = f"{duration:.1f}"
         data["task_result"] = {"videos": [{
             "id": f"{task.task_id}-0",
-            "url": app.store.result_url(task, req.base_url),
+            "url": app.store.result_url(task, base_url),
             "duration": f"{duration:.3f}",
         }]}  # fmt: skip
     elif phase == "failed":
         if task.outcome is None:
             raise RuntimeError(f"sandbox bug: task {task.task_id} failed without an outcome")
         data["task_status_msg"] = task.outcome.reason or "failed"
-    return json_reply(
-        200, {"code": 0, "message": "SUCCEED", "request_id": new_uuid(), "data": data}
-    )
+    return data
+
+
+def callback_url(task: Task) -> str | None:
+    url = task.body.get("callback_url")
+    return url if isinstance(url, str) and url else None
+
+
+def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback | None:
+    url = callback_url(task)
+    return None if url is None else Callback(url, task_data(app, task, phase, base_url))
 
 
 def _task_doc(task: Task, status: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +35,8 @@ class Rendered:
     width: int
     height: int
     size_bytes: int
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    """The file's bytes, when they are served from memory (instant mode)."""
 
 
 def render_argv(

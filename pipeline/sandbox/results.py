@@ -4,17 +4,22 @@ download can meet (see :mod:`.faults`, DOWNLOAD level and the request-level kind
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from pipeline.sandbox import hostile
-from pipeline.sandbox.faults import DOWNLOAD_KINDS, REQUEST_KINDS, FaultPicker
-from pipeline.sandbox.store import TaskStore
+from pipeline.sandbox.faults import DOWNLOAD_KINDS, REQUEST_KINDS
+from pipeline.sandbox.picker import FaultPicker
+from pipeline.sandbox.store import ResultLink, TaskStore
 from pipeline.sandbox.wire import Reply, Request
 
 
-def serve(req: Request, store: TaskStore, picker: FaultPicker) -> Reply:
+def serve(
+    req: Request, store: TaskStore, picker: FaultPicker, removed: Callable[[ResultLink], bool]
+) -> Reply:
+    """A result download; ``removed`` says when retention has deleted the file (404 for good)."""
     token = req.path[len("/results/") :].removesuffix(".mp4")
     link = store.link(token)
-    if link is None:
+    if link is None or removed(link):
         return Reply(404, b"Not Found", {"Content-Type": "text/plain"})
     # Kling's CDN answers an expired signed URL with 403; the others with 404 (inferred).
     expired_status = 403 if link.protocol == "kling" else 404
@@ -40,4 +45,6 @@ def serve(req: Request, store: TaskStore, picker: FaultPicker) -> Reply:
         return hostile.download_fault(rule)
     if link.expired:
         return Reply(expired_status, b"Request has expired", {"Content-Type": "text/plain"})
+    if link.data is not None:  # instant mode: no disk read per download
+        return Reply(200, link.data, {"Content-Type": "video/mp4"})
     return Reply(200, headers={"Content-Type": "video/mp4"}, file=link.path)

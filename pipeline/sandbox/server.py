@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -20,9 +21,12 @@ from typing import TextIO
 
 from pipeline.errors import ConfigError
 from pipeline.media.tools import MediaTools, find_tools
-from pipeline.sandbox.app import SandboxApp, SandboxKeys
-from pipeline.sandbox.faults import PROTOCOLS, FaultProfile
+from pipeline.sandbox.app import SandboxApp
+from pipeline.sandbox.callbacks import CallbackRecord
+from pipeline.sandbox.faults import PROTOCOLS
+from pipeline.sandbox.keys import SandboxKeys
 from pipeline.sandbox.ledger import Ledger
+from pipeline.sandbox.profile import FaultProfile
 from pipeline.sandbox.wire import Pace, Reply, Request, json_reply
 
 log = logging.getLogger("pipeline.sandbox")
@@ -47,9 +51,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "motion-pipeline-sandbox"
     timeout = 120  # an idle keep-alive connection ends after this, freeing its thread
     server: _HTTPServer
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's own, written by flush_headers()
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body leave in one write (see _send); without NODELAY a second small write
+        # would still wait for the peer's delayed ACK (about 40 ms on loopback), per request.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
@@ -148,6 +157,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
         else:
             self.send_header("Content-Length", str(length))
+        if reply.file is None and reply.stream is None and reply.pace is None:
+            # The common case, an answer in memory: status, headers and body in one write, one
+            # syscall and one TCP segment (BaseHTTPRequestHandler buffers headers in this list).
+            self._headers_buffer.append(b"\r\n")
+            if self.command != "HEAD":
+                self._headers_buffer.append(reply.body)
+            self.flush_headers()
+            return
         self.end_headers()
         if self.command == "HEAD" or status == 416:
             return
@@ -215,7 +232,9 @@ class SandboxServer:
         protocols: tuple[str, ...] | list[str] = PROTOCOLS,
         data_dir: Path | str | None = None,
         tools: MediaTools | None = None,
+        instant: bool | None = None,
     ) -> None:
+        """``instant`` (when given) overrides the profile's ``instant`` switch (:mod:`.instant`)."""
         unknown = [p for p in protocols if p not in PROTOCOLS]
         if unknown or not protocols:
             raise ConfigError(
@@ -229,9 +248,12 @@ class SandboxServer:
             tempfile.mkdtemp(prefix="mp-sandbox-") if data_dir is None else data_dir
         )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        profile = faults or FaultProfile()
+        if instant is not None:
+            profile = dataclasses.replace(profile, instant=instant)
         self.app = SandboxApp(
             keys=keys or SandboxKeys(),
-            profile=faults or FaultProfile(),
+            profile=profile,
             protocols=tuple(protocols),
             data_dir=self.data_dir,
             tools=tools or find_tools(),
@@ -257,6 +279,11 @@ class SandboxServer:
         """ffmpeg renders actually run (identical jobs share one)."""
         return self.app.renderer.render_count
 
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """Every callback delivered (or dropped, forged...) so far, in order (:mod:`.callbacks`)."""
+        return self.app.callbacks.records()
+
     def file_url(self, path: Path | str) -> str:
         """An http URL on the sandbox that serves a local file (input URLs for tests)."""
         return self.app.file_url(self.base_url, Path(path))
@@ -275,6 +302,7 @@ class SandboxServer:
                 f"sandbox cannot listen on {self.host}:{self._port}: {exc.strerror}"
             ) from None
         self.app.port = httpd.server_address[1]
+        self.app.base_url = self.base_url
         httpd.app = self.app
         httpd.base_url = self.base_url
         httpd.connections = set()
@@ -330,6 +358,7 @@ def serve(
     data_dir: Path | str | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
+    instant: bool = False,
 ) -> None:
     """Run a sandbox until SIGINT/SIGTERM (or ``stop`` is set); first prints its base URL.
 
@@ -350,9 +379,11 @@ def serve(
             previous[sig] = signal.signal(sig, on_signal)
     try:
         with SandboxServer(host, port, keys=keys, faults=profile, protocols=protocols,
-                           data_dir=data_dir) as server:  # fmt: skip
+                           data_dir=data_dir, instant=instant or None) as server:  # fmt: skip
             print(f"sandbox listening on {server.base_url}", file=stream, flush=True)
             print(f"protocols: {', '.join(server.app.protocols)}", file=stream, flush=True)
+            if server.app.profile.instant:
+                print("instant mode: no media checks, no renders", file=stream, flush=True)
             while not stop.wait(0.5):
                 pass
             print(f"sandbox stopped; {len(server.ledger)} tasks accepted", file=stream, flush=True)

@@ -2,7 +2,8 @@
 
 A task becomes terminal on a status query when its work is done (media checked, video rendered
 or a failure decided), it was queried more than ``latency.polls`` times and it is at least
-``latency.seconds`` old. Once shown terminal it stays terminal.
+``latency.seconds`` old. Once shown terminal it stays terminal. A canceled task (fal, Replicate)
+is terminal at once.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.sandbox.faults import Latency
+from pipeline.sandbox.profile import Latency
 from pipeline.sandbox.render import Rendered
 
-Phase = Literal["queued", "running", "succeeded", "failed"]
+Phase = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL: tuple[Phase, ...] = ("succeeded", "failed", "canceled")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class Outcome:
     rendered: Rendered | None = None
     reason: str | None = None
     code: str = "500"
+    kind: str | None = None
+    """Machine error type of a failure (fal's names: image_too_small, ...; :mod:`.rules`)."""
+    field: str | None = None
+    """The input at fault (image_url | video_url), when the failure is about one."""
+    canceled: bool = False
 
 
 @dataclass
@@ -63,7 +70,9 @@ class Task:
     """bad_result_url: answered as the result URL instead of a real one."""
     done: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
-    """Protocol-specific constant facts (ids, trace ids) fixed at create time."""
+    """Protocol-specific constant facts (ids, trace ids, callback URLs) fixed at create time."""
+    restored_finish: float | None = None
+    """When the task ended under an earlier sandbox on this data directory (journal)."""
 
 
 @dataclass
@@ -72,6 +81,8 @@ class ResultLink:
     protocol: str
     path: Path
     expired: bool = False
+    data: bytes | None = None
+    """The video's bytes when served from memory (instant mode), else read from ``path``."""
 
 
 class TaskStore:
@@ -103,11 +114,43 @@ class TaskStore:
         with self._lock:
             return sum(1 for t in self._tasks.values() if not t.shown_terminal)
 
-    def finish(self, task: Task, outcome: Outcome) -> None:
+    def finish(self, task: Task, outcome: Outcome, at: float | None = None) -> bool:
+        """Record the end of the task's work (at ``at``, default now); False when a cancel came
+        first (the cancel is the task's end)."""
         with self._lock:
+            if task.outcome is not None and task.outcome.canceled:
+                return False
             task.outcome = outcome
-            task.finished = time.time()
+            task.finished = at if at is not None else task.restored_finish or time.time()
         task.done.set()
+        return True
+
+    def cancel(self, task: Task, now: float | None = None) -> bool:
+        """Cancel a task that has not ended yet (as shown to a client); False when it had."""
+        with self._lock:
+            if task.shown_terminal or (task.outcome is not None and task.outcome.canceled):
+                return False
+            task.outcome = Outcome(reason="canceled by the client", code="canceled",
+                                   canceled=True)  # fmt: skip
+            task.finished = time.time() if now is None else now
+            task.shown_terminal = True
+        task.done.set()
+        return True
+
+    def current(self, task: Task, latency: Latency, now: float | None = None) -> Phase:
+        """What the last status query showed, or would show now, without counting a query."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._phase(task, latency, now, counted=task.polls)
+
+    def ended_at(self, task: Task, latency: Latency) -> float | None:
+        """When the task ended for its service: work done and latency over, polled or not."""
+        with self._lock:
+            if task.outcome is None or task.finished is None or task.fate == "never":
+                return None
+            if task.outcome is not None and task.outcome.canceled:
+                return task.finished
+            return max(task.finished, task.created + latency.seconds)
 
     def observe(self, task: Task, latency: Latency, now: float | None = None) -> Phase:
         """Count one status query of ``task`` and say what it shows."""
@@ -133,6 +176,8 @@ class TaskStore:
             task.shown_terminal = True
             if task.outcome is None:  # ready implies it; shown_terminal was ready once
                 raise RuntimeError(f"sandbox bug: task {task.task_id} terminal without an outcome")
+            if task.outcome.canceled:
+                return "canceled"
             return "failed" if task.outcome.rendered is None else "succeeded"
         return "queued" if counted <= 1 else "running"
 
@@ -148,8 +193,9 @@ class TaskStore:
             link = self._links.get(task.token or "")
             if link is None or link.expired or fresh:
                 task.token = secrets.token_hex(12)
+                rendered = task.outcome.rendered
                 self._links[task.token] = ResultLink(
-                    task.task_id, task.protocol, task.outcome.rendered.path
+                    task.task_id, task.protocol, rendered.path, data=rendered.data
                 )
             return f"{base_url}/results/{task.token}.mp4"
 

@@ -35,9 +35,14 @@ class Request:
 
     def bearer(self) -> str | None:
         """The token of an ``Authorization: Bearer ...`` header; None when absent or empty."""
+        return self.credential("bearer")
+
+    def credential(self, *schemes: str) -> str | None:
+        """The token of an ``Authorization: <scheme> ...`` header for one of ``schemes``
+        (case-insensitive); None when absent, empty or of another scheme."""
         value = self.headers.get("authorization", "").strip()
         scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() not in schemes or not token.strip():
             return None
         return token.strip()
 
@@ -73,6 +78,15 @@ class Reply:
     pace: Pace | None = None
 
 
+@dataclass(frozen=True)
+class Callback:
+    """A callback to POST: where, the JSON body, and extra headers (signatures, ids)."""
+
+    url: str
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
     body = json.dumps(doc, separators=(",", ":")).encode()
     return Reply(status, body, {"Content-Type": "application/json", **(headers or {})})
@@ -93,6 +107,10 @@ def same_secret(given: str, expected: str | None) -> bool:
 
 class InputProblem(Exception):
     """An input URL the service could not use; the message is the task's failure reason."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def new_uuid() -> str:
