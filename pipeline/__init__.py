@@ -20,7 +20,7 @@ from pipeline.manifest.model import Manifest
 from pipeline.plan.build import Plan, PlannedJob
 from pipeline.plan.money import Money
 from pipeline.plan.summary import PlanSummary
-from pipeline.version import installed_version as _installed_version
+from pipeline.settings import installed_version as _installed_version
 
 __version__ = _installed_version()
 

@@ -30,8 +30,9 @@ from pipeline.plan.money import Money, paid
 from pipeline.plan.summary import PlanSummary, summarize
 from pipeline.progress.events import NullReporter, Reporter
 from pipeline.settings import Settings
+from pipeline.state.database import state_path
 from pipeline.state.rows import BriefRow
-from pipeline.state.store import StateStore, state_path
+from pipeline.state.store import StateStore
 
 ManifestLike = str | Path | Manifest
 

@@ -5,7 +5,7 @@ codes (design.md §2): 0 all done, 1 some job failed / needs attention, 2 invali
 inputs, 3 batch-wide stop, 4 locked by another run, 130 interrupted.
 
 Everything printed here that did not come from us (provider reasons, task ids, quoted manifest
-text) passes :func:`pipeline.text.printable`: a terminal control in it is shown, not obeyed.
+text) passes :func:`pipeline.settings.printable`: a terminal control in it is shown, not obeyed.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from pipeline.run.batch import (
     run_batch,
 )
 from pipeline.run.options import RunOptions
-from pipeline.settings import Settings, redact
+from pipeline.settings import Settings, printable, redact
+from pipeline.state.database import state_path
 from pipeline.state.lock import lock_path
-from pipeline.state.store import state_path
-from pipeline.text import printable
 
 EXIT_OK = 0
 EXIT_INVALID = 2

@@ -15,8 +15,7 @@ import re
 import textwrap
 from collections.abc import Callable
 
-from pipeline.text import printable
-from pipeline.version import installed_version
+from pipeline.settings import installed_version, printable
 
 #: What each exit code means, for the top-level help (commands say what it means for them).
 EXIT_CODES = {

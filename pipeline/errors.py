@@ -36,8 +36,12 @@ Messages never contain secrets: provider modules redact before raising
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Any
+
+#: The errnos of a full disk (or quota): every later write to that disk would fail the same way.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class PipelineError(Exception):

@@ -1,4 +1,6 @@
-"""Process-wide configuration read from the environment, and secret redaction.
+"""Process-wide configuration: every default (:data:`DEFAULTS`), what the environment says
+(:class:`Settings`), and what may be shown (:func:`redact`, :func:`printable`), plus the
+installed version.
 
 This is the only module that reads ``os.environ``: everything else receives a :class:`Settings`.
 
@@ -17,6 +19,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote
 
@@ -292,3 +295,45 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         pos = max(pos, end)
     out.append(text[pos:])
     return "".join(out)
+
+
+# --------------------------------------------------------------------------- printable text
+
+# C0 and C1 controls, DEL, bidi embeddings/overrides/isolates and marks, and lone surrogates.
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_UNSAFE_BUT_NEWLINES = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control, bidi-override and surrogate characters escaped (``\\x1b``).
+
+    ``keep_newlines`` leaves ``\\n`` alone, for our own multi-line messages.
+    """
+    pattern = _UNSAFE_BUT_NEWLINES if keep_newlines else _UNSAFE
+    return pattern.sub(_escape, text)
+
+
+# --------------------------------------------------------------------------- version
+
+DISTRIBUTION = "motion-pipeline"
+
+#: Shown when the package is imported from a source tree that was never installed: a valid
+#: PEP 440 version that sorts below every release and says it is not one.
+UNKNOWN = "0+unknown"
+
+
+def installed_version(distribution: str = DISTRIBUTION) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return UNKNOWN

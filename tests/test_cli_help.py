@@ -27,7 +27,7 @@ import pipeline
 from pipeline.cli import build_parser
 from pipeline.cli_args import EXIT_CODES
 from pipeline.errors import Diagnostic
-from pipeline.version import UNKNOWN, installed_version
+from pipeline.settings import UNKNOWN, installed_version
 
 COMMANDS = ["validate", "plan", "run", "status", "resolve", "report", "sandbox"]
 

@@ -15,9 +15,10 @@ import pytest
 import pipeline.state.schema as schema_module
 from pipeline.errors import BatchStopped, StateError
 from pipeline.jobs import TRANSITIONS, State
+from pipeline.state.database import state_path
 from pipeline.state.rows import JobRecord, StaleStateError
 from pipeline.state.schema import MIGRATIONS, SCHEMA_VERSION
-from pipeline.state.store import StateStore, state_path
+from pipeline.state.store import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"image": "/in/alice.png", "video": "/in/salsa.mp4", "settings": {"mode": "std"}}

@@ -20,7 +20,8 @@ import pytest
 from batchkit import RUN_TIMEOUT, cli
 
 from pipeline.errors import StateError
-from pipeline.state.store import StateStore, state_path
+from pipeline.state.database import state_path
+from pipeline.state.store import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 BEING_CREATED = "the state is being created; try again in a moment"

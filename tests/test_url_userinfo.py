@@ -15,7 +15,8 @@ from test_storage import RecordingUploads
 
 from pipeline.providers.base import Credentials, ProviderConfig
 from pipeline.settings import redact, url_secrets
-from pipeline.state.store import StateStore, state_path
+from pipeline.state.database import state_path
+from pipeline.state.store import StateStore
 from pipeline.storage.uploads import LocalFile, Storage
 
 PASSWORD = "pr0xy-Passw0rd"

@@ -31,8 +31,9 @@ from pipeline.dataset.results import METADATA_FILE, REPLACED_DIR, VIDEOS_DIR
 from pipeline.errors import ConfigError, StateError
 from pipeline.jobs import State
 from pipeline.media.hashing import sha256_file
+from pipeline.state.database import STATE_FILE
 from pipeline.state.rows import OutputRow, RestoredJob
-from pipeline.state.store import STATE_FILE, StateStore
+from pipeline.state.store import StateStore
 
 #: What this tool writes into an output directory; anything else there is somebody else's.
 OWN_ENTRIES = frozenset(

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_atomic
 from pipeline.media.hashing import sha256_file
 from pipeline.plan.build import Plan, PlannedJob
-from pipeline.settings import public_url
+from pipeline.settings import installed_version, public_url
 from pipeline.state.schema import SCHEMA_VERSION
-from pipeline.version import installed_version
+from pipeline.storage.atomic import write_atomic
 
 LOCK_FILE = "motion-pipeline.lock.json"
 LOCK_VERSION = 1

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_atomic
 from pipeline.dataset import results as outputs
 from pipeline.jobs import InputRef, Job, JobSettings, State, Trim
 from pipeline.plan.build import PlannedJob
 from pipeline.providers.base import ProviderConfig
 from pipeline.state.rows import JobRow
 from pipeline.state.store import StateStore
+from pipeline.storage.atomic import write_atomic
 
 
 def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> outputs.ResultMetadata:

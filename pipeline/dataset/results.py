@@ -46,7 +46,6 @@ from typing import Any
 
 import httpx
 
-from pipeline.atomic import write_atomic
 from pipeline.errors import (
     MediaError,
     OutputConflictError,
@@ -59,6 +58,7 @@ from pipeline.media.hashing import sha256_file
 from pipeline.media.probe import MediaInfo, probe_file
 from pipeline.media.tools import MediaTools
 from pipeline.run.crashpoints import crash_point
+from pipeline.storage.atomic import write_atomic
 
 # disk_error, fsync_dir and display_url moved to pipeline.storage.fetch / .urls; re-exported
 # (the "as" form) because callers and tests import them from here.

@@ -18,7 +18,7 @@ from typing import Any
 
 import ffmpeg
 
-from pipeline.errors import BatchStopped, MediaError
+from pipeline.errors import DISK_FULL_ERRNOS, BatchStopped, MediaError
 from pipeline.media.hashing import FileHasher, sha256_text
 from pipeline.media.limits import Limits
 from pipeline.media.probe import (
@@ -32,7 +32,6 @@ from pipeline.media.probe import (
 )
 from pipeline.media.recipes import ImageRecipe, MediaPlan, VideoRecipe
 from pipeline.media.tools import MediaTools, ToolTimeout, last_error_line, run_tool
-from pipeline.run.disk import DISK_FULL_ERRNOS
 
 #: What ffmpeg prints (strerror(ENOSPC)) when its output's disk is full.
 _NO_SPACE = "No space left on device"

@@ -27,7 +27,7 @@ of what happened: the lines are what a user reads the morning after an overnight
 
 Texts from providers (failure reasons) reach a terminal here, so every line is redacted, put on
 one line and has its terminal controls escaped (a reason carrying ANSI escapes must not repaint
-the terminal; :func:`pipeline.text.printable`).
+the terminal; :func:`pipeline.settings.printable`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from pipeline.jobs import State
-from pipeline.settings import redact
-from pipeline.text import printable
+from pipeline.settings import printable, redact
 
 #: States a job does not leave during a run: they count as progress on the bar.
 SETTLED = frozenset({State.DONE, State.FAILED, State.NEEDS_ATTENTION})

@@ -19,8 +19,7 @@ from pipeline.errors import AmbiguousError, ConfigError, ProviderError, Transien
 from pipeline.jobs import Handle, TaskStatus
 from pipeline.providers.base import Credentials, ProviderConfig
 from pipeline.providers.http import DEADLINES, Purpose, Reply, garbage_error, snippet
-from pipeline.settings import redact
-from pipeline.text import printable
+from pipeline.settings import printable, redact
 
 C_contra = TypeVar("C_contra", contravariant=True)
 

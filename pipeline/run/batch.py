@@ -41,9 +41,10 @@ from pipeline.run.options import RunOptions
 from pipeline.run.session import credentials_for, endpoint, provider_client, run_secrets
 from pipeline.run.summary import RunSummary
 from pipeline.settings import Settings
+from pipeline.state.database import state_path
 from pipeline.state.lock import RunLock
 from pipeline.state.rows import DuplicateTaskError, JobRecord
-from pipeline.state.store import StateStore, state_path
+from pipeline.state.store import StateStore
 
 
 def job_spec(pj: PlannedJob) -> dict[str, Any]:

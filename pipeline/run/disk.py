@@ -17,20 +17,14 @@ Space is asked from ``os.statvfs``, which costs microseconds: it is checked befo
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
+
+from pipeline.state.database import free_bytes
 
 RESERVE_FILE = "state.reserve"
 DEFAULT_FLOOR = 256 * 1024**2
 DEFAULT_RESERVE = 8 * 1024**2
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on ``path``'s file system."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def mount_point(path: Path) -> Path:

@@ -15,8 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.settings import redact
-from pipeline.text import printable
+from pipeline.settings import printable, redact
 
 RUN_LOG = "run.log"
 

@@ -21,17 +21,15 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import Any
 
-from pipeline.errors import BatchStopped, PipelineError, StateError
+from pipeline.errors import StateError
 from pipeline.jobs import TRANSITIONS, State
-from pipeline.run.disk import free_bytes
+from pipeline.state.database import Database
 from pipeline.state.rows import (
     SELECT_JOBS,
     STATE_BY_VALUE,
@@ -48,17 +46,7 @@ from pipeline.state.rows import (
     SyncResult,
     job_row,
 )
-from pipeline.state.schema import busy_error, check_and_migrate, read_version
-
-if TYPE_CHECKING:
-    from pipeline.storage.uploads import UploadCache
-
-STATE_FILE = "state.sqlite"
-
-
-def state_path(output_dir: Path) -> Path:
-    return Path(output_dir) / STATE_FILE
-
+from pipeline.state.uploads import UploadTable
 
 #: Columns a caller may set through :meth:`StateStore.transition` / :meth:`StateStore.set_fields`.
 FIELDS = frozenset(
@@ -110,18 +98,12 @@ class StateStore:
     One connection, guarded by a lock so worker threads (``asyncio.to_thread``) may share it.
     """
 
-    def __init__(
-        self, conn: sqlite3.Connection, path: Path, *, readonly: bool, clock: Callable[[], datetime]
-    ) -> None:
-        self._conn = conn
-        self.path = path
-        self.readonly = readonly
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = _now) -> None:
+        self.db = db
+        self.path = db.path
+        self.readonly = db.readonly
         self._clock = clock
-        self._mutex = threading.RLock()
-        self._in_batch = False
-        self.uploads = UploadTable(self)
-
-    # ----------------------------------------------------------------------- lifecycle
+        self.uploads = UploadTable(db)
 
     @classmethod
     def open(
@@ -137,51 +119,11 @@ class StateStore:
         ``readonly`` opens with ``mode=ro`` and a short busy timeout: for ``status`` while a
         batch runs. It never creates or migrates anything.
         """
-        path = state_path(output_dir)
-        try:
-            if readonly:
-                if not path.exists():
-                    raise StateError(f"no state at {path}: nothing has run in {output_dir} yet")
-                uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-                conn = sqlite3.connect(
-                    uri,
-                    uri=True,
-                    timeout=min(busy_timeout, 2.0),
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-                )
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open state {path}: {exc}") from exc
-        try:
-            if not readonly:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StateError(f"state {path}: cannot switch to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            check_and_migrate(conn, path, readonly=readonly)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            busy = busy_error(exc, path) if readonly else None
-            if busy is not None:
-                raise busy from None
-            error = _translate(exc, path)
-            if isinstance(error, BatchStopped):
-                raise error from exc
-            raise StateError(f"state {path} is unreadable: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path, readonly=readonly, clock=clock)
+        return cls(Database.open(output_dir, readonly=readonly, busy_timeout=busy_timeout),
+                   clock=clock)  # fmt: skip
 
     def close(self) -> None:
-        with self._locked():
-            self._conn.close()
+        self.db.close()
 
     def __enter__(self) -> StateStore:
         return self
@@ -194,98 +136,27 @@ class StateStore:
     ) -> None:
         self.close()
 
+    # The connection's own facts and transactions, for callers that hold only the store.
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Many writes, one commit (see :meth:`Database.batch`)."""
+        return self.db.batch()
+
     def pragma(self, name: str) -> object:
-        """The value of a read-only PRAGMA of this connection (``synchronous``...), for checks."""
-        if not name.isidentifier():
-            raise StateError(f"not a pragma name: {name!r}")
-        with self._locked():
-            row = self._conn.execute(f"PRAGMA {name}").fetchone()
-        return None if row is None else row[0]
+        return self.db.pragma(name)
 
     def integrity_check(self) -> str:
-        """``"ok"`` or SQLite's list of problems."""
-        with self._locked():
-            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
-        return "\n".join(str(r[0]) for r in rows)
+        return self.db.integrity_check()
 
     @property
     def schema_version(self) -> int:
-        with self._locked():
-            return read_version(self._conn)
+        return self.db.schema_version
 
-    # ----------------------------------------------------------------------- transactions
+    def meta(self, key: str) -> str | None:
+        return self.db.meta(key)
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Many writes, one commit (one fsync). Rolled back (to the last task-id flush) on error.
-
-        Holds the write lock for its duration: keep it short and do no network I/O inside.
-        """
-        self._require_writable()
-        with self._locked():
-            if self._in_batch:  # nested: the outer batch commits
-                yield
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._in_batch = True
-            try:
-                yield
-                self._in_batch = False
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._in_batch = False
-                self._rollback("ROLLBACK")
-                raise
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._require_writable()
-        with self._locked():
-            if self._in_batch:
-                # A savepoint keeps each write all-or-nothing inside the shared transaction.
-                self._conn.execute("SAVEPOINT write")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._rollback("ROLLBACK TO write")
-                    raise
-                self._conn.execute("RELEASE write")
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback("ROLLBACK")
-                raise
-
-    def _rollback(self, statement: str) -> None:
-        # SQLite rolls back by itself after some failures (disk full): then there is nothing
-        # left to undo, and trying would raise over the error that matters.
-        if self._conn.in_transaction:
-            self._conn.execute(statement)
-            if statement.startswith("ROLLBACK TO"):
-                self._conn.execute("RELEASE write")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """The connection's mutex, with SQLite failures turned into the pipeline's errors."""
-        with self._mutex:
-            try:
-                yield
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from exc
-
-    def _flush(self) -> None:
-        """Inside a batch, make everything so far durable now (and keep batching)."""
-        with self._locked():
-            if self._in_batch:
-                self._conn.execute("COMMIT")
-                self._conn.execute("BEGIN IMMEDIATE")
-
-    def _require_writable(self) -> None:
-        if self.readonly:
-            raise StateError(f"state {self.path} is open read-only")
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.set_meta(key, value)
 
     # ----------------------------------------------------------------------- jobs
 
@@ -298,7 +169,7 @@ class StateStore:
         new: list[tuple[Any, ...]] = []
         changed: list[KeyChange] = []
         seen: set[str] = set()
-        with self._write() as conn:
+        with self.db.write() as conn:
             known = {
                 r[0]: (r[1], r[2], r[3])
                 for r in conn.execute("SELECT id, key, state, task_id FROM jobs")
@@ -327,7 +198,7 @@ class StateStore:
     def retire_job(self, job_id: str, *, reason: str) -> str:
         """Copy a job's row aside as ``<id>~<n>`` with its task, so the task is still collected
         after the job itself is replaced; returns the new id. The original row is left as is."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             n = 1
             while conn.execute("SELECT 1 FROM jobs WHERE id=?", (f"{job_id}~{n}",)).fetchone():
                 n += 1
@@ -347,7 +218,7 @@ class StateStore:
         """Insert jobs rebuilt from the outputs of a lost state (into an empty store)."""
         now = _stamp(self._clock())
         count = 0
-        with self._write() as conn:
+        with self.db.write() as conn:
             for job in jobs:
                 conn.execute(
                     "INSERT INTO jobs (id, key, state, spec, task_id, output, output_sha256, "
@@ -361,27 +232,12 @@ class StateStore:
                 count += 1
         return count
 
-    # ----------------------------------------------------------------------- meta
-
-    def meta(self, key: str) -> str | None:
-        with self._locked():
-            r = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if r is None else str(r[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                (key, value),
-            )
-
     def replace_job(self, record: JobRecord, *, reason: str = "replaced") -> JobRow:
         """Reset a job to ``pending`` under a new key and spec (the user's explicit replace).
 
         The old key, task id and output are kept in the event, so nothing paid for is forgotten.
         """
-        with self._write() as conn:
+        with self.db.write() as conn:
             old = self._get(conn, record.id)
             now = _stamp(self._clock())
             conn.execute(
@@ -402,8 +258,8 @@ class StateStore:
             return self._get(conn, record.id)
 
     def get(self, job_id: str) -> JobRow:
-        with self._locked():
-            return self._get(self._conn, job_id)
+        with self.db.locked():
+            return self._get(self.db.conn, job_id)
 
     def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
         """Jobs in id order, optionally only those in ``states`` (served by the state index)."""
@@ -411,8 +267,8 @@ class StateStore:
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        with self._locked():
-            found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        with self.db.locked():
+            found = self.db.conn.execute(sql + " ORDER BY id", args).fetchall()
         return map(job_row, found)
 
     def summaries(self, states: Iterable[State] | None = None) -> list[JobSummary]:
@@ -421,14 +277,14 @@ class StateStore:
         args = [] if states is None else [State(s).value for s in states]
         if states is not None:
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        with self._locked():
-            found = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        with self.db.locked():
+            found = self.db.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
 
     def brief(self) -> list[BriefRow]:
         """Every job's key, state, task, why it failed, seconds and mode, in id order."""
-        with self._locked():
-            found = self._conn.execute(
+        with self.db.locked():
+            found = self.db.conn.execute(
                 "SELECT id, key, state, task_id, fail_kind, billed_seconds, "
                 "json_extract(spec, '$.settings.mode') FROM jobs ORDER BY id"
             ).fetchall()
@@ -436,8 +292,8 @@ class StateStore:
 
     def outputs(self) -> list[OutputRow]:
         """Every done job's result columns (no specs decoded: cheap for 100,000 rows)."""
-        with self._locked():
-            found = self._conn.execute(
+        with self.db.locked():
+            found = self.db.conn.execute(
                 "SELECT id, task_id, output, output_sha256, result FROM jobs WHERE state=? "
                 "ORDER BY id",
                 (State.DONE.value,),
@@ -447,15 +303,15 @@ class StateStore:
     def counts(self) -> dict[State, int]:
         """Jobs per state; every state is present (zero when none)."""
         out = dict.fromkeys(State, 0)
-        with self._locked():
-            for state, n in self._conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+        with self.db.locked():
+            for state, n in self.db.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
                 out[State(state)] = n
         return out
 
     def find_done_by_key(self, key: str) -> JobRow | None:
         """A finished job with this key (an earlier id of the same generation), if any."""
-        with self._locked():
-            r = self._conn.execute(
+        with self.db.locked():
+            r = self.db.conn.execute(
                 SELECT_JOBS + " WHERE key=? AND state=? ORDER BY id LIMIT 1",
                 (key, State.DONE.value),
             ).fetchone()
@@ -477,7 +333,7 @@ class StateStore:
         """
         to = State(to)
         _check_fields(fields)
-        with self._write() as conn:
+        with self.db.write() as conn:
             old = self._get(conn, job_id)
             if expect is not None:
                 allowed = {State(expect)} if isinstance(expect, str) else set(map(State, expect))
@@ -506,7 +362,7 @@ class StateStore:
             )
             row = self._get(conn, job_id)
         if "task_id" in fields:
-            self._flush()
+            self.db.flush()
         return row
 
     def set_fields(
@@ -516,7 +372,7 @@ class StateStore:
         _check_fields(fields)
         if not fields:
             return self.get(job_id)
-        with self._write() as conn:
+        with self.db.write() as conn:
             old = self._get(conn, job_id)
             now = _stamp(self._clock())
             self._update(conn, job_id, now, None, fields)
@@ -530,12 +386,12 @@ class StateStore:
             )
             row = self._get(conn, job_id)
         if "task_id" in fields:
-            self._flush()
+            self.db.flush()
         return row
 
     def events(self, job_id: str) -> list[Event]:
-        with self._locked():
-            found = self._conn.execute(
+        with self.db.locked():
+            found = self.db.conn.execute(
                 "SELECT id, job_id, at, from_state, to_state, detail FROM events "
                 "WHERE job_id=? ORDER BY id",
                 (job_id,),
@@ -616,68 +472,6 @@ class StateStore:
             ),
         )
 
-    # ----------------------------------------------------------------------- uploads
-
-    def _upload_get(
-        self, provider: str, endpoint: str, sha256: str
-    ) -> tuple[str, float, float | None] | None:
-        with self._locked():
-            r = self._conn.execute(
-                "SELECT url, uploaded_at, expires_at FROM uploads "
-                "WHERE provider=? AND endpoint=? AND sha256=?",
-                (provider, endpoint, sha256),
-            ).fetchone()
-        if r is None:
-            return None
-        return str(r[0]), float(r[1]), None if r[2] is None else float(r[2])
-
-    def _upload_put(
-        self,
-        provider: str,
-        endpoint: str,
-        sha256: str,
-        url: str,
-        uploaded_at: float,
-        expires_at: float | None,
-    ) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO uploads (provider, endpoint, sha256, url, uploaded_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, endpoint, sha256) "
-                "DO UPDATE SET url=excluded.url, uploaded_at=excluded.uploaded_at, "
-                "expires_at=excluded.expires_at",
-                (provider, endpoint, sha256, url, float(uploaded_at),
-                 None if expires_at is None else float(expires_at)),
-            )  # fmt: skip
-
-
-class UploadTable:
-    """The ``uploads`` table as the UploadCache of :mod:`pipeline.storage.uploads`.
-
-    Times are Unix timestamps (seconds). ``expires_at`` is when the stored URL stops working
-    (NULL: it does not, or a row from before schema v3); :class:`~pipeline.storage.uploads.Storage`
-    decides freshness from it.
-    """
-
-    def __init__(self, store: StateStore) -> None:
-        self._store = store
-
-    def get(
-        self, provider: str, endpoint: str, sha256: str
-    ) -> tuple[str, float, float | None] | None:
-        return self._store._upload_get(provider, endpoint, sha256)
-
-    def put(
-        self,
-        provider: str,
-        endpoint: str,
-        sha256: str,
-        url: str,
-        uploaded_at: float,
-        expires_at: float | None = None,
-    ) -> None:
-        self._store._upload_put(provider, endpoint, sha256, url, uploaded_at, expires_at)
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -690,29 +484,3 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
 
 def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"set": dict(fields)} if fields else {}
-
-
-def _no_room(folder: Path) -> bool:
-    try:
-        return free_bytes(folder) < 1024**2
-    except OSError:
-        return False
-
-
-def _translate(exc: sqlite3.Error, path: Path) -> PipelineError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    # A full disk is SQLITE_FULL, or an I/O error of the WAL or its index on a disk with no room.
-    if primary == sqlite3.SQLITE_FULL or (
-        primary == sqlite3.SQLITE_IOERR and _no_room(path.parent)
-    ):
-        return BatchStopped(f"disk full: cannot write the state {path} ({exc})")
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return StateError(f"state {path} is busy: another process holds it ({exc})")
-    return StateError(f"state {path}: {exc}")
-
-
-if TYPE_CHECKING:  # mypy proves the uploads table is the cache pipeline.storage.uploads expects
-
-    def _is_upload_cache(table: UploadTable) -> UploadCache:
-        return table

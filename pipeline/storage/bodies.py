@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-from pipeline.text import printable
+from pipeline.settings import printable
 
 #: What API calls advertise: the encodings :class:`BoundedDecoder` can bound (no br, no zstd).
 ACCEPT_ENCODING = "gzip, deflate"

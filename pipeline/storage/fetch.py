@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -36,7 +35,13 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import BatchStopped, PipelineError, TransientError, UnreachableError
+from pipeline.errors import (
+    DISK_FULL_ERRNOS,
+    BatchStopped,
+    PipelineError,
+    TransientError,
+    UnreachableError,
+)
 from pipeline.settings import DEFAULTS
 from pipeline.storage.bodies import BodyTooLarge, BodyUndecodable, BoundedDecoder
 from pipeline.storage.headers import parse_retry_after
@@ -49,7 +54,6 @@ MIN_RATE = 16 * 1024
 RATE_GRACE = 30.0
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 Unusable = Callable[[str], PipelineError]
 """Builds the caller's "this URL/body cannot be used" error from a reason (URL already shown)."""
@@ -81,7 +85,7 @@ class Fetched:
 def disk_error(exc: OSError, path: Path) -> BatchStopped:
     """A local write failure stops the batch: every later job would hit the same disk."""
     reason = exc.strerror or str(exc)
-    if exc.errno in _DISK_FULL:
+    if exc.errno in DISK_FULL_ERRNOS:
         return BatchStopped(f"disk full writing {path}: {reason}")
     return BatchStopped(f"cannot write {path}: {reason}")
 

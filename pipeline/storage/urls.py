@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pipeline.text import printable
+from pipeline.settings import printable
 
 #: How much of a URL's host and path a message shows: enough to recognise, not a whole token.
 _SHOWN_HOST = 100

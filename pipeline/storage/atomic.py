@@ -9,15 +9,12 @@ removed on every failure path.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.errors import BatchStopped
-
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+from pipeline.errors import DISK_FULL_ERRNOS, BatchStopped
 
 
 def fsync_dir(folder: Path) -> None:
@@ -32,7 +29,7 @@ def fsync_dir(folder: Path) -> None:
 def write_error(exc: OSError, path: Path) -> BatchStopped:
     """A local write failure stops the batch: every later write would hit the same disk."""
     reason = exc.strerror or str(exc)
-    if exc.errno in _DISK_FULL:
+    if exc.errno in DISK_FULL_ERRNOS:
         return BatchStopped(f"disk full writing {path}: {reason}")
     return BatchStopped(f"cannot write {path}: {reason}")
 
