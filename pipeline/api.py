@@ -20,21 +20,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pipeline.jobs import State
-from pipeline.manifest.load import load_manifest
-from pipeline.manifest.model import Manifest
-from pipeline.plan.build import make_plan
-from pipeline.plan.money import Money, paid
-from pipeline.plan.summary import PlanSummary, summarize
-from pipeline.progress.events import NullReporter, Reporter
 from pipeline.settings import Settings
-from pipeline.state.database import state_path
-from pipeline.state.rows import BriefRow
-from pipeline.state.store import StateStore
 
-ManifestLike = str | Path | Manifest
+if TYPE_CHECKING:  # the machinery is imported by the function that needs it (a fast start-up)
+    from pipeline.manifest.model import Manifest
+    from pipeline.plan.money import Money
+    from pipeline.plan.summary import PlanSummary
+    from pipeline.progress.events import Reporter
+    from pipeline.state.rows import BriefRow
+
+ManifestLike: TypeAlias = "str | Path | Manifest"
 
 
 def plan(
@@ -46,6 +44,9 @@ def plan(
     settings: Settings | None = None,
 ) -> PlanSummary:
     """Plan ``manifest`` against its state: what a ``run`` with these flags would pay now."""
+    from pipeline.plan.build import make_plan
+    from pipeline.plan.summary import summarize
+
     settings = settings or Settings.from_env()
     loaded = _loaded(manifest)
     made = make_plan(loaded, settings, prepare=True)
@@ -54,14 +55,22 @@ def plan(
 
 
 def _brief(output_dir: Path) -> list[BriefRow]:
+    from pipeline.state.database import state_path
+    from pipeline.state.store import StateStore
+
     if not state_path(output_dir).exists():
         return []
     with StateStore.open(output_dir, readonly=True) as store:
         return store.brief()
 
 
-def _loaded(manifest: ManifestLike) -> Manifest:
-    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+def _loaded(manifest: ManifestLike, *, check_files: bool = True) -> Manifest:
+    from pipeline.manifest.load import load_manifest
+    from pipeline.manifest.model import Manifest
+
+    if isinstance(manifest, Manifest):
+        return manifest
+    return load_manifest(manifest, check_files=check_files)
 
 
 def run(
@@ -77,6 +86,7 @@ def run(
 ) -> Any:
     """Run or resume the batch; returns the :class:`pipeline.run.engine.RunSummary` (its
     ``exit_code`` is the CLI's). Spends money."""
+    from pipeline.progress.events import NullReporter
     from pipeline.run.batch import run_batch  # the engine is loaded only to run
     from pipeline.run.options import RunOptions
 
@@ -113,7 +123,9 @@ class StatusSummary:
 
 def status(target: str | Path, *, settings: Settings | None = None) -> StatusSummary:
     """The state of a batch, from its manifest or its output directory."""
-    from pipeline.run.batch import batch_status, status_target
+    from pipeline.dataset.status import batch_status, status_target
+    from pipeline.plan.money import Money, paid
+    from pipeline.state.database import state_path
 
     output_dir, currency, budget = status_target(str(target))
     if not state_path(output_dir).exists():
@@ -135,22 +147,18 @@ def resolve(
     """Settle a job that needs attention (exactly one of ``adopt``, ``resubmit``, ``abandon``);
     returns what was done, in words."""
     from pipeline.errors import ConfigError
-    from pipeline.run.batch import resolve_job
+    from pipeline.run.resolve import resolve_job
 
     if sum((adopt is not None, resubmit, abandon)) != 1:
         raise ConfigError("resolve takes exactly one of adopt=TASK_ID, resubmit=True, abandon=True")
-    loaded = (
-        manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
-    )
+    loaded = _loaded(manifest, check_files=False)
     return resolve_job(loaded, job_id, adopt=adopt, resubmit=resubmit, abandon=abandon,
                        settings=settings or Settings.from_env())  # fmt: skip
 
 
 def report(manifest: ManifestLike, *, settings: Settings | None = None) -> Path:
     """Write ``report.html`` for the batch; returns its path."""
-    from pipeline.run.batch import report_batch
+    from pipeline.dataset.report import report_batch
 
-    loaded = (
-        manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
-    )
+    loaded = _loaded(manifest, check_files=False)
     return report_batch(loaded, settings or Settings.from_env())

@@ -15,27 +15,19 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline import api, cli_args
 from pipeline.errors import ConfigError, Diagnostic, ManifestError, PipelineError
 from pipeline.jobs import State
-from pipeline.manifest.load import load_manifest
-from pipeline.plan.build import Plan, make_plan
-from pipeline.plan.estimate import Bucket
-from pipeline.plan.selection import problems
-from pipeline.plan.summary import PlanSummary
-from pipeline.progress.choose import choose_reporter
-from pipeline.run.batch import (
-    StatusReport,
-    report_batch,
-    resolve_job,
-    run_batch,
-)
-from pipeline.run.options import RunOptions
 from pipeline.settings import Settings, printable, redact
-from pipeline.state.database import state_path
-from pipeline.state.lock import lock_path
+
+# Each command imports the machinery it uses (manifest schema, providers, httpx, the engine)
+# when it runs: `motion-pipeline --help` and `import pipeline.cli` stay fast.
+if TYPE_CHECKING:
+    from pipeline.plan.build import Plan
+    from pipeline.plan.estimate import Bucket
+    from pipeline.plan.summary import PlanSummary
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -44,6 +36,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _cmd_validate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pipeline.manifest.load import load_manifest
+    from pipeline.plan.build import make_plan
+
     failed = False
     for path in args.manifests:
         try:
@@ -67,6 +62,8 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
 
 def media_diagnostics(shown: str, plan: Plan) -> list[Diagnostic]:
     """One diagnostic per job whose media is rejected, at the manifest entry it came from."""
+    from pipeline.plan.selection import problems
+
     # One line per distinct problem: a bad clip in a 100x100 matrix is one problem, 100 jobs.
     return sorted(Diagnostic(shown, p.line, 1, p.where, p.describe()) for p in problems(plan))
 
@@ -98,6 +95,8 @@ _BUCKET_WORDS = {
 
 
 def _print_plan(summary: PlanSummary, out: TextIO) -> None:
+    from pipeline.plan.selection import problems
+
     plan, est = summary.plan, summary.estimate
     m = plan.manifest
     currency = m.budget.currency
@@ -159,6 +158,12 @@ def _print_plan(summary: PlanSummary, out: TextIO) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pipeline.dataset.report import report_batch
+    from pipeline.manifest.load import load_manifest
+    from pipeline.progress.choose import choose_reporter
+    from pipeline.run.batch import run_batch
+    from pipeline.run.options import RunOptions
+
     manifest = load_manifest(args.manifest)
     options = RunOptions(
         concurrency=args.concurrency,
@@ -196,6 +201,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pipeline.dataset.status import StatusReport
+
     _output_dir, nothing_yet = _status_target(args.target)
     if nothing_yet:
         if args.json:  # the document a script expects, and the sentence for the person
@@ -234,6 +241,10 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 
 def _status_target(target: str) -> tuple[Path, str]:
     """The output directory to read, and a sentence instead when nothing has run there yet."""
+    from pipeline.manifest.load import load_manifest
+    from pipeline.state.database import state_path
+    from pipeline.state.lock import lock_path
+
     path = Path(target)
     if _probe(path, Path.is_dir):
         if _probe(state_path(path), Path.exists):
@@ -259,6 +270,9 @@ def _probe(path: Path, test: Callable[[Path], bool]) -> bool:
 
 
 def _cmd_resolve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pipeline.manifest.load import load_manifest
+    from pipeline.run.resolve import resolve_job
+
     manifest = load_manifest(args.manifest, check_files=False)
     message = resolve_job(
         manifest, args.job, adopt=args.adopt, resubmit=args.resubmit, abandon=args.abandon
@@ -268,6 +282,9 @@ def _cmd_resolve(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
 
 def _cmd_report(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pipeline.dataset.report import report_batch
+    from pipeline.manifest.load import load_manifest
+
     path = report_batch(load_manifest(args.manifest, check_files=False), settings)
     print(f"report: {path}", file=out)
     return EXIT_OK

@@ -34,7 +34,7 @@ from batchkit import (
     write_manifest,
 )
 
-from pipeline.run.batch import batch_status
+from pipeline.dataset.status import batch_status
 from pipeline.run.crashpoints import POINTS
 
 SIGKILLED = -signal.SIGKILL

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -17,12 +18,19 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pipeline.dataset.report_data import ReportJob, ReportTotals, Thumbs
 from pipeline.dataset.report_html import render
-from pipeline.errors import ConfigError
-from pipeline.media.tools import MediaTools
+from pipeline.errors import ConfigError, StateError
+from pipeline.jobs import State
+from pipeline.manifest.model import Manifest
+from pipeline.media.tools import MediaTools, find_tools
+from pipeline.settings import Settings
+from pipeline.state.database import state_path
+from pipeline.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +222,94 @@ def _write_atomic(target: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- from the state
+
+
+def report_batch(manifest: Manifest, settings: Settings) -> Path:
+    """Write ``report.html`` for the manifest's output directory from its state."""
+    output_dir = manifest.output_dir
+    if not state_path(output_dir).exists():
+        raise StateError(f"no state in {output_dir}: run the batch first")
+    budget = manifest.budget
+    jobs: list[ReportJob] = []
+    seconds = 0.0
+    cost: float | None = 0.0
+    first: str | None = None
+    last: str | None = None
+    with StateStore.open(output_dir, readonly=True) as store:
+        counts = store.counts()
+        for row in store.rows():
+            spec = row.spec
+            settings_doc = spec.get("settings", {})
+            output = output_dir / row.output if row.output else None
+            if row.state is State.DONE:
+                billed = row.billed_seconds or 0.0
+                seconds += billed
+                price = budget.cost(settings_doc.get("mode", "std"), billed)
+                cost = None if price is None or cost is None else cost + price
+            if row.submitted_at:
+                first = min(first or row.submitted_at, row.submitted_at)
+            if row.finished_at:
+                last = max(last or row.finished_at, row.finished_at)
+            jobs.append(
+                ReportJob(
+                    id=row.id,
+                    state=row.state,
+                    image=spec.get("image", ""),
+                    video=spec.get("video", ""),
+                    image_path=_local(spec.get("image", "")),
+                    video_path=_local(spec.get("video", "")),
+                    output_path=output if output and output.is_file() else None,
+                    settings=settings_doc,
+                    billed_seconds=row.billed_seconds,
+                    duration=row.duration,
+                    provider=spec.get("provider", manifest.provider.name),
+                    model=spec.get("model", manifest.provider.model),
+                    task_id=row.task_id,
+                    error=row.error,
+                    applied=_applied(row.inputs),
+                )
+            )
+    totals = ReportTotals(
+        done=counts[State.DONE],
+        failed=counts[State.FAILED],
+        needs_attention=counts[State.NEEDS_ATTENTION],
+        other=sum(counts.values())
+        - counts[State.DONE]
+        - counts[State.FAILED]
+        - counts[State.NEEDS_ATTENTION],
+        seconds_billed=round(seconds, 3),
+        estimated_cost=None if cost is None or not budget.price_per_second else round(cost, 4),
+        currency=budget.currency,
+        wall_time_seconds=_span(first, last),
+    )
+    return write_report(output_dir, jobs, totals, tools=find_tools(settings), title=manifest.name)
+
+
+def _applied(inputs: str | None) -> dict[str, Any] | None:
+    """The video recipe a job was sent with (state ``inputs``), for the report."""
+    if not inputs:
+        return None
+    try:
+        doc = json.loads(inputs)
+    except ValueError:
+        return None
+    recipe = doc.get("video_recipe") if isinstance(doc, dict) else None
+    return recipe if isinstance(recipe, dict) else None
+
+
+def _local(text: str) -> Path | None:
+    if not text or text.startswith(("http://", "https://")):
+        return None
+    return Path(text)
+
+
+def _span(first: str | None, last: str | None) -> float | None:
+    if not first or not last:
+        return None
+    try:
+        return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    except ValueError:
+        return None

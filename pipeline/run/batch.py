@@ -8,8 +8,7 @@ nothing), and a job whose key changed after it was paid for is refused unless re
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +16,25 @@ from pipeline.dataset import layout as outdir
 from pipeline.dataset.lockfile import write_lock
 from pipeline.dataset.metadata import write_sidecar
 from pipeline.errors import (
-    BadReplyError,
-    BatchStopped,
     ConfigError,
     InputError,
-    RefusedError,
-    StateError,
-    TransientError,
 )
-from pipeline.jobs import FailKind, Handle, State
-from pipeline.manifest.load import load_manifest
-from pipeline.manifest.model import Budget, Manifest
+from pipeline.jobs import FailKind, State
+from pipeline.manifest.model import Manifest
 from pipeline.media.tools import find_tools
 from pipeline.plan.build import Plan, PlannedJob, make_plan
 from pipeline.plan.selection import Problem, problems
 from pipeline.plan.summary import summarize
 from pipeline.progress.events import BatchFinished, BatchStarted, Notice, Reporter
-from pipeline.providers.base import ProviderConfig
 from pipeline.run.disk import DiskGuard
 from pipeline.run.engine import Engine
 from pipeline.run.log import close_run_log, open_run_log
 from pipeline.run.options import RunOptions
-from pipeline.run.session import credentials_for, endpoint, provider_client, run_secrets
+from pipeline.run.session import credentials_for, run_secrets
 from pipeline.run.summary import RunSummary
 from pipeline.settings import Settings
-from pipeline.state.database import state_path
 from pipeline.state.lock import RunLock
-from pipeline.state.rows import DuplicateTaskError, JobRecord
+from pipeline.state.rows import JobRecord
 from pipeline.state.store import StateStore
 
 
@@ -252,246 +243,3 @@ def _retire_result(store: StateStore, retired: str) -> None:
 
 
 # --------------------------------------------------------------------------- status
-
-
-def done_keys(output_dir: Path) -> list[str]:
-    """Keys already generated in ``output_dir`` (for ``plan``'s ``done`` action)."""
-    if not state_path(output_dir).exists():
-        return []
-    with StateStore.open(output_dir, readonly=True) as store:
-        return [row.key for row in store.rows([State.DONE])]
-
-
-def status_target(target: str) -> tuple[Path, str, Budget]:
-    """``status`` of a manifest or an output directory: where, and the money's terms."""
-    path = Path(target)
-    if path.is_dir():
-        return path, "USD", Budget()
-    manifest = load_manifest(path, check_files=False)
-    return manifest.output_dir, manifest.budget.currency, manifest.budget
-
-
-def output_dir_of(target: str, settings: Settings) -> Path:
-    """``status``/``report`` accept the manifest or its output directory."""
-    path = Path(target)
-    if path.is_dir():
-        return path
-    return load_manifest(path, check_files=False).output_dir
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    counts: dict[State, int]
-    jobs: list[dict[str, Any]]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"counts": {s.value: n for s, n in self.counts.items()}, "jobs": self.jobs}
-
-
-def batch_status(output_dir: Path) -> StatusReport:
-    if not state_path(output_dir).exists():
-        raise StateError(f"no state in {output_dir}: nothing has run there yet")
-    with StateStore.open(output_dir, readonly=True) as store:
-        counts = store.counts()
-        # A done job whose video is gone or changed is reported (run collects it again).
-        check = outdir.check_results(output_dir, store.outputs())
-        problems = {d.job_id: d.why for d in check.damaged}
-        jobs = [
-            {
-                "id": s.id,
-                "state": s.state.value,
-                "task_id": s.task_id,
-                "error": s.error,
-                "output": s.output,
-                "output_problem": problems.get(s.id),
-            }
-            for s in store.summaries()
-        ]
-    return StatusReport(counts, jobs)
-
-
-# --------------------------------------------------------------------------- resolve
-
-
-def resolve_job(
-    manifest: Manifest,
-    job_id: str,
-    *,
-    adopt: str | None,
-    resubmit: bool,
-    abandon: bool,
-    settings: Settings | None = None,
-) -> str:
-    """Settle a job that needs attention; returns what was done, for the user.
-
-    ``--adopt`` first asks the provider about the task id (a typo must not be adopted: the run
-    would poll a task that does not exist, and ``--retry-failed`` would then pay again).
-    ``--abandon`` also gives up a job stuck collecting (running, downloading): its task is paid
-    and is given up knowingly. ``--resubmit`` pays again, so it only takes settled jobs.
-    """
-    if adopt is not None:
-        adopt = adopt.strip()
-        if not adopt:
-            raise ConfigError("--adopt needs the provider's task id (it was empty)")
-    output_dir = manifest.output_dir
-    if not state_path(output_dir).exists():
-        raise ConfigError(f"nothing has run for {manifest.path} yet: there is no job to resolve")
-    with RunLock.acquire(output_dir), StateStore.open(output_dir) as store:
-        try:
-            row = store.get(job_id)
-        except StateError:
-            raise ConfigError(f"job {job_id!r} is not in the state of {output_dir}") from None
-        allowed = _ADOPTABLE if adopt is not None else _RESUBMITTABLE if resubmit else _ABANDONABLE
-        if row.state not in allowed:
-            names = ", ".join(sorted(s.value for s in allowed))
-            raise ConfigError(f"job {job_id} is {row.state.value}: this resolve takes {names} jobs")
-        if adopt is not None:
-            _ask_about(manifest, adopt, settings or Settings.from_env())
-            try:
-                store.transition(
-                    job_id, State.RUNNING, task_id=adopt, error=None,
-                    detail={"op": "resolve", "adopt": adopt},
-                )  # fmt: skip
-            except DuplicateTaskError as exc:
-                raise ConfigError(f"cannot adopt task {adopt}: {exc}") from None
-            return f"job {job_id}: adopted task {adopt}; the next run polls and downloads it"
-        if resubmit:
-            store.transition(
-                job_id, State.PENDING, error=None, detail={"op": "resolve", "resubmit": True}
-            )
-            return f"job {job_id}: back to pending; the next run submits it again (and pays again)"
-        store.transition(
-            job_id,
-            State.FAILED,
-            error="abandoned by the user",
-            fail_kind=FailKind.ABANDONED.value,
-            detail={"op": "resolve", "abandon": True},
-        )
-        paid = f" (task {row.task_id} is given up)" if row.task_id else ""
-        return f"job {job_id}: abandoned (failed){paid}"
-
-
-_ADOPTABLE = frozenset({State.NEEDS_ATTENTION, State.FAILED})
-_RESUBMITTABLE = frozenset({State.NEEDS_ATTENTION, State.FAILED})
-_ABANDONABLE = frozenset(
-    {State.NEEDS_ATTENTION, State.FAILED, State.SUBMITTING, State.RUNNING, State.DOWNLOADING}
-)
-
-
-def _ask_about(manifest: Manifest, task_id: str, settings: Settings) -> None:
-    """Refuse a task id the provider does not know (exit 2), or cannot be asked about (exit 3)."""
-    credentials = credentials_for(manifest.provider, settings)
-    tools = find_tools(settings)
-
-    async def ask(config: ProviderConfig) -> None:
-        async with provider_client(config, credentials) as provider:
-            await provider.poll(Handle(config.name, task_id))
-
-    with endpoint(manifest, tools) as config:
-        try:
-            asyncio.run(ask(config))
-        except (RefusedError, BadReplyError) as exc:
-            raise ConfigError(
-                f"{config.name} does not know task {task_id!r} ({exc}); nothing was changed"
-            ) from None
-        except TransientError as exc:
-            raise BatchStopped(
-                f"cannot ask {config.name} about task {task_id!r} ({exc}); nothing was changed, "
-                "try again later"
-            ) from None
-
-
-# --------------------------------------------------------------------------- report
-
-
-def report_batch(manifest: Manifest, settings: Settings) -> Path:
-    """Write ``report.html`` for the manifest's output directory from its state."""
-    from pipeline.dataset.report import write_report  # only this command
-    from pipeline.dataset.report_data import ReportJob, ReportTotals
-
-    output_dir = manifest.output_dir
-    if not state_path(output_dir).exists():
-        raise StateError(f"no state in {output_dir}: run the batch first")
-    budget = manifest.budget
-    jobs: list[ReportJob] = []
-    seconds = 0.0
-    cost: float | None = 0.0
-    first: str | None = None
-    last: str | None = None
-    with StateStore.open(output_dir, readonly=True) as store:
-        counts = store.counts()
-        for row in store.rows():
-            spec = row.spec
-            settings_doc = spec.get("settings", {})
-            output = output_dir / row.output if row.output else None
-            if row.state is State.DONE:
-                billed = row.billed_seconds or 0.0
-                seconds += billed
-                price = budget.cost(settings_doc.get("mode", "std"), billed)
-                cost = None if price is None or cost is None else cost + price
-            if row.submitted_at:
-                first = min(first or row.submitted_at, row.submitted_at)
-            if row.finished_at:
-                last = max(last or row.finished_at, row.finished_at)
-            jobs.append(
-                ReportJob(
-                    id=row.id,
-                    state=row.state,
-                    image=spec.get("image", ""),
-                    video=spec.get("video", ""),
-                    image_path=_local(spec.get("image", "")),
-                    video_path=_local(spec.get("video", "")),
-                    output_path=output if output and output.is_file() else None,
-                    settings=settings_doc,
-                    billed_seconds=row.billed_seconds,
-                    duration=row.duration,
-                    provider=spec.get("provider", manifest.provider.name),
-                    model=spec.get("model", manifest.provider.model),
-                    task_id=row.task_id,
-                    error=row.error,
-                    applied=_applied(row.inputs),
-                )
-            )
-    totals = ReportTotals(
-        done=counts[State.DONE],
-        failed=counts[State.FAILED],
-        needs_attention=counts[State.NEEDS_ATTENTION],
-        other=sum(counts.values())
-        - counts[State.DONE]
-        - counts[State.FAILED]
-        - counts[State.NEEDS_ATTENTION],
-        seconds_billed=round(seconds, 3),
-        estimated_cost=None if cost is None or not budget.price_per_second else round(cost, 4),
-        currency=budget.currency,
-        wall_time_seconds=_span(first, last),
-    )
-    return write_report(output_dir, jobs, totals, tools=find_tools(settings), title=manifest.name)
-
-
-def _applied(inputs: str | None) -> dict[str, Any] | None:
-    """The video recipe a job was sent with (state ``inputs``), for the report."""
-    if not inputs:
-        return None
-    try:
-        doc = json.loads(inputs)
-    except ValueError:
-        return None
-    recipe = doc.get("video_recipe") if isinstance(doc, dict) else None
-    return recipe if isinstance(recipe, dict) else None
-
-
-def _local(text: str) -> Path | None:
-    if not text or text.startswith(("http://", "https://")):
-        return None
-    return Path(text)
-
-
-def _span(first: str | None, last: str | None) -> float | None:
-    from datetime import datetime
-
-    if not first or not last:
-        return None
-    try:
-        return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-    except ValueError:
-        return None

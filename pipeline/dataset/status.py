@@ -1,0 +1,76 @@
+"""``status``: what the state of an output directory says, without changing anything.
+
+Read-only: the state is opened read-only (a run may hold the lock meanwhile) and every done
+job's video is checked on disk, so a result deleted or changed by hand is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.dataset import layout as outdir
+from pipeline.errors import StateError
+from pipeline.jobs import State
+from pipeline.manifest.load import load_manifest
+from pipeline.manifest.model import Budget
+from pipeline.settings import Settings
+from pipeline.state.database import state_path
+from pipeline.state.store import StateStore
+
+
+def done_keys(output_dir: Path) -> list[str]:
+    """Keys already generated in ``output_dir`` (for ``plan``'s ``done`` action)."""
+    if not state_path(output_dir).exists():
+        return []
+    with StateStore.open(output_dir, readonly=True) as store:
+        return [row.key for row in store.rows([State.DONE])]
+
+
+def status_target(target: str) -> tuple[Path, str, Budget]:
+    """``status`` of a manifest or an output directory: where, and the money's terms."""
+    path = Path(target)
+    if path.is_dir():
+        return path, "USD", Budget()
+    manifest = load_manifest(path, check_files=False)
+    return manifest.output_dir, manifest.budget.currency, manifest.budget
+
+
+def output_dir_of(target: str, settings: Settings) -> Path:
+    """``status``/``report`` accept the manifest or its output directory."""
+    path = Path(target)
+    if path.is_dir():
+        return path
+    return load_manifest(path, check_files=False).output_dir
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    counts: dict[State, int]
+    jobs: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": {s.value: n for s, n in self.counts.items()}, "jobs": self.jobs}
+
+
+def batch_status(output_dir: Path) -> StatusReport:
+    if not state_path(output_dir).exists():
+        raise StateError(f"no state in {output_dir}: nothing has run there yet")
+    with StateStore.open(output_dir, readonly=True) as store:
+        counts = store.counts()
+        # A done job whose video is gone or changed is reported (run collects it again).
+        check = outdir.check_results(output_dir, store.outputs())
+        problems = {d.job_id: d.why for d in check.damaged}
+        jobs = [
+            {
+                "id": s.id,
+                "state": s.state.value,
+                "task_id": s.task_id,
+                "error": s.error,
+                "output": s.output,
+                "output_problem": problems.get(s.id),
+            }
+            for s in store.summaries()
+        ]
+    return StatusReport(counts, jobs)
