@@ -32,17 +32,22 @@ KIE_KEY = "kie-SECRET-abc123456789"
 ACEDATA_KEY = "ace-SECRET-def987654321"
 KLING_ACCESS = "kling-AK-SECRET-111222333"
 KLING_SECRET = "kling-SK-SECRET-444555666"
-SECRETS = (KIE_KEY, ACEDATA_KEY, KLING_ACCESS, KLING_SECRET)
+FAL_KEY = "fal-SECRET-777888999000"
+REPLICATE_TOKEN = "r8_SECRET_aaabbbcccddd"
+SECRETS = (KIE_KEY, ACEDATA_KEY, KLING_ACCESS, KLING_SECRET, FAL_KEY, REPLICATE_TOKEN)
 KEYS = SandboxKeys(
-    kie=KIE_KEY, acedata=ACEDATA_KEY, kling_access=KLING_ACCESS, kling_secret=KLING_SECRET
-)
+    kie=KIE_KEY, acedata=ACEDATA_KEY, kling_access=KLING_ACCESS, kling_secret=KLING_SECRET,
+    fal=FAL_KEY, replicate=REPLICATE_TOKEN,
+)  # fmt: skip
 KEY_ENV = {
     "KIE_API_KEY": KIE_KEY,
     "ACEDATA_API_KEY": ACEDATA_KEY,
     "KLING_ACCESS_KEY": KLING_ACCESS,
     "KLING_SECRET_KEY": KLING_SECRET,
+    "FAL_KEY": FAL_KEY,
+    "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
 }
-PROTOCOLS = ("kie", "acedata", "kling")
+PROTOCOLS = ("kie", "acedata", "kling", "fal", "replicate")
 STATES = ("pending", "submitting", "running", "downloading", "done", "failed", "needs_attention")
 #: A bound for subprocess runs, not a timing assertion: a hung run fails the test instead of CI.
 RUN_TIMEOUT = 120
@@ -132,7 +137,7 @@ def provider_block(kind: str, srv: SandboxServer | None, **extra: Any) -> dict[s
     if kind != "sandbox":
         assert srv is not None
         block["base_url"] = srv.base_url
-        if kind == "kie":
+        if kind in ("kie", "fal"):  # their upload hosts are separate from the API's
             block["upload_url"] = srv.base_url
     block.update(extra)
     return block

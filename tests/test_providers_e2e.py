@@ -27,8 +27,10 @@ from pipeline.errors import (
 from pipeline.jobs import Handle, InputRef, Job, JobSettings, TaskStatus
 from pipeline.providers.acedata import AceDataProvider
 from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderConfig
+from pipeline.providers.fal import FalProvider
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
+from pipeline.providers.replicate import ReplicateProvider
 from pipeline.providers.sandbox import SandboxProvider
 from pipeline.sandbox import FaultProfile, SandboxKeys, SandboxServer
 from pipeline.storage.uploads import LocalFile, MemoryUploadCache, Storage
@@ -36,20 +38,25 @@ from pipeline.storage.uploads import LocalFile, MemoryUploadCache, Storage
 T = TypeVar("T")
 
 KEYS = SandboxKeys(
-    kie="kie-e2e-key", acedata="ace-e2e-key", kling_access="ak-e2e", kling_secret="sk-e2e"
-)
+    kie="kie-e2e-key", acedata="ace-e2e-key", kling_access="ak-e2e", kling_secret="sk-e2e",
+    fal="fal-e2e-key", replicate="r8-e2e-token",
+)  # fmt: skip
 CREDENTIALS = {
     "kie": Credentials({"api_key": "kie-e2e-key"}),
     "acedata": Credentials({"api_key": "ace-e2e-key"}),
     "kling": Credentials({"access_key": "ak-e2e", "secret_key": "sk-e2e"}),
+    "fal": Credentials({"api_key": "fal-e2e-key"}),
+    "replicate": Credentials({"api_key": "r8-e2e-token"}),
 }
 CLASSES: dict[str, type[Provider]] = {
     "kie": KieProvider,
     "acedata": AceDataProvider,
     "kling": KlingProvider,
+    "fal": FalProvider,
+    "replicate": ReplicateProvider,
     "sandbox": SandboxProvider,
 }
-PROTOCOLS = ["kie", "acedata", "kling"]
+PROTOCOLS = ["kie", "acedata", "kling", "fal", "replicate"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,8 @@ def test_wrong_key_is_auth_error(kind: str, media: Media, tmp_path: Path) -> Non
         "kie": Credentials({"api_key": "nope-nope"}),
         "acedata": Credentials({"api_key": "nope-nope"}),
         "kling": Credentials({"access_key": "ak-e2e", "secret_key": "wrong-secret"}),
+        "fal": Credentials({"api_key": "nope-nope"}),
+        "replicate": Credentials({"api_key": "nope-nope"}),
     }[kind]
     with SandboxServer(keys=KEYS, data_dir=tmp_path) as srv:
         urls = InputURLs(srv.file_url(media.image), srv.file_url(media.video))

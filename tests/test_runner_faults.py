@@ -60,7 +60,7 @@ def assert_all_done(manifest: Path, srv: Any, ids: list[str]) -> None:
     assert integrity(output) == "ok"
 
 
-@pytest.mark.parametrize("kind", ["kie", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "kling", "fal", "replicate"])
 def test_rate_limited_creates_are_retried_once_each(
     kind: str, media: Media, tmp_path: Path
 ) -> None:
@@ -81,7 +81,7 @@ def test_rate_limited_creates_are_retried_once_each(
         assert fired(srv) == [2, 1]
 
 
-@pytest.mark.parametrize("kind", ["kie", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "kling", "fal", "replicate"])
 def test_server_error_on_create(kind: str, media: Media, tmp_path: Path) -> None:
     profile = {"faults": [{"kind": "server_error", "endpoint": "create", "times": 1}]}
     ids = ["a", "b"]
@@ -105,7 +105,7 @@ def test_server_error_on_create(kind: str, media: Media, tmp_path: Path) -> None
         assert len(srv.ledger) == 1
 
 
-@pytest.mark.parametrize("kind", ["kie", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "kling", "fal", "replicate"])
 @pytest.mark.parametrize("fault", ["reset_before_commit", "reset_after_commit"])
 def test_connection_reset_on_create(fault: str, kind: str, media: Media, tmp_path: Path) -> None:
     profile = {"faults": [{"kind": fault, "endpoint": "create", "times": 1}]}
@@ -131,7 +131,7 @@ def test_connection_reset_on_create(fault: str, kind: str, media: Media, tmp_pat
         assert_all_done(manifest, srv, ids)
 
 
-@pytest.mark.parametrize("kind", ["kie", "acedata", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "acedata", "kling", "fal", "replicate"])
 def test_poll_faults_are_ridden_out(kind: str, media: Media, tmp_path: Path) -> None:
     profile = {
         "latency": {"polls": 2},
@@ -149,7 +149,7 @@ def test_poll_faults_are_ridden_out(kind: str, media: Media, tmp_path: Path) -> 
         assert_all_done(manifest, srv, ids)
 
 
-@pytest.mark.parametrize("kind", ["kie", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "kling", "fal", "replicate"])
 def test_failed_task_keeps_the_providers_reason(kind: str, media: Media, tmp_path: Path) -> None:
     profile = {"faults": [{"kind": "task_fail", "times": 1, "message": FAIL_REASON}]}
     ids = ["a", "b"]
@@ -194,7 +194,7 @@ def test_never_finishing_task_times_out_and_is_rechecked(media: Media, tmp_path:
         assert "task_timeout" in after["error"]
 
 
-@pytest.mark.parametrize("kind", ["kie", "acedata", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "acedata", "kling", "fal", "replicate"])
 def test_expired_result_urls_are_refreshed(kind: str, media: Media, tmp_path: Path) -> None:
     profile = {"faults": [{"kind": "expired_result", "times": 2}]}
     ids = ["a", "b"]
@@ -217,13 +217,15 @@ def test_result_expired_between_runs_is_refreshed(media: Media, tmp_path: Path) 
         assert_all_done(manifest, srv, ids)
 
 
-@pytest.mark.parametrize("kind", ["kie", "acedata", "kling"])
+@pytest.mark.parametrize("kind", ["kie", "acedata", "kling", "fal", "replicate"])
 def test_rejected_key_stops_the_batch(kind: str, media: Media, tmp_path: Path) -> None:
     wrong = {
         "KIE_API_KEY": "kie-WRONG-000000000",
         "ACEDATA_API_KEY": "ace-WRONG-000000000",
         "KLING_ACCESS_KEY": "kling-AK-WRONG-0000",
         "KLING_SECRET_KEY": "kling-SK-WRONG-0000",
+        "FAL_KEY": "fal-WRONG-0000000000",
+        "REPLICATE_API_TOKEN": "r8-WRONG-0000000000",
     }
     with sandbox(tmp_path / "sandbox") as (srv, _log):
         manifest = batch(tmp_path, kind, srv, media, ["a", "b"])

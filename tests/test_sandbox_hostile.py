@@ -36,15 +36,21 @@ from pipeline.jobs import Handle, InputRef, Job, JobSettings, TaskStatus
 from pipeline.media.tools import find_tools
 from pipeline.providers.acedata import AceDataProvider
 from pipeline.providers.base import Credentials, InputURLs, Provider, ProviderConfig
+from pipeline.providers.fal import FalProvider
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
+from pipeline.providers.replicate import ReplicateProvider
 from pipeline.sandbox import FaultProfile, SandboxKeys, SandboxServer
 from pipeline.storage.fetch import Limits
 
 T = TypeVar("T")
-KEYS = SandboxKeys(kie=KIE_KEY, acedata=ACE_KEY, kling_access=KLING_AK, kling_secret=KLING_SK)
-PROTOCOLS = ["kie", "acedata", "kling"]
-MODELS = {"kie": "kling-2.6/motion-control", "acedata": "kling-v2-6", "kling": "kling-v2-6"}
+FAL_KEY = "fal-hostile-key"
+REPLICATE_TOKEN = "r8-hostile-token"
+KEYS = SandboxKeys(kie=KIE_KEY, acedata=ACE_KEY, kling_access=KLING_AK, kling_secret=KLING_SK,
+                   fal=FAL_KEY, replicate=REPLICATE_TOKEN)  # fmt: skip
+PROTOCOLS = ["kie", "acedata", "kling", "fal", "replicate"]
+MODELS = {"kie": "kling-2.6/motion-control", "acedata": "kling-v2-6", "kling": "kling-v2-6",
+          "fal": FalProvider.default_model, "replicate": ReplicateProvider.default_model}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +69,10 @@ def provider(kind: str, base_url: str, client: httpx.AsyncClient, **kw: Any) -> 
         return KieProvider(cfg, Credentials({"api_key": KIE_KEY}), client, **kw)
     if kind == "acedata":
         return AceDataProvider(cfg, Credentials({"api_key": ACE_KEY}), client, **kw)
+    if kind == "fal":
+        return FalProvider(cfg, Credentials({"api_key": FAL_KEY}), client, **kw)
+    if kind == "replicate":
+        return ReplicateProvider(cfg, Credentials({"api_key": REPLICATE_TOKEN}), client, **kw)
     creds = Credentials({"access_key": KLING_AK, "secret_key": KLING_SK})
     return KlingProvider(cfg, creds, client, **kw)
 
