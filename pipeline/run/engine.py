@@ -207,6 +207,7 @@ class Engine:
             rng=calls.rng,
             breaker=calls.breaker,
             log=self.log,
+            rhythm=self.settings.poll_schedule == "rhythm",
         )
         self.inputs = InputsStage(ctx)
         self.submit = SubmitStage(ctx)
