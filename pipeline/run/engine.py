@@ -36,6 +36,7 @@ from pipeline.plan.money import Money, paid
 from pipeline.progress.events import Notice, Reporter
 from pipeline.providers.base import Credentials
 from pipeline.run.budget import Spending
+from pipeline.run.callbacks import open_listener
 from pipeline.run.calls import Calls
 from pipeline.run.context import RunContext
 from pipeline.run.crashpoints import arm
@@ -208,7 +209,9 @@ class Engine:
             breaker=calls.breaker,
             log=self.log,
             rhythm=self.settings.poll_schedule == "rhythm",
+            fallback=hook.fallback_poll if (hook := ctx.manifest.callback) else None,
         )
+        listener = await open_listener(hook, poller.hint, self.log)  # in use: exit 2, none sent
         self.inputs = InputsStage(ctx)
         self.submit = SubmitStage(ctx)
         self.poll = PollStage(ctx, poller)
@@ -244,6 +247,8 @@ class Engine:
                 raise
             main.uncancel()
         finally:
+            if listener is not None:
+                await listener.close()
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
