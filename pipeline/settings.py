@@ -85,6 +85,18 @@ class Defaults:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     parallel_polls: int = 16
+    poll_max_gap: float = 60.0
+    """The longest gap between two polls of one running task, whatever its estimate says
+    (never under ``poll_interval``): a wrong estimate costs at most this much lateness."""
+    callback_fallback: float = 60.0
+    """With callbacks on: the shortest gap the schedule plans (``callback.fallback_poll``);
+    a callback brings the task's poll forward, down to ``poll_interval``."""
+    callback_max_body: int = 256 * 1024
+    """Bytes of one callback request body the listener reads at most (larger: 413)."""
+    callback_read_timeout: float = 10.0
+    """Seconds a callback request may take to arrive whole (slow senders are dropped)."""
+    callback_connections: int = 64
+    """Callback requests served at once; more wait for the listener's backlog."""
     poll_batch: int = 50
     """Tasks per batch status query (AceData)."""
     max_bad_replies: int = 10
@@ -113,6 +125,9 @@ class Settings:
     """Room kept aside so task ids can still be committed on a full disk."""
     outage_seconds: float = DEFAULTS.outage_seconds
     """No answer from the provider for this long stops the batch (:mod:`pipeline.run.outage`)."""
+    poll_schedule: str = "learned"
+    """Hidden benchmark switch (``MOTION_PIPELINE_POLL_SCHEDULE=rhythm``): the old fixed poll
+    rhythm instead of the learned schedule (:mod:`pipeline.run.schedule`), as a baseline."""
     user_cache: Path | None = None
     """``$XDG_CACHE_HOME/motion-pipeline`` (default ``~/.cache``): where planning caches go when
     the output directory cannot hold them (a read-only manifest folder). None without a home."""
@@ -129,6 +144,7 @@ class Settings:
             min_free_bytes=_megabytes(env, "MOTION_PIPELINE_MIN_FREE_MB", DEFAULTS.min_free_mb),
             reserve_bytes=_megabytes(env, "MOTION_PIPELINE_RESERVE_MB", DEFAULTS.reserve_mb),
             outage_seconds=_number(env, "MOTION_PIPELINE_OUTAGE_SECONDS", DEFAULTS.outage_seconds),
+            poll_schedule=env.get("MOTION_PIPELINE_POLL_SCHEDULE") or "learned",
             user_cache=_user_cache(env),
         )
 

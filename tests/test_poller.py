@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.errors import BadReplyError, TransientError
 from pipeline.jobs import Handle, TaskStatus
-from pipeline.run.poll import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
+from pipeline.run.poller import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
 from pipeline.run.retry import CircuitBreaker, RealSleeper
 
 DEADLINE = 20.0  # bound on each test's waits, not a timing assertion

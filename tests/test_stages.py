@@ -24,7 +24,8 @@ from pipeline.jobs import Handle, State, TaskStatus
 from pipeline.manifest.model import Budget
 from pipeline.run.download import DownloadStage
 from pipeline.run.inputs import InputsStage
-from pipeline.run.poll import Poller, PollStage
+from pipeline.run.poll import PollStage
+from pipeline.run.poller import Poller
 from pipeline.run.submit import SubmitStage
 from pipeline.state.rows import JobRecord
 

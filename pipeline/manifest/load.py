@@ -23,6 +23,7 @@ import jsonschema
 from pipeline import providers
 from pipeline.errors import Diagnostic, ManifestError
 from pipeline.jobs import InputRef, Job
+from pipeline.manifest.callback import callback_config
 from pipeline.manifest.diagnostics import report_schema_error
 from pipeline.manifest.expand import Spec, assign_ids, format_path, regular_file, settings_of
 from pipeline.manifest.model import MODES, Budget, Manifest, StorageConfig, prices_for
@@ -141,6 +142,7 @@ class _Checker:
             budget=budget,
             jobs=tuple(jobs),
             storage=storage,
+            callback=callback_config(data.get("callback"), provider_cls, self.error),
         )
 
     def _storage(self, doc: dict[str, Any] | None, name: str) -> StorageConfig | None:

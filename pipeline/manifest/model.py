@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.jobs import Job
 from pipeline.providers.base import ProviderConfig
+from pipeline.settings import DEFAULTS
 
 MODES = ("std", "pro")
 
@@ -68,6 +69,25 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class CallbackConfig:
+    """The manifest's ``callback`` block: where providers call back, and where the run listens.
+
+    A callback is a hint to poll a task now, never a result (:mod:`pipeline.run.callbacks`).
+    """
+
+    url: str
+    """The public URL put into every create (no credentials: the loader refuses them)."""
+    host: str
+    port: int
+    fallback_poll: float = DEFAULTS.callback_fallback
+    """The shortest gap the poll schedule plans while callbacks are on."""
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest: everything the planner and runner need, nothing from os.environ."""
 
@@ -79,3 +99,5 @@ class Manifest:
     jobs: tuple[Job, ...]
     storage: StorageConfig | None = None
     """Where local and prepared inputs are uploaded for the provider; None: its own upload API."""
+    callback: CallbackConfig | None = None
+    """Where the provider calls back when a task ends; None: polling only."""

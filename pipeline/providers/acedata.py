@@ -64,6 +64,8 @@ def build_create_body(job: Job, urls: InputURLs, config: ProviderConfig) -> dict
     if settings.prompt:
         body["prompt"] = settings.prompt
     body.update(config.options)
+    if config.callback_url:
+        body["callback_url"] = config.callback_url
     body["async"] = True  # never the minutes-long synchronous mode, whatever options say
     return body
 
@@ -249,6 +251,7 @@ class AceDataProvider(ClientBase):
     has_batch_poll: ClassVar[bool] = True
     has_sound_field: ClassVar[bool] = True
     upload_ttl: ClassVar[float] = 0.0
+    callback_field: ClassVar[str | None] = "callback_url"
 
     def _secrets(self) -> list[str]:
         return self._credentials.secrets()

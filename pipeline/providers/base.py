@@ -48,6 +48,9 @@ class ProviderConfig:
     poll_interval: float = DEFAULTS.poll_interval
     task_timeout: float = DEFAULTS.task_timeout
     options: Mapping[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
+    """Put into every create (in the provider's ``callback_field``) when the manifest has a
+    ``callback`` block; never part of a job's identity."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Provider(Protocol):
     """The API has ``keep_original_sound``; without it audio is stripped locally when false."""
     upload_ttl: ClassVar[float]
     """Seconds an uploaded input stays available (re-upload after that)."""
+    callback_field: ClassVar[str | None]
+    """The create-body field of a URL the provider POSTs to when a task ends; None: none."""
 
     def __init__(
         self, config: ProviderConfig, credentials: Credentials, client: httpx.AsyncClient

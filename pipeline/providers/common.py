@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 
@@ -150,6 +150,9 @@ class ClientBase:
     """What every provider client holds: its config, keys, the shared HTTP client, a clock and
     the deadline of each kind of call (:data:`~pipeline.providers.http.DEADLINES` unless given;
     tests shorten them)."""
+
+    callback_field: ClassVar[str | None] = None
+    """No callbacks unless a provider names its field (Kie ``callBackUrl``...)."""
 
     def __init__(
         self,

@@ -72,7 +72,10 @@ def build_create_body(job: Job, urls: InputURLs, config: ProviderConfig) -> dict
         payload["prompt"] = settings.prompt
     # Provider-specific fields (e.g. background_source for kling-3.0) pass through unchanged.
     payload.update(config.options)
-    return {"model": job.model or config.model, "input": payload}
+    body: dict[str, Any] = {"model": job.model or config.model, "input": payload}
+    if config.callback_url:
+        body["callBackUrl"] = config.callback_url
+    return body
 
 
 # --------------------------------------------------------------------------- response parsers
@@ -300,6 +303,7 @@ class KieProvider(ClientBase):
     has_batch_poll: ClassVar[bool] = False
     has_sound_field: ClassVar[bool] = False
     upload_ttl: ClassVar[float] = 24 * 3600.0
+    callback_field: ClassVar[str | None] = "callBackUrl"
 
     #: Folder on Kie's upload host; files are told apart by their unique names.
     upload_folder: ClassVar[str] = "motion-pipeline"

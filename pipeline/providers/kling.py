@@ -123,6 +123,8 @@ def build_create_body(
     if settings.prompt:
         body["prompt"] = settings.prompt
     body.update(config.options)
+    if config.callback_url:
+        body["callback_url"] = config.callback_url
     if client_id:
         body["external_task_id"] = client_id
     return body
@@ -309,6 +311,7 @@ class KlingProvider(ClientBase):
     has_batch_poll: ClassVar[bool] = False
     has_sound_field: ClassVar[bool] = True
     upload_ttl: ClassVar[float] = 0.0
+    callback_field: ClassVar[str | None] = "callback_url"
 
     def __init__(
         self,

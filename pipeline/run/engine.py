@@ -34,6 +34,7 @@ from pipeline.plan.build import Plan
 from pipeline.progress.events import Notice, Reporter
 from pipeline.providers.base import Credentials
 from pipeline.run.budget import Spending
+from pipeline.run.callbacks import open_listener
 from pipeline.run.calls import Calls
 from pipeline.run.context import RunContext
 from pipeline.run.crashpoints import arm
@@ -44,7 +45,8 @@ from pipeline.run.inputs import InputsStage
 from pipeline.run.journal import Journal
 from pipeline.run.options import RunOptions
 from pipeline.run.outage import Outage
-from pipeline.run.poll import Poller, PollStage
+from pipeline.run.poll import PollStage
+from pipeline.run.poller import Poller
 from pipeline.run.session import endpoint, run_client, run_secrets
 from pipeline.run.slots import Lease, Slots
 from pipeline.run.submit import SubmitStage
@@ -181,7 +183,10 @@ class Engine:
             rng=calls.rng,
             breaker=calls.breaker,
             log=self.log,
+            rhythm=self.settings.poll_schedule == "rhythm",
+            fallback=hook.fallback_poll if (hook := ctx.manifest.callback) else None,
         )
+        listener = await open_listener(hook, poller.hint, self.log)  # in use: exit 2, none sent
         self.inputs = InputsStage(ctx)
         self.submit = SubmitStage(ctx)
         self.poll = PollStage(ctx, poller)
@@ -217,6 +222,8 @@ class Engine:
                 raise
             main.uncancel()
         finally:
+            if listener is not None:
+                await listener.close()
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

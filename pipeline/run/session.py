@@ -7,6 +7,7 @@ every other provider is reached at its ``base_url``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
@@ -59,6 +60,8 @@ def run_secrets(manifest: Manifest, credentials: Credentials, settings: Settings
 def endpoint(manifest: Manifest, tools: MediaTools) -> Iterator[ProviderConfig]:
     """The provider config to use, with the embedded sandbox started when the manifest asks."""
     config = manifest.provider
+    if manifest.callback is not None:  # every create names where to call back
+        config = dataclasses.replace(config, callback_url=manifest.callback.url)
     if config.base_url != EMBEDDED:
         yield config
         return

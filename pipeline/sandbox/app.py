@@ -8,6 +8,7 @@ only through the :class:`.service.Service` interface; task work lives in :mod:`.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -58,10 +59,12 @@ class SandboxApp:
         self.picker = FaultPicker(profile)
         self.renderer = Renderer(tools, data_dir / "renders")
         self.files = Files(data_dir, self.store)
+        ages = random.Random(profile.seed)  # noqa: S311 - task durations, not secrets
         canned = canned_result(tools, data_dir / "instant") if profile.instant else None
         self.tasks = Tasks(
             store=self.store, ledger=self.ledger, picker=self.picker, renderer=self.renderer,
             files=self.files, journal_path=data_dir / "tasks.jsonl", instant=canned,
+            ages=lambda protocol: self.latency(protocol).draw(ages),
         )  # fmt: skip
         self._seq = 0
         self._seq_lock = threading.Lock()

@@ -65,7 +65,7 @@ class Notifier:
         if rule is not None and rule.kind == "callback_drop":
             self.callbacks.record_dropped(task.protocol, task.task_id, url)
             return
-        due = max(time.time(), task.created + self._latency(task).seconds)
+        due = max(time.time(), task.created + task.min_age(self._latency(task)))
         if rule is not None and rule.kind == "callback_delay":
             due += rule.seconds
         self.callbacks.schedule(

@@ -15,6 +15,8 @@ A profile is a small file; every key is optional and unknown keys are errors::
     latency:
       polls: 2               # status queries answered "running" before the result shows
       seconds: 0             # and at least this task age (s); 0 and 0 = done on the first poll
+      spread: 0              # > 0: each task's age is drawn log-normal, median ``seconds``,
+                             #   sigma ``spread`` (benchmarks of polling: durations that vary)
       kling: {polls: 4}      # per protocol (kie | acedata | kling | fal | replicate) overrides
     faults:                  # rules, tried in file order (their keys and kinds: :mod:`.faults`)
       - kind: rate_limit
@@ -24,6 +26,8 @@ A profile is a small file; every key is optional and unknown keys are errors::
 from __future__ import annotations
 
 import json
+import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +42,21 @@ from pipeline.sandbox.faults import PROTOCOLS, FaultRule, rule_from_dict
 
 @dataclass(frozen=True)
 class Latency:
-    """How long a task looks busy: ``polls`` running answers, and at least ``seconds`` of age."""
+    """How long a task looks busy: ``polls`` running answers, and at least ``seconds`` of age.
+
+    With ``spread`` each task draws its own age at its create (:meth:`draw`): log-normal around
+    ``seconds`` (the median), ``spread`` its sigma, so a batch has short and long tasks.
+    """
 
     polls: int = 0
     seconds: float = 0.0
+    spread: float = 0.0
+
+    def draw(self, rng: random.Random) -> float | None:
+        """One task's own minimum age, or None: every task takes ``seconds``."""
+        if self.spread <= 0 or self.seconds <= 0:
+            return None
+        return self.seconds * math.exp(rng.gauss(0.0, self.spread))
 
 
 @dataclass(frozen=True)
@@ -129,16 +144,17 @@ _NO_LATENCY = Latency()
 
 def _one_latency(data: Any, where: str, base: Latency) -> Latency:
     raw = schema.mapping(data, where)
-    schema.no_unknown(raw, {"polls", "seconds"}, where)
+    schema.no_unknown(raw, {"polls", "seconds", "spread"}, where)
     return Latency(
         polls=schema.number(raw, "polls", where, int, base.polls),
         seconds=schema.number(raw, "seconds", where, float, base.seconds),
+        spread=schema.number(raw, "spread", where, float, base.spread),
     )
 
 
 def _latency(data: Any) -> tuple[Latency, dict[str, Latency]]:
     raw = schema.mapping(data, "latency")
-    schema.no_unknown(raw, {"polls", "seconds", *PROTOCOLS}, "latency")
+    schema.no_unknown(raw, {"polls", "seconds", "spread", *PROTOCOLS}, "latency")
     base = _one_latency({k: v for k, v in raw.items() if k not in PROTOCOLS}, "latency", Latency())
     per = {p: _one_latency(raw[p], f"latency.{p}", base) for p in PROTOCOLS if p in raw}
     return base, per

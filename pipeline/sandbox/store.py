@@ -73,6 +73,14 @@ class Task:
     """Protocol-specific constant facts (ids, trace ids, callback URLs) fixed at create time."""
     restored_finish: float | None = None
     """When the task ended under an earlier sandbox on this data directory (journal)."""
+    age: float | None = None
+    """This task's own minimum age (``latency.spread``); None: ``latency.seconds``."""
+    polled_at: list[float] = field(default_factory=list)
+    """When each status query about it came (epoch seconds): benchmarks of polling read it."""
+
+    def min_age(self, latency: Latency) -> float:
+        """How old the task must be before it may show its end."""
+        return latency.seconds if self.age is None else self.age
 
 
 @dataclass
@@ -150,13 +158,14 @@ class TaskStore:
                 return None
             if task.outcome is not None and task.outcome.canceled:
                 return task.finished
-            return max(task.finished, task.created + latency.seconds)
+            return max(task.finished, task.created + task.min_age(latency))
 
     def observe(self, task: Task, latency: Latency, now: float | None = None) -> Phase:
         """Count one status query of ``task`` and say what it shows."""
         now = time.time() if now is None else now
         with self._lock:
             task.polls += 1
+            task.polled_at.append(now)
             return self._phase(task, latency, now, counted=task.polls)
 
     def peek(self, task: Task, latency: Latency, now: float | None = None) -> Phase:
@@ -170,7 +179,7 @@ class TaskStore:
             task.outcome is not None
             and task.fate != "never"
             and counted > latency.polls
-            and now - task.created >= latency.seconds
+            and now - task.created >= task.min_age(latency)
         )
         if task.shown_terminal or ready:
             task.shown_terminal = True

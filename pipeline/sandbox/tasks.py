@@ -41,6 +41,7 @@ class Tasks:
         files: Files,
         journal_path: Path,
         instant: Rendered | None = None,
+        ages: Callable[[str], float | None] | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -49,6 +50,8 @@ class Tasks:
         self.files = files
         self.instant = instant
         """Instant mode's canned result: every task succeeds with it at once."""
+        self.ages = ages
+        """Draws a new task's own minimum age by protocol (``latency.spread``); None: none."""
         self.on_end: Callable[[Task], None] | None = None
         """Called once when a task's work ends in this sandbox (callbacks hang on it)."""
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-media")
@@ -109,6 +112,7 @@ class Tasks:
             task.fate_reason = rule.message or DEFAULT_FAIL_REASON
             fate_code = rule.code or "500"
         with self._commit_lock:  # "the previous accepted create" must be well defined
+            task.age = self.ages(protocol) if self.ages is not None else None
             answered = self._answered_id(protocol)
             self._journal.append(task, fate_code)
             self.ledger.append(LedgerEntry(protocol, task_id, client_id, body, task.created,
