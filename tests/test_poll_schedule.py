@@ -58,8 +58,8 @@ def test_the_first_poll_never_comes_before_the_finest_interval() -> None:
 
 def test_two_polls_of_a_task_are_never_closer_than_the_interval() -> None:
     est = Estimate.of([12.0])
-    due = next_poll(POLICY, now=11.5, submitted_at=0.0, polls=[11.4], estimate=est)
-    assert due == pytest.approx(12.4)
+    due = next_poll(POLICY, now=12.2, submitted_at=0.0, polls=[12.1], estimate=est)
+    assert due == pytest.approx(13.1)  # just overdue, it wants 12.3: not before 12.1 + 1
 
 
 def test_no_gap_is_longer_than_max_gap() -> None:
@@ -101,15 +101,18 @@ def test_before_anything_ended_the_gap_grows_with_age() -> None:
     assert gaps[-1] > 4 * gaps[0]
 
 
-def test_a_learned_end_is_where_the_next_poll_goes() -> None:
+def test_a_learned_end_is_where_the_next_poll_goes_a_moment_late() -> None:
     est = Estimate.of([12.0, 12.0, 12.0])
-    assert next_poll(POLICY, now=0.0, submitted_at=0.0, estimate=est) == 12.0
+    # Half an interval after the end: a poll a moment late finds the task done at once.
+    assert next_poll(POLICY, now=0.0, submitted_at=0.0, estimate=est) == 12.5
+    on_time = Policy(interval=1.0, max_gap=60.0, timeout=3600.0, lag=0.0)
+    assert next_poll(on_time, now=0.0, submitted_at=0.0, estimate=est) == 12.0
 
 
 def test_the_next_poll_aims_low_among_the_ends_still_ahead() -> None:
     est = Estimate.of([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0])
-    # Before any end is due: a jump to the lower quartile of them.
-    assert next_poll(POLICY, now=0.0, submitted_at=0.0, estimate=est) == 30.0
+    # Before any end is due: a jump to the lower quartile of them (and the lag).
+    assert next_poll(POLICY, now=0.0, submitted_at=0.0, estimate=est) == 30.5
     # Among them: gaps of at most a tenth of the task's age.
     assert next_poll(POLICY, now=30.0, submitted_at=0.0, polls=[30.0], estimate=est) == 33.0
     median = Policy(interval=1.0, max_gap=60.0, timeout=3600.0, quantile=0.5, precision=1.0)

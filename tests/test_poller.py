@@ -142,3 +142,33 @@ def test_a_crashed_scheduler_fails_every_waiting_job() -> None:
         assert all(isinstance(r, PollerCrashed) for r in results), results
 
     asyncio.run(main())
+
+
+def test_a_callback_that_comes_before_its_job_waits_is_not_lost() -> None:
+    # A task can end, and its callback arrive, before the create's answer is committed and
+    # its job starts waiting; with callbacks on, the fallback would poll it only minutes later.
+    async def main() -> None:
+        fake = FakeProvider({"early": ["succeeded"], "late": ["succeeded"]})
+        p = Poller(
+            fake,
+            interval=0.1,
+            task_timeout=3600.0,
+            sleeper=RealSleeper(),
+            rng=random.Random(1),
+            breaker=CircuitBreaker(threshold=1000, cooldown=1.0, clock=RealSleeper().monotonic),
+            fallback=600.0,
+        )
+        assert p.hint("early") is False  # no job follows it yet: remembered, not polled
+        assert fake.asked == []
+        runner = asyncio.create_task(p.run())
+        try:
+            async with asyncio.timeout(DEADLINE):  # the fallback alone would take 600 s
+                assert (await p.wait(Handle("fake", "early"))).phase == "succeeded"
+            late = asyncio.ensure_future(p.wait(Handle("fake", "late")))
+            await asyncio.sleep(0.3)  # no hint for it: it waits for the fallback (not polled)
+            assert fake.asked == ["early"] and not late.done()
+            late.cancel()
+        finally:
+            runner.cancel()
+
+    asyncio.run(main())

@@ -23,13 +23,14 @@ import heapq
 import itertools
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import BadReplyError, ProviderError, TransientError
 from pipeline.jobs import Handle, TaskStatus
 from pipeline.providers.base import Provider
+from pipeline.run.followed import Followed
 from pipeline.run.retry import CircuitBreaker, Sleeper, backoff, cause, poll_delay
 from pipeline.run.schedule import Durations, Kind, Policy, ended_after, fraction, next_poll
 from pipeline.settings import DEFAULTS
@@ -42,35 +43,6 @@ MAX_BAD_REPLIES = DEFAULTS.max_bad_replies
 """Unreadable answers in a row about one task before its job fails (the task id is kept)."""
 
 
-@dataclass(eq=False)
-class _Entry:
-    handle: Handle
-    started: float
-    future: asyncio.Future[TaskStatus] = field(repr=False)
-    kind: Kind
-    label: str = ""
-    """Whose task this is, for the log (``job a``)."""
-    due: float = 0.0
-    seq: int = -1
-    """The heap item that is this entry's current due time (older items are stale)."""
-    queued: bool = False
-    """In the heap (False while its poll is on the wire)."""
-    polls: int = 0
-    errors: int = 0
-    bad: int = 0
-    asked_at: float | None = None
-    """When its latest poll was sent."""
-    last_running: float | None = None
-    """When the latest poll that saw it running was sent."""
-    progress: float | None = None
-    cold: bool = True
-    """Its due time was planned before anything was learned: re-planned when something is."""
-    hinted: bool = False
-    """Its due time comes from a hint (a callback), or a hint came while its poll was out."""
-    by_hint: bool = False
-    """The poll on the wire was asked for by a hint."""
-
-
 class TaskTimeout(Exception):
     """The task ran past ``task_timeout``; its id is kept and it may still finish."""
 
@@ -81,6 +53,10 @@ class UnreadableTask(Exception):
 
 class PollerCrashed(Exception):
     """The poller itself failed (a bug): no task can be followed until the next run."""
+
+
+#: Hinted task ids remembered until a job follows them (see ``Poller._early``).
+EARLY_HINTS = 1024
 
 
 class Poller:
@@ -115,14 +91,18 @@ class Poller:
         self.sleeper = sleeper
         self.rng = rng
         self.breaker = breaker
-        self._heap: list[tuple[float, int, _Entry]] = []
+        self._heap: list[tuple[float, int, Followed]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._gate = asyncio.Semaphore(PARALLEL_POLLS)
         self._inflight: set[asyncio.Task[None]] = set()
-        self._waiting: dict[int, _Entry] = {}
+        self._waiting: dict[int, Followed] = {}
         """Every entry whose job still waits, by id(): what a crash must fail."""
-        self._by_task: dict[str, list[_Entry]] = {}
+        self._by_task: dict[str, list[Followed]] = {}
+        self._early: OrderedDict[str, None] = OrderedDict()
+        """Hinted task ids no job follows yet: a task can end, and its callback arrive, before
+        the create's answer is committed and its job starts waiting (bounded: forged ids only
+        push older ones out)."""
         self.calls = 0
         self.hints = 0
         """Hints that brought a poll forward."""
@@ -142,12 +122,17 @@ class Poller:
         it is like (mode, billed seconds): what its schedule is estimated from."""
         now = self.sleeper.monotonic()
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        entry = _Entry(handle, now if started is None else started, future, kind or Kind("", 0))
+        entry = Followed(handle, now if started is None else started, future, kind or Kind("", 0))
         entry.label = label
         self._waiting[id(entry)] = entry
         self._by_task.setdefault(handle.task_id, []).append(entry)
         future.add_done_callback(lambda _f: self._forget(entry))
-        self._push(entry, self._plan(entry, now))
+        if self._early.pop(handle.task_id, False) is None:  # its callback came first: ask now
+            entry.hinted = True
+            self.hints += 1
+            self._push(entry, now)
+        else:
+            self._push(entry, self._plan(entry, now))
         return await future
 
     def hint(self, task_id: str) -> bool:
@@ -157,6 +142,11 @@ class Poller:
         at most one poll per task per interval."""
         entries = [e for e in self._by_task.get(task_id, ()) if not e.future.done()]
         now = self.sleeper.monotonic()
+        if not entries:
+            self._early[task_id] = None
+            self._early.move_to_end(task_id)
+            while len(self._early) > EARLY_HINTS:
+                self._early.popitem(last=False)
         for entry in entries:
             if not entry.queued:  # its poll is on the wire: ask once more when it answers
                 entry.hinted = True
@@ -168,7 +158,7 @@ class Poller:
                 self._push(entry, due)
         return bool(entries)
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: Followed) -> None:
         self._waiting.pop(id(entry), None)
         same = self._by_task.get(entry.handle.task_id, [])
         if entry in same:
@@ -176,7 +166,7 @@ class Poller:
         if not same:
             self._by_task.pop(entry.handle.task_id, None)
 
-    def _plan(self, entry: _Entry, now: float) -> float:
+    def _plan(self, entry: Followed, now: float) -> float:
         """When to ask about a task next, after a poll that saw it running (or at its start)."""
         if self.rhythm:
             age = now - entry.started
@@ -188,7 +178,7 @@ class Poller:
         return next_poll(self.policy, now=now, submitted_at=entry.started, polls=polls,
                          estimate=estimate, progress=entry.progress)  # fmt: skip
 
-    def _learn(self, entry: _Entry, now: float) -> None:
+    def _learn(self, entry: Followed, now: float) -> None:
         """A task succeeded: its end teaches the schedule; tasks planned blind are re-planned."""
         if self.rhythm or entry.asked_at is None:
             return
@@ -231,7 +221,7 @@ class Poller:
                 continue
             while not self.breaker.allow():
                 await self.sleeper.sleep(max(self.breaker.retry_in(), 0.05))
-            due: list[_Entry] = []
+            due: list[Followed] = []
             while self._heap and self._heap[0][0] <= now:
                 _, seq, entry = heapq.heappop(self._heap)
                 if seq != entry.seq or entry.future.done():  # moved since, or its job is gone
@@ -271,7 +261,7 @@ class Poller:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _batch(self, entries: list[_Entry]) -> None:
+    async def _batch(self, entries: list[Followed]) -> None:
         self.calls += 1
         try:
             found = await self.provider.poll_many([e.handle for e in entries])
@@ -301,7 +291,7 @@ class Poller:
             else:
                 self._settle(entry, status)
 
-    async def _single(self, entry: _Entry) -> None:
+    async def _single(self, entry: Followed) -> None:
         self.calls += 1
         try:
             status = await self.provider.poll(entry.handle)
@@ -322,7 +312,7 @@ class Poller:
         self.breaker.record_success()
         self._settle(entry, status)
 
-    def _settle(self, entry: _Entry, status: TaskStatus) -> None:
+    def _settle(self, entry: Followed, status: TaskStatus) -> None:
         now = self.sleeper.monotonic()
         if status.is_terminal:
             if not entry.future.done():
@@ -342,7 +332,7 @@ class Poller:
             return
         self._push(entry, self._plan(entry, now))
 
-    def _bad_reply(self, entry: _Entry, exc: BaseException) -> None:
+    def _bad_reply(self, entry: Followed, exc: BaseException) -> None:
         entry.bad += 1
         if entry.bad >= MAX_BAD_REPLIES:
             _fail(
@@ -355,7 +345,7 @@ class Poller:
             return
         self._retry_later(entry, exc)
 
-    def _retry_later(self, entry: _Entry, exc: BaseException | None) -> None:
+    def _retry_later(self, entry: Followed, exc: BaseException | None) -> None:
         entry.errors += 1
         now = self.sleeper.monotonic()
         if self._timed_out(entry, now):
@@ -368,13 +358,13 @@ class Poller:
                          why)  # fmt: skip
         self._push(entry, now + wait)
 
-    def _timed_out(self, entry: _Entry, now: float) -> bool:
+    def _timed_out(self, entry: Followed, now: float) -> bool:
         if now - entry.started < self.task_timeout:
             return False
         _fail(entry, TaskTimeout(f"task ran past task_timeout ({self.task_timeout:g} s)"))
         return True
 
-    def _push(self, entry: _Entry, due: float) -> None:
+    def _push(self, entry: Followed, due: float) -> None:
         """(Re)schedule ``entry``; an earlier heap item of it becomes stale."""
         entry.due = due
         entry.seq = next(self._seq)
@@ -383,6 +373,6 @@ class Poller:
         self._wakeup.set()
 
 
-def _fail(entry: _Entry, exc: BaseException) -> None:
+def _fail(entry: Followed, exc: BaseException) -> None:
     if not entry.future.done():
         entry.future.set_exception(exc)

@@ -44,6 +44,10 @@ class Policy:
     precision: float = 0.1
     """Among the learned ends: no gap longer than this fraction of the task's age, so a task
     is seen ended within about that share of its run time."""
+    lag: float = 0.5
+    """A poll aimed at a learned end goes ``lag * interval`` seconds after it: a poll a moment
+    late finds the task done, one a moment early costs a second poll (and the end->poll delay
+    stays under about one interval)."""
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -110,7 +114,9 @@ def _target_age(
     ahead = [end for end in estimate.ends if end > age]
     if not ahead:
         return age + policy.overdue_ratio * (age - estimate.ends[-1])
-    target = ahead[min(len(ahead) - 1, int(policy.quantile * len(ahead)))]
+    target = (
+        ahead[min(len(ahead) - 1, int(policy.quantile * len(ahead)))] + policy.lag * policy.interval
+    )
     if age >= estimate.ends[0]:  # ends are expected any time now: keep the gaps fine
         target = min(target, age + policy.precision * age)
     return target
