@@ -17,7 +17,6 @@ It is shaped by what the runner decides, not by where an error came from::
     │   │   ├── BadReplyError          an answer we cannot use: garbage, oversize, truncated
     │   │   └── ResultExpiredError     result URL gone (403/404/410): re-query the task
     │   ├── AmbiguousError             a create may or may not have happened
-    │   ├── TaskFailedError            the job was accepted, ran, and failed (moderation...)
     │   ├── ResultInvalidError         the served result is not a usable video
     │   └── BatchFatalError            stop all new submissions                3
     │       ├── AuthError              the key was rejected
@@ -27,8 +26,10 @@ It is shaped by what the runner decides, not by where an error came from::
     ├── LockedError                    another run holds the output lock       4
     └── StateError                     the state store is damaged or too new   1
 
-"The API refused the request" (:class:`RefusedError`) and "the job ran and failed"
-(:class:`TaskFailedError`) are different facts: the first cost nothing, the second may have.
+"The API refused the request" (:class:`RefusedError`) and "the job ran and failed" are different
+facts: the first cost nothing, the second may have. A task that ran and failed is not an
+exception at all: it is the poll's answer (a ``failed`` :class:`pipeline.jobs.TaskStatus` with
+the provider's reason), and the job is failed with it.
 
 Messages never contain secrets: provider modules redact before raising
 (:func:`pipeline.settings.redact`).
@@ -187,10 +188,6 @@ class ResultExpiredError(TransientError):
 
 class AmbiguousError(ProviderError):
     """A create was sent but its outcome is unknown (timeout after send, reset, 5xx, garbage)."""
-
-
-class TaskFailedError(ProviderError):
-    """The task was accepted and ran, then failed; ``message`` is the provider's reason."""
 
 
 class ResultInvalidError(ProviderError):

@@ -13,9 +13,10 @@ import pytest
 from pipeline.errors import MediaError
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
 from pipeline.media.limits import Limits, limits_for
-from pipeline.media.prepare import prepare, prepare_many
+from pipeline.media.prepare import prepare
 from pipeline.media.probe import probe_file
 from pipeline.media.recipes import MediaPlan, plan_media
+from pipeline.media.threads import run_bounded
 from pipeline.media.tools import MediaTools, find_tools
 
 KIE = "kling-2.6/motion-control"
@@ -187,7 +188,7 @@ def test_animated_image_is_rejected(media: Path, tools: MediaTools) -> None:
     assert plan.action == "reject" and "animated gif (20 frames)" in str(plan.error)
 
 
-def test_prepare_many_runs_off_the_loop_and_reports_errors(
+def test_many_preparations_run_off_the_loop_and_report_errors_in_place(
     media: Path, tools: MediaTools, tmp_path: Path
 ) -> None:
     plans = [
@@ -195,5 +196,5 @@ def test_prepare_many_runs_off_the_loop_and_reports_errors(
         _plan(media, tools, "short2.mp4"),
         _plan(media, tools, "clip6.mp4", keep_original_sound=False),
     ]
-    results = asyncio.run(prepare_many(plans, tools, tmp_path, limit=2))
+    results = asyncio.run(run_bounded(plans, lambda plan: prepare(plan, tools, tmp_path), limit=2))
     assert [type(r).__name__ for r in results] == ["PreparedMedia", "MediaError", "PreparedMedia"]

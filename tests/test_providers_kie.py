@@ -248,12 +248,6 @@ def test_result_json_tolerates_bare_arrays_and_nesting() -> None:
     assert kie.result_urls("[1, 2]") == []
 
 
-def test_param_is_json_in_json_and_tolerant() -> None:
-    assert kie.parse_param('{"model":"m","input":{"mode":"720p"}}')["input"] == {"mode": "720p"}
-    for raw in ("", "{}", "{bad", "[1]", None, 5):
-        assert kie.parse_param(raw) == {}
-
-
 def test_fail_carries_the_providers_reason_redacted() -> None:
     body = record("fail", failCode="500", failMsg="content moderation: sk-abcdefgh1234")
     status = kie.parse_query(reply(body), "t", what="q", secrets=["sk-abcdefgh1234"])

@@ -1,8 +1,8 @@
 """Media preparation: executes a :class:`~pipeline.media.recipes.MediaPlan` with ffmpeg.
 
 :func:`prepare` writes the plan's recipes into a content-addressed cache (source content hash
-plus recipe), so a rerun reuses the prepared files; :func:`prepare_many` runs many jobs off the
-event loop. What to prepare is decided by :func:`pipeline.media.recipes.plan_media`.
+plus recipe), so a rerun reuses the prepared files (many at once: :mod:`pipeline.media.threads`).
+What to prepare is decided by :func:`pipeline.media.recipes.plan_media`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from pipeline.media.probe import (
     probe_file,
 )
 from pipeline.media.recipes import ImageRecipe, MediaPlan, VideoRecipe
-from pipeline.media.threads import run_bounded
 from pipeline.media.tools import MediaTools, ToolTimeout, last_error_line, run_tool
 
 #: What ffmpeg prints (strerror(ENOSPC)) when its output's disk is full.
@@ -98,20 +97,6 @@ def prepare(
     except MediaError as exc:
         raise MediaError(exc.reason, job_id=plan.job_id, path=exc.path) from None
     return PreparedMedia(image=image, video=video, video_duration=duration)
-
-
-async def prepare_many(
-    plans: Sequence[MediaPlan],
-    tools: MediaTools,
-    cache_dir: Path,
-    *,
-    limit: int | None = None,
-) -> list[PreparedMedia | MediaError]:
-    """Prepare many jobs off the event loop, at most ``limit`` (CPU count) ffmpeg runs at once.
-
-    Results keep the order of ``plans``; a rejected or failed job yields its MediaError.
-    """
-    return await run_bounded(plans, lambda plan: prepare(plan, tools, cache_dir), limit=limit)
 
 
 def _run_ffmpeg(stream: Any, tools: MediaTools, timeout: float, source: str) -> None:

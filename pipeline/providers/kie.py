@@ -178,19 +178,6 @@ def result_urls(raw: Any) -> list[str]:
     return [u for u in value if isinstance(u, str) and u.startswith(("http://", "https://"))]
 
 
-def parse_param(raw: Any) -> dict[str, Any]:
-    """The original createTask body echoed in ``param``; ``{}`` when empty or unreadable."""
-    if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str) or not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def parse_record(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] = ()) -> TaskStatus:
     """A recordInfo ``data`` object as a TaskStatus. Unknown states mean still running."""
     state = str(data.get("state") or "").strip().lower()
