@@ -9,6 +9,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 import pytest
+from test_retry import Bottom, Top
 
 from pipeline.errors import AmbiguousError, RateLimitedError, RefusedError, TransientError
 from pipeline.run.calls import RATE_LIMITED_TRIES, Calls
@@ -20,18 +21,6 @@ from pipeline.run.retry import (
     RateLimiter,
     RecordingSleeper,
 )
-
-
-class Top(random.Random):
-    """Always the top of the jitter range: exposes the ceilings themselves."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-class Bottom(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return a
 
 
 def scripted(*outcomes: object) -> tuple[Callable[[], Awaitable[object]], list[int]]:
