@@ -124,15 +124,14 @@ class StatusSummary:
 def status(target: str | Path, *, settings: Settings | None = None) -> StatusSummary:
     """The state of a batch, from its manifest or its output directory."""
     from pipeline.dataset.status import batch_status, status_target
-    from pipeline.plan.money import Money, paid
+    from pipeline.plan.money import Money
     from pipeline.state.database import state_path
 
     output_dir, currency, budget = status_target(str(target))
     if not state_path(output_dir).exists():
         return StatusSummary(dict.fromkeys(State, 0), [], Money(), currency, ran=False)
-    report = batch_status(output_dir)
-    money = paid(_brief(output_dir), budget)
-    return StatusSummary(report.counts, report.jobs, money, currency, ran=True)
+    report = batch_status(output_dir, budget)
+    return StatusSummary(report.counts, report.jobs, report.paid, currency, ran=True)
 
 
 def resolve(

@@ -47,9 +47,14 @@ class Money:
 
 def is_paid(row: BriefRow) -> bool:
     """Reached submission (its create may be billed); a twin adopted for free (0 s) did not."""
-    if row.state is State.PENDING or (row.state is State.FAILED and not row.task_id):
+    return reached_submission(row.state, row.task_id, row.billed_seconds)
+
+
+def reached_submission(state: State, task_id: str | None, billed_seconds: float | None) -> bool:
+    """:func:`is_paid` on bare columns (``status`` reads them without building rows)."""
+    if state is State.PENDING or (state is State.FAILED and not task_id):
         return False
-    return row.billed_seconds != 0.0
+    return billed_seconds != 0.0
 
 
 def paid(rows: Iterable[BriefRow], budget: Budget) -> Money:

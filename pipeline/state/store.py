@@ -250,6 +250,15 @@ class StateStore:
             found = self.db.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
 
+    def status_rows(self) -> list[tuple[Any, ...]]:
+        """``(id, state, task_id, error, output, fail_kind, billed_seconds, mode)`` of every
+        job in id order, as plain tuples: ``status`` reads 100,000 jobs in this one pass."""
+        with self.db.locked():
+            return self.db.conn.execute(
+                "SELECT id, state, task_id, error, output, fail_kind, billed_seconds, "
+                "json_extract(spec, '$.settings.mode') FROM jobs ORDER BY id"
+            ).fetchall()
+
     def brief(self) -> list[BriefRow]:
         """Every job's key, state, task, why it failed, seconds and mode, in id order."""
         with self.db.locked():
