@@ -77,9 +77,16 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         settings=settings,
     )
     if args.json:
-        # Compact and in one write: indent= switches json to its slow pure-Python encoder and
-        # json.dump streams hundreds of thousands of tiny writes for a 10,000-job plan.
-        out.write(json.dumps(summary.as_dict()) + "\n")
+        # Compact, one job at a time, in a few large writes: indent= switches json to its slow
+        # pure-Python encoder, json.dump makes hundreds of thousands of tiny writes, and the
+        # whole document as dicts is hundreds of MB for 100,000 jobs.
+        buffer: list[str] = []
+        for chunk in summary.json_chunks():
+            buffer.append(chunk)
+            if len(buffer) >= 1000:
+                out.write("".join(buffer))
+                buffer.clear()
+        out.write("".join(buffer) + "\n")
     else:
         _print_plan(summary, out)
     return EXIT_OK if summary.estimate.runnable else EXIT_INVALID

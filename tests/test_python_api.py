@@ -24,6 +24,9 @@ def test_plan_run_status_from_python(tmp_path: Path) -> None:
         assert before.to_pay.jobs == 2 and before.to_pay.billed_seconds == 7.0
         cli_doc = json.loads(cli("plan", manifest, "--json").stdout)
         assert before.as_dict()["totals"] == cli_doc["totals"]  # the same figures as --json
+        # --json is written job by job; the pieces make exactly the document as_dict() says.
+        assert "".join(before.json_chunks()) == json.dumps(before.as_dict())
+        assert json.loads("".join(before.json_chunks())) == cli_doc
 
         summary = pipeline.run(manifest, settings=settings)
         assert summary.exit_code == 0

@@ -47,7 +47,8 @@ def assign_ids(specs: list[Spec], config: ProviderConfig, error: ErrorAt) -> lis
                 f"first used at {first}; ids must be unique ignoring case",
             )
         taken.setdefault(low, (*spec.where, "id"))
-    derived = [_derived_id(spec) for spec in specs]
+    cleaned: dict[str, str] = {}  # per input: a 100 x 1,000 matrix has 1,100 stems, not 200,000
+    derived = [_derived_id(spec, cleaned) for spec in specs]
     counts: dict[str, int] = {}
     for spec, base in zip(specs, derived, strict=True):
         if spec.id is None:
@@ -121,8 +122,14 @@ def _clean(stem: str) -> str:
     return _ID_CHARS.sub("_", stem).lstrip(".") or "x"
 
 
-def _derived_id(spec: Spec) -> str:
-    return f"{_clean(spec.image.stem)[:45]}-{_clean(spec.video.stem)[:45]}"
+def _derived_id(spec: Spec, cleaned: dict[str, str]) -> str:
+    image = cleaned.get(spec.image.raw)
+    if image is None:
+        image = cleaned[spec.image.raw] = _clean(spec.image.stem)[:45]
+    video = cleaned.get(spec.video.raw)
+    if video is None:
+        video = cleaned[spec.video.raw] = _clean(spec.video.stem)[:45]
+    return f"{image}-{video}"
 
 
 def _with_hash(base: str, spec: Spec) -> str:

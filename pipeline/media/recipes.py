@@ -7,12 +7,13 @@ strings that become part of the job key; :mod:`pipeline.media.prepare` executes 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pipeline.errors import MediaError
-from pipeline.jobs import Job
+from pipeline.jobs import Job, Trim
 from pipeline.media.limits import Limits
 from pipeline.media.probe import MediaInfo
 
@@ -186,24 +187,18 @@ def plan_media(
     """
     image_info = image if isinstance(image, MediaInfo) else None
     video_info = video if isinstance(video, MediaInfo) else None
-    try:
-        video_recipe, video_steps, billed = _plan_video(job, video, limits, has_sound_field)
-        image_recipe, image_steps = _plan_image(image, limits)
-    except _Reject as rejected:
-        return MediaPlan(
-            job_id=job.id,
-            action="reject",
-            steps=("reject",),
-            billed_seconds=0.0,
-            error=rejected.message,
-            error_path=rejected.path,
-            limits=limits,
-            video_info=video_info,
-            image_info=image_info,
-        )
+    settings = job.settings
+    video_part = _video_part(settings.trim, settings.keep_original_sound, video, limits,
+                             has_sound_field)  # fmt: skip
+    image_part = video_part if isinstance(video_part, _Reject) else _image_part(image, limits)
+    if isinstance(image_part, _Reject):  # the video's rejection (checked first), or the image's
+        return MediaPlan(job_id=job.id, action="reject", steps=("reject",), billed_seconds=0.0,
+                         error=image_part.message, error_path=image_part.path, limits=limits,
+                         video_info=video_info, image_info=image_info)  # fmt: skip
+    video_recipe, video_steps, billed = cast(tuple[VideoRecipe, tuple[str, ...], float], video_part)
+    image_recipe, image_steps = image_part
     steps = (*video_steps, *image_steps)
-    actions = {_STEP_ACTION[s] for s in steps}
-    action: Action = next((a for a in _ACTION_ORDER if a in actions), "ok")
+    action = _action(steps)
     return MediaPlan(
         job_id=job.id,
         action=action,
@@ -215,6 +210,39 @@ def plan_media(
         video_info=video_info,
         image_info=image_info,
     )
+
+
+# Each input's half of the decision depends on that input and a few settings only, so in a
+# matrix (100 images x 1,000 clips) it is made once per input, not once per job. A rejection is
+# remembered too, and raised again for every job that sends the input.
+
+
+@functools.lru_cache(maxsize=256)
+def _action(steps: tuple[str, ...]) -> Action:
+    actions = {_STEP_ACTION[s] for s in steps}
+    return next((a for a in _ACTION_ORDER if a in actions), "ok")
+
+
+@functools.lru_cache(maxsize=8192)
+def _video_part(
+    trim: Trim, keep_sound: bool, video: MediaInfo | MediaError, limits: Limits, sound_field: bool
+) -> tuple[VideoRecipe, tuple[str, ...], float] | _Reject:
+    try:
+        recipe, steps, billed = _plan_video(trim, keep_sound, video, limits, sound_field)
+    except _Reject as rejected:
+        return _Reject(rejected.message, rejected.path)  # kept without its traceback
+    return recipe, tuple(steps), billed
+
+
+@functools.lru_cache(maxsize=8192)
+def _image_part(
+    image: MediaInfo | MediaError, limits: Limits
+) -> tuple[ImageRecipe, tuple[str, ...]] | _Reject:
+    try:
+        recipe, steps = _plan_image(image, limits)
+    except _Reject as rejected:
+        return _Reject(rejected.message, rejected.path)
+    return recipe, tuple(steps)
 
 
 def _unreadable(info: MediaInfo | MediaError, slot: str) -> MediaInfo:
@@ -247,7 +275,11 @@ def _fit_sides(info: MediaInfo, min_side: int, max_side: int) -> tuple[int, int]
 
 
 def _plan_video(
-    job: Job, given: MediaInfo | MediaError, limits: Limits, has_sound_field: bool
+    trim: Trim,
+    keep_sound: bool,
+    given: MediaInfo | MediaError,
+    limits: Limits,
+    has_sound_field: bool,
 ) -> tuple[VideoRecipe, list[str], float]:
     info = _unreadable(given, "video")
     lim = limits.video
@@ -260,7 +292,6 @@ def _plan_video(
         f"allowed {lim.min_duration:g}-{lim.max_duration:g} s with "
         f"character_orientation={limits.orientation}"
     )
-    trim = job.settings.trim
     start = trim.start
     if start >= duration:
         raise _Reject(
@@ -287,7 +318,7 @@ def _plan_video(
         steps.append("scale")
     codec_ok = info.kind == "video" and info.video_codec in lim.codecs
     to_mp4 = info.format not in lim.containers or not codec_ok
-    strip = info.has_audio and not job.settings.keep_original_sound and not has_sound_field
+    strip = info.has_audio and not keep_sound and not has_sound_field
     audio_ok = not info.has_audio or strip or info.audio_codec in lim.audio_codecs
     if to_mp4 or not audio_ok:
         steps.append("convert")

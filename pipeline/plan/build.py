@@ -70,7 +70,7 @@ class Plan:
     jobs: tuple[PlannedJob, ...]
     totals: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, jobs: bool = True) -> dict[str, Any]:
         m = self.manifest
         return {
             "manifest": str(m.path),
@@ -78,7 +78,7 @@ class Plan:
             "output_dir": str(m.output_dir),
             "provider": m.provider.name,
             "model": m.provider.model,
-            "jobs": [pj.as_dict() for pj in self.jobs],
+            "jobs": [pj.as_dict() for pj in self.jobs] if jobs else [],
             "inputs": self.inputs(),
             "totals": self.totals,
         }

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.plan.build import Plan
+from pipeline.plan.build import Plan, PlannedJob
 from pipeline.plan.estimate import Candidate, Estimate, Known, estimate
 from pipeline.plan.money import Money, paid
 from pipeline.plan.selection import expand_replace
@@ -34,17 +35,37 @@ class PlanSummary:
 
     def as_dict(self) -> dict[str, Any]:
         doc = self.plan.as_dict()
-        for job in doc["jobs"]:
-            verdict = self.estimate.verdicts[job["id"]]
-            job["estimate"] = verdict.bucket
-            job["why"] = verdict.why
-        totals = doc["totals"]
+        doc["jobs"] = [self._job(pj) for pj in self.plan.jobs]
+        doc["totals"] = self._totals()
+        return doc
+
+    def json_chunks(self) -> Iterator[str]:
+        """``json.dumps(self.as_dict())``, piece by piece: a 100,000-job plan is written one
+        job at a time instead of being held whole as dicts (hundreds of MB)."""
+        doc = self.plan.as_dict(jobs=False)
+        doc["jobs"] = []
+        doc["totals"] = self._totals()
+        head, _, tail = json.dumps(doc).partition('"jobs": []')
+        yield head + '"jobs": ['
+        for i, pj in enumerate(self.plan.jobs):
+            yield (", " if i else "") + json.dumps(self._job(pj))
+        yield "]" + tail
+
+    def _job(self, pj: PlannedJob) -> dict[str, Any]:
+        job = pj.as_dict()
+        verdict = self.estimate.verdicts[job["id"]]
+        job["estimate"] = verdict.bucket
+        job["why"] = verdict.why
+        return job
+
+    def _totals(self) -> dict[str, Any]:
+        totals = dict(self.plan.totals)
         totals.update(self.estimate.as_dict(self.plan.manifest.budget))
         totals["paid_before"] = self.paid.as_dict()
         # What this run would pay, under the names scripts already read.
         totals["billed_seconds"] = totals["to_pay"]["billed_seconds"]
         totals["estimated_cost"] = totals["to_pay"]["cost"]
-        return doc
+        return totals
 
 
 def summarize(
