@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ class S3Bucket:
     def presign(self, key: str) -> SignedURL:
         """A GET URL for ``key``, valid ``url_expires`` s (less if the credentials expire)."""
         lifetime = self.storage.url_expires
+        # SigV4 dates a signature to the whole second (X-Amz-Date), and the URL expires that
+        # many seconds after it: up to a second before "now + lifetime". Take the earlier time.
+        signed_at = math.floor(self._clock())
         try:
             url = self._client.generate_presigned_url(
                 "get_object",
@@ -175,7 +179,7 @@ class S3Bucket:
             )
         except Exception as exc:
             raise translate(exc, self._call("signing a URL for", key=key)) from None
-        expires_at = self._clock() + lifetime
+        expires_at: float = signed_at + lifetime
         creds_end = credentials_expiry(self._live)
         if creds_end is not None:
             expires_at = min(expires_at, creds_end)
