@@ -294,7 +294,7 @@ def _cmd_sandbox(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     from pipeline.sandbox import serve  # imported only for this command
 
     protocols = tuple(args.protocol) if args.protocol else ("kie", "acedata", "kling")
-    serve(args.host, args.port, protocols, args.faults, out=out)
+    serve(args.host, args.port, protocols, args.faults, out=out, instant=args.instant)
     return EXIT_OK
 
 
