@@ -293,7 +293,9 @@ def _cmd_report(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 def _cmd_sandbox(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from pipeline.sandbox import serve  # imported only for this command
 
-    protocols = tuple(args.protocol) if args.protocol else ("kie", "acedata", "kling")
+    protocols = (
+        tuple(args.protocol) if args.protocol else ("kie", "acedata", "kling", "fal", "replicate")
+    )
     serve(args.host, args.port, protocols, args.faults, out=out, instant=args.instant)
     return EXIT_OK
 

@@ -309,8 +309,9 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
         sub,
         "sandbox",
         "run the local fake provider (no cost)",
-        "Serve the Kie, AceData and Kling protocols on HOST:PORT until Ctrl-C, with latency and "
-        "faults from a profile. Point a manifest's base_url at the printed address.",
+        "Serve the Kie, AceData, Kling, fal.ai and Replicate protocols on HOST:PORT until Ctrl-C, "
+        "with latency and faults from a profile. Point a manifest's base_url (and upload_url) at "
+        "the printed address.",
         _exits(
             (0, "stopped with Ctrl-C or SIGTERM"),
             (2, "bad arguments, an unreadable fault profile, or the port is taken"),
@@ -324,8 +325,8 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
     p.add_argument(
         "--protocol",
         action="append",
-        choices=["kie", "acedata", "kling"],
-        help="serve only this protocol (repeatable; default: all three)",
+        choices=["kie", "acedata", "kling", "fal", "replicate"],
+        help="serve only this protocol (repeatable; default: all five)",
     )
     p.add_argument(
         "--faults", metavar="FILE", help="latency and fault profile (YAML or JSON); default: none"

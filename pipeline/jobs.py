@@ -183,10 +183,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 
-def can_transition(old: State, new: State) -> bool:
-    return new in TRANSITIONS[old]
-
-
 class FailKind(StrEnum):
     """Why a job is ``failed``, as data: it decides what ``run --retry-failed`` does with it."""
 

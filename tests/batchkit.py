@@ -318,9 +318,6 @@ def run_here(manifest: Path, *, env: dict[str, str] | None = None, **options: An
 
 
 def fired(srv: SandboxServer) -> list[int]:
-    """How often each rule of the fault profile fired, in profile order.
-
-    The sandbox exposes no public counter for this, so it reads its picker's tally: without it a
-    fault test could pass because the fault never happened.
-    """
-    return list(srv.app.picker._fired)  # private tally: see docstring
+    """How often each rule of the fault profile fired, in profile order: without it a fault
+    test could pass because the fault never happened."""
+    return srv.app.picker.fired()

@@ -131,7 +131,7 @@ def test_every_command_help_explains_arguments_and_exit_codes(name: str) -> None
             "argument --port: must be a port number from 0 to 65535 (0: any free port), got 'http'",
         ),
         (["sandbox", "--port", "65536"], "argument --port: must be a port number from 0 to 65535"),
-        (["sandbox", "--protocol", "fal"], "argument --protocol: invalid choice: 'fal'"),
+        (["sandbox", "--protocol", "evolink"], "argument --protocol: invalid choice: 'evolink'"),
         (["plan"], "the following arguments are required: MANIFEST"),
         ([], "the following arguments are required: COMMAND"),
         (["launch"], "argument COMMAND: invalid choice: 'launch'"),

@@ -237,8 +237,8 @@ def test_limits_per_provider_model_and_orientation() -> None:
 
 
 def test_unknown_provider_or_orientation_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="fal"):
-        limits_for("fal", "x", "video")
+    with pytest.raises(ConfigError, match="evolink"):
+        limits_for("evolink", "x", "video")
     with pytest.raises(ConfigError, match="sideways"):
         limits_for("kie", "kling-2.6/motion-control", "sideways")
 

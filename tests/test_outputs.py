@@ -22,20 +22,20 @@ import pytest
 from mediagen import make_image, make_video
 from waiting import wait_until_async
 
-from pipeline.dataset.results import (
-    PART_PREFIX,
+from pipeline.dataset.records import (
     RESERVED_KEYS,
-    ResultFile,
     ResultMetadata,
     check_record_keys,
-    classify_status,
-    disk_error,
-    display_url,
-    download_result,
     metadata_record,
+    write_metadata,
+)
+from pipeline.dataset.results import (
+    PART_PREFIX,
+    ResultFile,
+    classify_status,
+    download_result,
     remove_partials,
     verify_existing,
-    write_metadata,
 )
 from pipeline.errors import (
     BatchStopped,
@@ -46,6 +46,8 @@ from pipeline.errors import (
 )
 from pipeline.media.tools import MediaTools, find_tools
 from pipeline.run.log import close_run_log, open_run_log
+from pipeline.storage.fetch import disk_error
+from pipeline.storage.urls import display_url
 
 # --------------------------------------------------------------------------- loopback server
 

@@ -53,6 +53,7 @@ def test_create_body_is_async_with_yes_no_sound() -> None:
         job(prompt="让画面生动起来", character_orientation="image"), URLS, CONFIG
     )
     assert body == {
+        "model_name": "kling-v2-6",
         "image_url": URLS.image_url,
         "video_url": URLS.video_url,
         "prompt": "让画面生动起来",

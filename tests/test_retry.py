@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.errors import (
-    AmbiguousError,
-    AuthError,
-    RateLimitedError,
-    RefusedError,
-    TransientError,
-)
 from pipeline.run.retry import (
     BreakerState,
     CircuitBreaker,
@@ -23,10 +15,7 @@ from pipeline.run.retry import (
     RateLimiter,
     RealSleeper,
     RecordingSleeper,
-    RetryPolicy,
     backoff,
-    call_with_retries,
-    decide,
     next_slot,
     next_wait,
     poll_delay,
@@ -118,34 +107,6 @@ def test_retry_after_is_a_floor_for_the_jittered_backoff() -> None:
 
 
 # --------------------------------------------------------------------------- decisions
-
-
-def test_decide_classifies_errors() -> None:
-    policy = RetryPolicy(base=1.0, cap=60.0, max_attempts=3)
-    limited = decide(RateLimitedError("429", retry_after=5.0), 0, policy, rng=Bottom())
-    assert limited == decide(RateLimitedError("x", retry_after=5.0), 0, policy, rng=Bottom())
-    assert (limited.retry, limited.wait, limited.pause_all, limited.breaker_failure) == (
-        True,
-        5.0,
-        True,
-        False,
-    )
-    server = decide(TransientError("503", http_status=503), 1, policy, rng=Top())
-    assert (server.retry, server.wait, server.pause_all, server.breaker_failure) == (
-        True,
-        2.0,
-        False,
-        True,
-    )
-    assert not decide(TransientError("503"), 2, policy, rng=Top()).retry  # third try was last
-    ambiguous = decide(AmbiguousError("reset after send"), 0, policy, rng=Top())
-    assert (ambiguous.retry, ambiguous.breaker_failure) == (False, True)
-    for final in (RefusedError("bad image"), AuthError("bad key")):
-        decision = decide(final, 0, policy, rng=Top())
-        assert (decision.retry, decision.breaker_failure) == (False, False)
-
-
-# --------------------------------------------------------------------------- pause gate
 
 
 def test_pause_gate_only_extends_and_everyone_waits_once() -> None:
@@ -336,106 +297,6 @@ def test_poll_delay_seeded_sequence_stays_in_its_band() -> None:
     assert 0.8 <= delays[0] <= 1.2
     assert all(0.8 <= d <= 4.0 * 1.2 for d in delays)
     assert max(delays[-20:]) > 3.2  # a long task ends up polled about every 4 base intervals
-
-
-# --------------------------------------------------------------------------- the retry loop
-
-
-def scripted(*outcomes: object) -> tuple[Callable[[], Awaitable[object]], list[int]]:
-    calls: list[int] = []
-    queue = list(outcomes)
-
-    async def call() -> object:
-        calls.append(1)
-        item = queue.pop(0)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    return call, calls
-
-
-def test_call_with_retries_waits_the_policy_sequence() -> None:
-    sleeper = RecordingSleeper()
-    call, calls = scripted(TransientError("503"), TransientError("reset"), "ok")
-    policy = RetryPolicy(base=1.0, cap=60.0, max_attempts=5)
-    result = asyncio.run(
-        call_with_retries(call, policy=policy, sleeper=sleeper, rng=random.Random(1))
-    )
-    assert result == "ok" and len(calls) == 3
-    assert [round(w, 6) for w in sleeper.waits] == [0.134364, 1.694867]
-
-
-def test_call_with_retries_gives_up_after_max_attempts_and_stops_on_final_errors() -> None:
-    sleeper = RecordingSleeper()
-    call, calls = scripted(*(TransientError(f"503 #{n}") for n in range(3)))
-    policy = RetryPolicy(max_attempts=3)
-    with pytest.raises(TransientError, match="503 #2"):
-        asyncio.run(call_with_retries(call, policy=policy, sleeper=sleeper, rng=Top()))
-    assert len(calls) == 3 and sleeper.waits == [1.0, 2.0]
-    call, calls = scripted(RefusedError("image too small"), "never")
-    with pytest.raises(RefusedError):
-        asyncio.run(call_with_retries(call, policy=policy, sleeper=sleeper, rng=Top()))
-    assert len(calls) == 1 and sleeper.waits == [1.0, 2.0]
-
-
-def test_call_with_retries_429_pauses_everyone_through_the_gate() -> None:
-    sleeper = RecordingSleeper()
-    gate = PauseGate(sleeper)
-    first, first_calls = scripted(RateLimitedError("429", retry_after=7.0), "ok")
-    other, other_calls = scripted("ok too")
-
-    async def scenario() -> tuple[object, object, float]:
-        def retrying(call: Callable[[], Awaitable[object]]) -> Awaitable[object]:
-            return call_with_retries(
-                call, policy=RetryPolicy(), sleeper=sleeper, rng=Bottom(), gate=gate
-            )
-
-        task = asyncio.create_task(retrying(first))
-        await asyncio.sleep(0)  # its first try got the 429; it now waits at the gate
-        paused = gate.remaining
-        other_result = await retrying(other)  # another create, meanwhile, waits too
-        return await task, other_result, paused
-
-    assert asyncio.run(scenario()) == ("ok", "ok too", 7.0)
-    assert (len(first_calls), len(other_calls)) == (2, 1)
-    assert sleeper.waits == [7.0, 7.0]  # both waited out the same pause...
-    assert sleeper.now == 7.0  # ...which ended once, at t=7
-
-
-def test_call_with_retries_rests_while_the_breaker_is_open() -> None:
-    sleeper = RecordingSleeper()
-    breaker = CircuitBreaker(threshold=2, cooldown=30.0, clock=sleeper.monotonic)
-    call, calls = scripted(TransientError("502"), TransientError("503"), "ok")
-    result = asyncio.run(
-        call_with_retries(
-            call,
-            policy=RetryPolicy(max_attempts=5),
-            sleeper=sleeper,
-            rng=Top(),
-            breaker=breaker,
-        )
-    )
-    assert result == "ok" and len(calls) == 3
-    # backoff 1, backoff 2 (breaker opens), then the rest of the 30 s cool-down before the probe.
-    assert sleeper.waits == [1.0, 2.0, 28.0]
-    assert breaker.state is BreakerState.CLOSED
-
-
-def test_call_with_retries_takes_a_rate_limit_slot_per_try() -> None:
-    sleeper = RecordingSleeper()
-    limiter = RateLimiter(1, 10.0, sleeper=sleeper)
-    call, _ = scripted(TransientError("503"), "ok")
-    asyncio.run(
-        call_with_retries(
-            call,
-            policy=RetryPolicy(),
-            sleeper=sleeper,
-            rng=Top(),
-            limiter=limiter,
-        )
-    )
-    assert sleeper.waits == [1.0, 9.0]  # backoff 1 s, then the slot 10 s after the first try
 
 
 # --------------------------------------------------------------------------- sleepers

@@ -11,6 +11,7 @@ AWS secret never reaches a file, a log or the terminal.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,12 @@ def test_local_files_through_the_bucket_and_a_rerun_writes_nothing(
     rows = state_rows(out_dir(doc))
     assert {r["state"] for r in rows.values()} == {"done"}
     assert len(metadata(out_dir(doc))) == 3
+    # The lock file says where the provider was handed the inputs from (never a credential).
+    lock = json.loads((out_dir(doc) / "motion-pipeline.lock.json").read_text(encoding="utf-8"))
+    assert lock["storage"] == {
+        "kind": "s3", "bucket": bucket, "prefix": f"motion-pipeline/{kind}-s3/",
+        "endpoint_url": s3.endpoint, "region": lock["storage"]["region"], "url_expires": 3600,
+    }  # fmt: skip
     no_secret_anywhere(out_dir(doc), first.stdout, first.stderr, second.stdout, second.stderr)
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.manifest.model import StorageConfig
 from pipeline.media.hashing import sha256_file
 from pipeline.plan.build import Plan, PlannedJob
 from pipeline.settings import installed_version, public_url
@@ -47,8 +48,24 @@ def write_lock(plan: Plan) -> Path:
             "price_per_second": dict(m.budget.price_per_second),
             "currency": m.budget.currency,
         },
+        "storage": _storage(m.storage),
     }
     return write_atomic(m.output_dir / LOCK_FILE, _chunks(head, plan))
+
+
+def _storage(storage: StorageConfig | None) -> dict[str, Any] | None:
+    """Where the inputs were handed to the provider from (the bucket's address, no credential:
+    those come from the AWS chain and are never in the manifest)."""
+    if storage is None:
+        return None
+    return {
+        "kind": storage.kind,
+        "bucket": storage.bucket,
+        "prefix": storage.prefix,
+        "endpoint_url": public_url(storage.endpoint_url) if storage.endpoint_url else None,
+        "region": storage.region,
+        "url_expires": storage.url_expires,
+    }
 
 
 def _chunks(head: dict[str, Any], plan: Plan) -> Iterator[bytes]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.dataset import results as outputs
+from pipeline.dataset import records
 from pipeline.jobs import InputRef, Job, JobSettings, State, Trim
 from pipeline.plan.build import PlannedJob
 from pipeline.providers.base import ProviderConfig
@@ -22,12 +22,12 @@ from pipeline.state.store import StateStore
 from pipeline.storage.atomic import write_atomic
 
 
-def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> outputs.ResultMetadata:
+def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> records.ResultMetadata:
     facts = json.loads(row.result) if row.result else {}
     job = pj.job
     sent = _sent_doc(row, pj)
     video = sent.get("video_recipe") or {}
-    return outputs.ResultMetadata(
+    return records.ResultMetadata(
         job_id=row.id,
         job_key=row.key,
         source_image=job.image.raw,
@@ -101,7 +101,7 @@ def record_from_row(row: JobRow, output_dir: Path) -> dict[str, object]:
         with contextlib.suppress(ValueError):
             sent = json.loads(row.inputs)
     video = sent.get("video_recipe") or {}
-    meta = outputs.ResultMetadata(
+    meta = records.ResultMetadata(
         job_id=row.id,
         job_key=row.key,
         source_image=str(spec.get("image", "")),
@@ -126,7 +126,7 @@ def record_from_row(row: JobRow, output_dir: Path) -> dict[str, object]:
         sent={"image": sent.get("image"), "video": sent.get("video")},
         preparation={"video": video or None, "image": sent.get("image_recipe")},
     )
-    record = outputs.metadata_record(meta)
+    record = records.metadata_record(meta)
     if row.output:  # relative to the sidecar: the video sits right beside it
         record["file_name"] = Path(row.output).name
     return record
@@ -146,9 +146,9 @@ def rewrite_metadata(
     store: StateStore, planned: Mapping[str, PlannedJob], config: ProviderConfig, output_dir: Path
 ) -> Path:
     """Rewrite metadata.jsonl (atomically) for every done job of the manifest."""
-    records = []
+    lines = []
     for row in store.rows([State.DONE]):
         pj = planned.get(row.id)
         if pj is not None and row.output and row.task_id:
-            records.append(outputs.metadata_record(metadata_for(row, pj, config)))
-    return outputs.write_metadata(output_dir, records)
+            lines.append(records.metadata_record(metadata_for(row, pj, config)))
+    return records.write_metadata(output_dir, lines)

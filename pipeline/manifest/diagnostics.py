@@ -38,7 +38,12 @@ def report_schema_error(
         known = sorted(err.schema.get("properties", {}))
         for key in sorted(set(err.instance) - set(known)):
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else "known keys: "
+                + (", ".join(known) or "none (this provider and model take no such field)")
+            )
             error((*where, key), f"unknown key {key!r}", hint, at_key=True)
         return
     if err.validator in {"oneOf", "anyOf"} and err.context:

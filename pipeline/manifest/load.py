@@ -25,7 +25,7 @@ from pipeline.errors import Diagnostic, ManifestError
 from pipeline.jobs import InputRef, Job
 from pipeline.manifest.diagnostics import report_schema_error
 from pipeline.manifest.expand import Spec, assign_ids, format_path, regular_file, settings_of
-from pipeline.manifest.model import Budget, Manifest, StorageConfig
+from pipeline.manifest.model import MODES, Budget, Manifest, StorageConfig, prices_for
 from pipeline.manifest.yamlsafe import LoadedYaml, PathKey, YamlProblem, load_file
 from pipeline.providers.base import ProviderConfig, RateLimit
 from pipeline.settings import DEFAULTS, public_url
@@ -111,7 +111,7 @@ class _Checker:
         budget = Budget(
             max_seconds=budget_doc.get("max_seconds"),
             max_cost=budget_doc.get("max_cost"),
-            price_per_second=dict(budget_doc.get("price_per_second", {})),
+            price_per_second=prices_for(budget_doc.get("price_per_second", {}), config.model),
             currency=budget_doc.get("currency", "USD"),
         )
         out = data.get("output_dir")
@@ -132,6 +132,7 @@ class _Checker:
                             "host the file somewhere reachable, or use provider kie",
                         )
         self._check_prices(budget, jobs)
+        self._check_price_models(budget_doc.get("price_per_second", {}), provider_cls)
         return Manifest(
             path=self.path,
             name=data["name"],
@@ -253,6 +254,16 @@ class _Checker:
                 f"max_cost needs a price for every mode the jobs use; no price for "
                 f"{', '.join(unpriced)}",
                 "add it to budget.price_per_second",
+            )
+
+    def _check_price_models(self, table: dict[str, Any], cls: type[providers.Provider]) -> None:
+        """A price keyed by a name that is no model of the provider is a typo, not a price."""
+        for key in sorted(set(table) - set(MODES) - set(cls.models)):
+            self.error(
+                ("budget", "price_per_second", key),
+                f"{key!r} is neither a mode (std, pro) nor a model of provider {cls.name}",
+                "models: " + ", ".join(cls.models),
+                at_key=True,
             )
 
     def _check_trim(self, trim: dict[str, Any] | None, where: PathKey) -> None:

@@ -6,9 +6,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.jobs import Job
 from pipeline.providers.base import ProviderConfig
+
+MODES = ("std", "pro")
+
+
+def prices_for(table: Mapping[str, Any], model: str) -> dict[str, float]:
+    """The mode -> price table of ``model`` from ``budget.price_per_second``.
+
+    The manifest may price by mode (``{std: 0.07}``), by model then mode (``{kling-v3: {std:
+    0.126}}``), or both: the model's own price wins over a bare mode price. Keys of other
+    models are ignored here (the loader refuses names that are no model of the provider).
+    """
+    own = table.get(model)
+    layers = [table, own if isinstance(own, Mapping) else {}]
+    return {
+        mode: float(value)
+        for layer in layers
+        for mode, value in layer.items()
+        if mode in MODES and isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 @dataclass(frozen=True)

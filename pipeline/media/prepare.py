@@ -28,9 +28,9 @@ from pipeline.media.probe import (
     PROBE_SIZE,
     MediaInfo,
     probe_file,
-    run_bounded,
 )
 from pipeline.media.recipes import ImageRecipe, MediaPlan, VideoRecipe
+from pipeline.media.threads import run_bounded
 from pipeline.media.tools import MediaTools, ToolTimeout, last_error_line, run_tool
 
 #: What ffmpeg prints (strerror(ENOSPC)) when its output's disk is full.

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
 import tempfile
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pipeline.errors import MediaError
+from pipeline.media.threads import run_bounded
 from pipeline.media.tools import MediaTools, ToolTimeout, last_error_line, run_tool
 from pipeline.storage.fetch import Limits
 from pipeline.storage.inputs import fetch_all, fetch_reason
@@ -359,41 +358,6 @@ def _webp_is_animated(path: Path) -> bool:
     with path.open("rb") as handle:
         head = handle.read(21)
     return head[12:16] == b"VP8X" and bool(head[20] & 0x02)
-
-
-async def run_bounded(
-    items: Sequence[T], work: Callable[[T], R], *, limit: int | None = None
-) -> list[R | MediaError]:
-    """Run ``work`` over ``items`` in at most ``limit`` (CPU count) threads, off the event loop.
-
-    Each thread takes the next item from a shared cursor, so there is one thread hand-off per
-    worker rather than per item (that per-item cost is a third of a 4 ms probe). Results keep
-    the order of ``items``; a MediaError is returned in place, not raised. On cancellation the
-    workers stop taking new items (the ones running finish within their own timeouts).
-    """
-    results: list[R | MediaError | None] = [None] * len(items)
-    cursor = iter(range(len(items)))
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def worker() -> None:
-        while not stop.is_set():
-            with lock:
-                index = next(cursor, None)
-            if index is None:
-                return
-            try:
-                results[index] = work(items[index])
-            except MediaError as exc:
-                results[index] = exc
-
-    workers = max(1, min(limit or os.cpu_count() or 1, len(items)))
-    try:
-        await asyncio.gather(*(asyncio.to_thread(worker) for _ in range(workers)))
-    except BaseException:
-        stop.set()
-        raise
-    return [r for r in results if r is not None]
 
 
 async def probe_many(

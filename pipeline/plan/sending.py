@@ -18,8 +18,9 @@ from typing import Any
 from pipeline.errors import BatchStopped, MediaError
 from pipeline.media.hashing import FileHasher
 from pipeline.media.prepare import prepare
-from pipeline.media.probe import MediaInfo, probe_file, run_bounded
+from pipeline.media.probe import MediaInfo, probe_file
 from pipeline.media.recipes import MediaPlan
+from pipeline.media.threads import run_bounded
 from pipeline.media.tools import MediaTools
 
 

@@ -14,12 +14,22 @@ from pipeline.providers.base import (
     ProviderConfig,
     RateLimit,
 )
+from pipeline.providers.fal import FalProvider
 from pipeline.providers.kie import KieProvider
 from pipeline.providers.kling import KlingProvider
+from pipeline.providers.replicate import ReplicateProvider
 from pipeline.providers.sandbox import SandboxProvider
 
 _REGISTRY: dict[str, type[Provider]] = {
-    cls.name: cls for cls in (KieProvider, AceDataProvider, KlingProvider, SandboxProvider)
+    cls.name: cls
+    for cls in (
+        KieProvider,
+        AceDataProvider,
+        KlingProvider,
+        FalProvider,
+        ReplicateProvider,
+        SandboxProvider,
+    )
 }
 
 

@@ -54,6 +54,7 @@ def build_create_body(job: Job, urls: InputURLs, config: ProviderConfig) -> dict
     """The /kling/motion body, always in async mode."""
     settings = job.settings
     body: dict[str, Any] = {
+        "model_name": job.model or config.model,  # kling-v2-6 or kling-v3
         "image_url": urls.image_url,
         "video_url": urls.video_url,
         "character_orientation": settings.character_orientation,
@@ -239,7 +240,7 @@ class AceDataProvider(ClientBase):
     name: ClassVar[str] = "acedata"
     default_model: ClassVar[str] = "kling-v2-6"
     # providers.md documents no model field for /kling/motion: only the default can be had.
-    models: ClassVar[tuple[str, ...]] = ("kling-v2-6",)
+    models: ClassVar[tuple[str, ...]] = ("kling-v2-6", "kling-v3")
     default_base_url: ClassVar[str] = "https://api.acedata.cloud"
     default_upload_url: ClassVar[str | None] = None
     key_envs: ClassVar[Mapping[str, str]] = {"api_key": "ACEDATA_API_KEY"}

@@ -195,22 +195,14 @@ def parse_record(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] =
     if state in _SUCCESS_STATES:
         urls = result_urls(data.get("resultJson"))
         if not urls:
-            return TaskStatus(
-                tid,
-                "failed",
-                reason="provider reported success without a result URL",
-                provider_state=state,
-            )
+            why = "provider reported success without a result URL"
+            return TaskStatus(tid, "failed", reason=why, provider_state=state)
         return TaskStatus(tid, "succeeded", result_url=urls[0], provider_state=state)
     if state in _FAIL_STATES:
         return TaskStatus(tid, "failed", reason=_fail_reason(data, secrets), provider_state=state)
     progress = data.get("progress")
-    return TaskStatus(
-        tid,
-        "running",
-        provider_state=state,
-        progress=float(progress) if isinstance(progress, int | float) else None,
-    )
+    share = float(progress) if isinstance(progress, int | float) else None
+    return TaskStatus(tid, "running", provider_state=state, progress=share)
 
 
 def _fail_reason(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
@@ -330,18 +322,10 @@ class KieProvider(ClientBase):
     async def _call(
         self, method: str, url: str, *, what: str, purpose: Purpose, **kw: Any
     ) -> Reply:
-        return await exchange(
-            self._client,
-            method,
-            url,
-            what=what,
-            purpose=purpose,
-            secrets=self._secrets(),
-            now=self._clock,
-            deadline=self._deadlines[purpose],
-            headers=self._headers(),
-            **kw,
-        )
+        return await exchange(self._client, method, url, what=what, purpose=purpose,
+                              secrets=self._secrets(), now=self._clock,
+                              deadline=self._deadlines[purpose], headers=self._headers(),
+                              **kw)  # fmt: skip
 
     # -- Provider protocol
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from pipeline.errors import RateLimitedError, TransientError
+from pipeline.providers.base import RateLimit
 from pipeline.run.halt import Halt
 from pipeline.run.retry import (
     BreakerState,
@@ -24,8 +25,9 @@ from pipeline.run.retry import (
     Sleeper,
     cause,
     next_wait,
+    sleeper_for,
 )
-from pipeline.settings import DEFAULTS, redact
+from pipeline.settings import DEFAULTS, Settings, redact
 
 T = TypeVar("T")
 
@@ -34,6 +36,36 @@ RATE_LIMITED_TRIES = 50
 
 
 class Calls:
+    @classmethod
+    def for_run(
+        cls,
+        settings: Settings,
+        rate: RateLimit,
+        halt: Halt,
+        log: logging.Logger,
+        secrets: Sequence[str],
+        notice: Callable[[str], None],
+    ) -> Calls:
+        """The run's calls: one breaker, one 429 pause and one create rate limit for all of
+        them; the breaker's changes are told to the user through ``notice``."""
+        sleeper = sleeper_for(settings)
+        breaker = CircuitBreaker(
+            threshold=DEFAULTS.breaker_threshold,
+            cooldown=DEFAULTS.breaker_cooldown,
+            clock=sleeper.monotonic,
+            on_change=lambda state: notice(_BREAKER_WORDS[state.value]),
+        )
+        return cls(
+            sleeper=sleeper,
+            rng=random.Random(),  # noqa: S311 - jitter for waits, not a secret
+            gate=PauseGate(sleeper),
+            breaker=breaker,
+            limiter=RateLimiter(rate.requests, rate.per_seconds, sleeper=sleeper),
+            halt=halt,
+            log=log,
+            secrets=secrets,
+        )
+
     def __init__(
         self,
         *,
@@ -114,3 +146,11 @@ class Calls:
         *values, exc = rest
         text = redact(cause(exc), self._secrets) if isinstance(exc, BaseException) else str(exc)
         self.log.warning(template, what, number, *values, text)
+
+
+_BREAKER_WORDS = {
+    "open": "circuit breaker open: the provider keeps failing, calls rest "
+    f"{DEFAULTS.breaker_cooldown:g} s",
+    "half_open": "circuit breaker half open: one call tries the provider again",
+    "closed": "circuit breaker closed: the provider answers again",
+}

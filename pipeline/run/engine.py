@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -27,12 +26,11 @@ import httpx
 from pipeline import providers
 from pipeline.dataset import results
 from pipeline.dataset.metadata import rewrite_metadata
-from pipeline.errors import BatchStopped, PipelineError
+from pipeline.errors import BatchStopped
 from pipeline.jobs import RECHECK, Handle, State
 from pipeline.manifest.model import Manifest
 from pipeline.media.tools import MediaTools
 from pipeline.plan.build import Plan
-from pipeline.plan.money import Money, paid
 from pipeline.progress.events import Notice, Reporter
 from pipeline.providers.base import Credentials
 from pipeline.run.budget import Spending
@@ -45,15 +43,14 @@ from pipeline.run.halt import Halt
 from pipeline.run.inputs import InputsStage
 from pipeline.run.journal import Journal
 from pipeline.run.options import RunOptions
-from pipeline.run.outage import Outage, WatchingTransport
+from pipeline.run.outage import Outage
 from pipeline.run.poll import Poller, PollStage
-from pipeline.run.retry import CircuitBreaker, PauseGate, RateLimiter, sleeper_for
-from pipeline.run.session import endpoint, run_secrets
+from pipeline.run.session import endpoint, run_client, run_secrets
 from pipeline.run.slots import Lease, Slots
 from pipeline.run.submit import SubmitStage
-from pipeline.run.summary import RunSummary, exit_code
+from pipeline.run.summary import RunSummary, committed, summarize_run
 from pipeline.run.ticker import Ticker
-from pipeline.settings import DEFAULTS, Settings
+from pipeline.settings import Settings
 from pipeline.state.commits import GroupCommitter
 from pipeline.state.rows import JobRow
 from pipeline.state.store import StateStore
@@ -117,19 +114,11 @@ class Engine:
         results.remove_partials(videos)  # a killed run's half downloads; we hold the lock
         self._count_committed()
         with endpoint(self.manifest, self.tools) as config:
-            hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
-            limits = httpx.Limits(max_connections=DEFAULTS.connections)
-            transport = WatchingTransport(
-                httpx.AsyncHTTPTransport(limits=limits), self.outage, hosts
-            )
-            timeout = httpx.Timeout(DEFAULTS.read_timeout, connect=DEFAULTS.connect_timeout)
 
             async def count(_request: httpx.Request) -> None:
                 self.requests += 1
 
-            async with httpx.AsyncClient(
-                transport=transport, timeout=timeout, event_hooks={"request": [count]}
-            ) as client:
+            async with run_client(config, self.outage, count) as client:
                 provider = providers.get(config.name)(config, self.credentials, client)
                 loop = asyncio.get_running_loop()
 
@@ -152,24 +141,9 @@ class Engine:
     def _context(
         self, config: Any, provider: Any, client: httpx.AsyncClient, commits: GroupCommitter
     ) -> RunContext:
-        sleeper = sleeper_for(self.settings)
-        rate = config.rate_limit
         journal = Journal(self.store, commits, self.reporter, self.log, self.secrets)
-        breaker = CircuitBreaker(
-            threshold=DEFAULTS.breaker_threshold,
-            cooldown=DEFAULTS.breaker_cooldown,
-            clock=sleeper.monotonic,
-            on_change=lambda state: journal.notice(_BREAKER_WORDS[state.value]),
-        )
-        calls = Calls(
-            sleeper=sleeper,
-            rng=random.Random(),  # noqa: S311 - jitter for waits, not a secret
-            gate=PauseGate(sleeper),
-            breaker=breaker,
-            limiter=RateLimiter(rate.requests, rate.per_seconds, sleeper=sleeper),
-            halt=self.halt,
-            log=self.log,
-            secrets=self.secrets,
+        calls = Calls.for_run(
+            self.settings, config.rate_limit, self.halt, self.log, self.secrets, journal.notice
         )
         return RunContext(
             manifest=self.manifest,
@@ -233,7 +207,7 @@ class Engine:
             task.add_done_callback(self._watch(name))
             background.append(task)
         try:
-            if not await self._storage_ready(ctx):
+            if not await self.inputs.storage_ready():
                 return
             async with asyncio.TaskGroup() as tg:
                 resumed = self._resume_all(tg)
@@ -250,16 +224,6 @@ class Engine:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-
-    async def _storage_ready(self, ctx: RunContext) -> bool:
-        """One read-only check of the storage (the bucket exists, its region, our access)
-        before any job: a missing bucket stops the run with its name, nothing sent."""
-        try:
-            await ctx.calls.repeat(ctx.storage.preflight, what="storage check")
-        except PipelineError as exc:
-            self.halt.stop_new(ctx.journal.redact(str(exc)), exc.exit_code)
-            return False
-        return True
 
     async def _fresh_line(self, job_id: str) -> None:
         """A pending job: inputs -> submit -> poll -> download."""
@@ -406,52 +370,22 @@ class Engine:
 
     def _count_committed(self) -> None:
         """Book what earlier runs submitted against the budget (it is spent, or on its way)."""
-        budget = self.manifest.budget
-        for row in self.store.brief():
-            if row.state is State.PENDING or (row.state is State.FAILED and not row.task_id):
-                continue
-            seconds = row.billed_seconds or 0.0
-            pj = self.planned.get(row.id)
-            mode = pj.job.settings.mode if pj else row.mode or "std"
-            self.spending.count(row.id, seconds, budget.cost(mode, seconds) or 0.0)
+        for job_id, seconds, cost in committed(self.store, self.planned, self.manifest.budget):
+            self.spending.count(job_id, seconds, cost)
 
     def _summary(self, started: float) -> RunSummary:
-        counts = self.store.counts()
-        planned = set(self.planned)
-        seconds = sum((r.billed_seconds or 0.0) for r in self.store.brief()
-                      if r.state is State.DONE and r.id in planned)  # fmt: skip
-        creates, now_seconds, now_cost = self.spending.this_run()
-        priced = bool(self.manifest.budget.price_per_second)
+        creates, seconds, cost = self.spending.this_run()
         submit = getattr(self, "submit", None)
-        return RunSummary(
-            counts=counts,
-            exit_code=exit_code(
-                counts, stopped=self.halt.code, unfinished=self._unfinished(planned)
-            ),
+        return summarize_run(
+            self.store,
+            self.planned,
+            self.manifest.budget,
+            self.options,
+            stopped=self.halt.code,
             stop_reason=self.halt.reason,
-            seconds_billed=seconds,
             wall_seconds=time.monotonic() - started,
             http_requests=self.requests,
             submitted=submit.submitted if submit is not None else 0,
             occupancy=self.slots.occupancy(),
-            paid_now=Money(creates, now_seconds, now_cost if priced else None),
-            batch_paid=paid(self.store.brief(), self.manifest.budget),
-            currency=self.manifest.budget.currency,
+            this_run=(creates, seconds, cost),
         )
-
-    def _unfinished(self, planned: set[str]) -> bool:
-        """A job is not done yet, though nothing stopped the run (exit 1, not 0)."""
-        in_flight = [State.SUBMITTING, State.RUNNING, State.DOWNLOADING]
-        if self.store.summaries(in_flight):  # a paid task left to collect, orphans included
-            return True
-        if self.options.max_jobs is not None:  # --max-jobs leaves the rest pending on purpose
-            return False
-        return any(s.id in planned for s in self.store.summaries([State.PENDING]))
-
-
-_BREAKER_WORDS = {
-    "open": "circuit breaker open: the provider keeps failing, calls rest "
-    f"{DEFAULTS.breaker_cooldown:g} s",
-    "half_open": "circuit breaker half open: one call tries the provider again",
-    "closed": "circuit breaker closed: the provider answers again",
-}

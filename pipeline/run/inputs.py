@@ -18,6 +18,7 @@ from pipeline.errors import (
     BatchStopped,
     ConfigError,
     InputError,
+    PipelineError,
     RefusedError,
     TransientError,
 )
@@ -52,6 +53,17 @@ class InputsStage:
         self._prepare_pool = asyncio.Semaphore(DEFAULTS.preparations or os.cpu_count() or 2)
         self._upload_pool = asyncio.Semaphore(DEFAULTS.uploads)
         self._hasher = FileHasher(cache_dir(ctx.manifest) / "hashes.json")
+
+    async def storage_ready(self) -> bool:
+        """One read-only check of the storage (the bucket exists, its region, our access)
+        before any job: a missing bucket stops the run with its name, nothing sent."""
+        ctx = self.ctx
+        try:
+            await ctx.calls.repeat(ctx.storage.preflight, what="storage check")
+        except PipelineError as exc:
+            ctx.halt.stop_new(ctx.journal.redact(str(exc)), exc.exit_code)
+            return False
+        return True
 
     async def ready_or_none(self, pj: PlannedJob) -> Ready | None:
         """The job's inputs as URLs, or None with the job moved (failed: unusable) or left

@@ -12,8 +12,9 @@ records each wait, returns at once and advances a fake clock that :class:`PauseG
 - :class:`CircuitBreaker` — stop calling a provider that keeps answering 5xx, probe after a rest.
 - :class:`RateLimiter` — creates obey ``rate_limit`` in every sliding window.
 - :func:`poll_delay` — adaptive, jittered polling interval.
-- :func:`decide` / :func:`call_with_retries` — the policy for one classified error, and a loop
-  that applies it to an idempotent call.
+
+The loop that applies them to a call is :meth:`pipeline.run.calls.Calls.repeat`, the one retry
+primitive of a run.
 """
 
 from __future__ import annotations
@@ -22,15 +23,11 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from pipeline.errors import AmbiguousError, ProviderError, RateLimitedError, TransientError
 from pipeline.settings import Settings
-
-T = TypeVar("T")
 
 # --------------------------------------------------------------------------- sleeping
 
@@ -305,102 +302,3 @@ class RateLimiter:
         if slot > now:
             await self._sleeper.sleep(slot - now)
         return slot
-
-
-# --------------------------------------------------------------------------- decisions
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    base: float = 1.0
-    cap: float = 300.0
-    max_attempts: int = 8
-    """Tries of one call, the first included."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    retry: bool
-    wait: float = 0.0
-    pause_all: bool = False
-    """A 429: pause every caller through the :class:`PauseGate` for ``wait``, not just this one."""
-    breaker_failure: bool = False
-    """Counts towards the :class:`CircuitBreaker` (5xx, timeouts, resets; not 429)."""
-
-
-def is_breaker_failure(error: BaseException) -> bool:
-    """Server trouble: transient failures except 429 (the server is fine, just busy) and
-    ambiguous creates (a 5xx or reset after sending)."""
-    if isinstance(error, RateLimitedError):
-        return False
-    return isinstance(error, TransientError | AmbiguousError)
-
-
-def decide(
-    error: BaseException, attempt: int, policy: RetryPolicy, *, rng: random.Random
-) -> Decision:
-    """What to do after the ``attempt``-th failure (from 0) of a call failed with ``error``.
-
-    Only :class:`TransientError` is retried: an ambiguous create is reconciled, never re-sent,
-    and refusals, failures and batch-fatal errors are final for this call.
-    """
-    failure = is_breaker_failure(error)
-    if not isinstance(error, TransientError):
-        return Decision(retry=False, breaker_failure=failure)
-    wait = next_wait(attempt, error.retry_after, base=policy.base, cap=policy.cap, rng=rng)
-    return Decision(
-        retry=attempt + 1 < policy.max_attempts,
-        wait=wait,
-        pause_all=isinstance(error, RateLimitedError),
-        breaker_failure=failure,
-    )
-
-
-async def call_with_retries(
-    call: Callable[[], Awaitable[T]],
-    *,
-    policy: RetryPolicy,
-    sleeper: Sleeper,
-    rng: random.Random,
-    gate: PauseGate | None = None,
-    breaker: CircuitBreaker | None = None,
-    limiter: RateLimiter | None = None,
-) -> T:
-    """Run ``call`` until it returns or :func:`decide` says stop (then its error propagates).
-
-    Before each try: wait out the shared pause, the open breaker and a rate-limit slot. Use it
-    for calls that are safe to repeat: polls, uploads, downloads, and creates whose failure was
-    a :class:`TransientError` (the create certainly did not happen).
-    """
-    attempt = 0
-    while True:
-        if gate is not None:
-            await gate.wait()
-        while breaker is not None and not breaker.allow():
-            # Open: rest until the cool-down ends. Half-open: someone's probe is out; look again.
-            rest = breaker.retry_in() if breaker.state is BreakerState.OPEN else policy.base
-            await sleeper.sleep(max(rest, 0.001))
-        if limiter is not None:
-            await limiter.acquire()
-            if gate is not None:  # a 429 may have paused everyone while we waited for a slot
-                await gate.wait()
-        try:
-            result = await call()
-        except ProviderError as exc:
-            decision = decide(exc, attempt, policy, rng=rng)
-            if breaker is not None:
-                if decision.breaker_failure:
-                    breaker.record_failure()
-                else:
-                    breaker.record_success()  # the server answered, if only to say no
-            if not decision.retry:
-                raise
-            if decision.pause_all and gate is not None:
-                gate.pause_for(decision.wait)
-            else:
-                await sleeper.sleep(decision.wait)
-            attempt += 1
-            continue
-        if breaker is not None:
-            breaker.record_success()
-        return result

@@ -7,7 +7,7 @@ every other provider is reached at its ``base_url``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 
@@ -17,7 +17,8 @@ from pipeline.manifest.model import Manifest
 from pipeline.media.tools import MediaTools
 from pipeline.plan.build import cache_dir
 from pipeline.providers.base import Credentials, Provider, ProviderConfig
-from pipeline.settings import Settings, url_secrets
+from pipeline.run.outage import Outage, WatchingTransport
+from pipeline.settings import DEFAULTS, Settings, url_secrets
 from pipeline.storage.aws import storage_secrets
 
 EMBEDDED = "embedded"
@@ -77,3 +78,19 @@ async def provider_client(
     """A provider client on a short-lived HTTP client (for ``resolve``'s one question)."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=15.0)) as client:
         yield providers.get(config.name)(config, credentials, client)
+
+
+def run_client(
+    config: ProviderConfig,
+    outage: Outage,
+    on_request: Callable[[httpx.Request], Awaitable[None]],
+) -> httpx.AsyncClient:
+    """The run's one HTTP client: a bounded pool, the default timeouts, and a transport that
+    tells ``outage`` whether the provider's hosts answer (storage hosts are not the provider)."""
+    hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
+    limits = httpx.Limits(max_connections=DEFAULTS.connections)
+    transport = WatchingTransport(httpx.AsyncHTTPTransport(limits=limits), outage, hosts)
+    timeout = httpx.Timeout(DEFAULTS.read_timeout, connect=DEFAULTS.connect_timeout)
+    return httpx.AsyncClient(
+        transport=transport, timeout=timeout, event_hooks={"request": [on_request]}
+    )

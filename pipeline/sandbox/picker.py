@@ -37,6 +37,11 @@ class FaultPicker:
                     self._fired[index] += 1
         return winner
 
+    def fired(self) -> list[int]:
+        """How often each rule of the profile has fired, in the profile's order (for tests)."""
+        with self._lock:
+            return list(self._fired)
+
 
 def _selected(rule: FaultRule, seen: int, rng: random.Random) -> bool:
     # The draw happens for every counted request so a seed gives the same sequence whatever

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +28,12 @@ from typing import Any
 
 from pipeline.errors import StateError
 from pipeline.jobs import TRANSITIONS, State
+from pipeline.state import sql
 from pipeline.state.database import Database
 from pipeline.state.rows import (
     SELECT_JOBS,
     STATE_BY_VALUE,
     BriefRow,
-    DuplicateTaskError,
     Event,
     JobRecord,
     JobRow,
@@ -48,34 +47,6 @@ from pipeline.state.rows import (
 )
 from pipeline.state.uploads import UploadTable
 
-#: Columns a caller may set through :meth:`StateStore.transition` / :meth:`StateStore.set_fields`.
-FIELDS = frozenset(
-    {
-        "client_id",
-        "attempt",
-        "task_id",
-        "result_url",
-        "output",
-        "output_sha256",
-        "billed_seconds",
-        "duration",
-        "error",
-        "submitted_at",
-        "finished_at",
-        "result",
-        "fail_kind",
-        "inputs",
-    }
-)
-
-
-#: The columns :meth:`StateStore.retire_job` copies to the retired row (everything but the id).
-_COPIED = (
-    "key", "state", "spec", "client_id", "attempt", "task_id", "result_url", "output",
-    "output_sha256", "billed_seconds", "duration", "error", "created_at", "updated_at",
-    "submitted_at", "finished_at", "result", "fail_kind", "inputs",
-)  # fmt: skip
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -83,10 +54,6 @@ def _now() -> datetime:
 
 def _stamp(when: datetime) -> str:
     return when.isoformat(timespec="milliseconds")
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
-_dumps = _ENCODER.encode
 
 
 # --------------------------------------------------------------------------- store
@@ -180,7 +147,9 @@ class StateStore:
                 seen.add(rec.id)
                 old = known.get(rec.id)
                 if old is None:
-                    new.append((rec.id, rec.key, State.PENDING.value, _dumps(rec.spec), now, now))
+                    new.append(
+                        (rec.id, rec.key, State.PENDING.value, sql.dumps(rec.spec), now, now)
+                    )
                 elif old[0] != rec.key:
                     changed.append(KeyChange(rec.id, old[0], rec.key, State(old[1]), old[2]))
             conn.executemany(
@@ -203,14 +172,14 @@ class StateStore:
             while conn.execute("SELECT 1 FROM jobs WHERE id=?", (f"{job_id}~{n}",)).fetchone():
                 n += 1
             new_id = f"{job_id}~{n}"
-            columns = ", ".join(_COPIED)
+            columns = ", ".join(sql.COPIED)
             conn.execute(
                 f"INSERT INTO jobs (id, {columns}) SELECT ?, {columns} FROM jobs WHERE id=?",  # noqa: S608 - fixed column list
                 (new_id, job_id),
             )
-            old = self._get(conn, new_id)
+            old = sql.get(conn, new_id, self.path)
             now = _stamp(self._clock())
-            self._event(conn, new_id, now, None, old.state, {"op": "retire", "from": job_id,
+            sql.event(conn, new_id, now, None, old.state, {"op": "retire", "from": job_id,
                                                              "reason": reason})  # fmt: skip
         return new_id
 
@@ -224,11 +193,11 @@ class StateStore:
                     "INSERT INTO jobs (id, key, state, spec, task_id, output, output_sha256, "
                     "duration, billed_seconds, result, submitted_at, finished_at, created_at, "
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.key, job.state.value, _dumps(job.spec), job.task_id, job.output,
+                    (job.id, job.key, job.state.value, sql.dumps(job.spec), job.task_id, job.output,
                      job.output_sha256, job.duration, job.billed_seconds, job.result,
                      job.submitted_at, job.finished_at, now, now),
                 )  # fmt: skip
-                self._event(conn, job.id, now, None, job.state, {"op": "restore"})
+                sql.event(conn, job.id, now, None, job.state, {"op": "restore"})
                 count += 1
         return count
 
@@ -238,7 +207,7 @@ class StateStore:
         The old key, task id and output are kept in the event, so nothing paid for is forgotten.
         """
         with self.db.write() as conn:
-            old = self._get(conn, record.id)
+            old = sql.get(conn, record.id, self.path)
             now = _stamp(self._clock())
             conn.execute(
                 "UPDATE jobs SET key=?, spec=?, state=?, client_id=NULL, attempt=0, task_id=NULL, "
@@ -246,7 +215,7 @@ class StateStore:
                 "result=NULL, fail_kind=NULL, inputs=NULL, "
                 "duration=NULL, error=NULL, submitted_at=NULL, finished_at=NULL, updated_at=? "
                 "WHERE id=?",
-                (record.key, _dumps(record.spec), State.PENDING.value, now, record.id),
+                (record.key, sql.dumps(record.spec), State.PENDING.value, now, record.id),
             )
             detail = {
                 "op": "replace",
@@ -254,12 +223,12 @@ class StateStore:
                 "old": {"key": old.key, "task_id": old.task_id, "output": old.output},
                 "key": record.key,
             }
-            self._event(conn, record.id, now, old.state, State.PENDING, detail)
-            return self._get(conn, record.id)
+            sql.event(conn, record.id, now, old.state, State.PENDING, detail)
+            return sql.get(conn, record.id, self.path)
 
     def get(self, job_id: str) -> JobRow:
         with self.db.locked():
-            return self._get(self.db.conn, job_id)
+            return sql.get(self.db.conn, job_id, self.path)
 
     def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
         """Jobs in id order, optionally only those in ``states`` (served by the state index)."""
@@ -332,9 +301,9 @@ class StateStore:
         ``expect`` is given, a job not in (one of) ``expect`` (:class:`StaleStateError`).
         """
         to = State(to)
-        _check_fields(fields)
+        sql.check_fields(fields)
         with self.db.write() as conn:
-            old = self._get(conn, job_id)
+            old = sql.get(conn, job_id, self.path)
             if expect is not None:
                 allowed = {State(expect)} if isinstance(expect, str) else set(map(State, expect))
                 if old.state not in allowed:
@@ -351,16 +320,16 @@ class StateStore:
                 fields.setdefault("finished_at", now)
             if old.state is State.FAILED and to is not State.FAILED:
                 fields.setdefault("fail_kind", None)  # the failure is over
-            self._update(conn, job_id, now, to, fields)
-            self._event(
+            sql.update(conn, job_id, now, to, fields)
+            sql.event(
                 conn,
                 job_id,
                 now,
                 old.state,
                 to,
-                {"op": "transition", **_changes(fields), **(detail or {})},
+                {"op": "transition", **sql.changes(fields), **(detail or {})},
             )
-            row = self._get(conn, job_id)
+            row = sql.get(conn, job_id, self.path)
         if "task_id" in fields:
             self.db.flush()
         return row
@@ -369,22 +338,22 @@ class StateStore:
         self, job_id: str, *, detail: Mapping[str, Any] | None = None, **fields: Any
     ) -> JobRow:
         """Update columns without a state change (e.g. a refreshed result URL), with an event."""
-        _check_fields(fields)
+        sql.check_fields(fields)
         if not fields:
             return self.get(job_id)
         with self.db.write() as conn:
-            old = self._get(conn, job_id)
+            old = sql.get(conn, job_id, self.path)
             now = _stamp(self._clock())
-            self._update(conn, job_id, now, None, fields)
-            self._event(
+            sql.update(conn, job_id, now, None, fields)
+            sql.event(
                 conn,
                 job_id,
                 now,
                 old.state,
                 old.state,
-                {"op": "set", **_changes(fields), **(detail or {})},
+                {"op": "set", **sql.changes(fields), **(detail or {})},
             )
-            row = self._get(conn, job_id)
+            row = sql.get(conn, job_id, self.path)
         if "task_id" in fields:
             self.db.flush()
         return row
@@ -407,80 +376,3 @@ class StateStore:
             )
             for r in found
         ]
-
-    # ----------------------------------------------------------------------- internals
-
-    def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRow:
-        r = conn.execute(SELECT_JOBS + " WHERE id=?", (job_id,)).fetchone()
-        if r is None:
-            raise StateError(f"job {job_id}: not in state {self.path}")
-        return job_row(r)
-
-    def _update(
-        self,
-        conn: sqlite3.Connection,
-        job_id: str,
-        now: str,
-        to: State | None,
-        fields: Mapping[str, Any],
-    ) -> None:
-        values = dict(fields)
-        task_id = values.get("task_id")
-        if task_id is not None:
-            self._check_task_unique(conn, job_id, str(task_id))
-        if to is not None:
-            values["state"] = to.value
-        values["updated_at"] = now
-        # Column names come from the FIELDS whitelist (checked above), never from user text.
-        assignments = ", ".join(f"{name}=?" for name in values)
-        conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE id=?",  # noqa: S608 - whitelisted column names
-            (*values.values(), job_id),
-        )
-
-    def _check_task_unique(self, conn: sqlite3.Connection, job_id: str, task_id: str) -> None:
-        """Refuse a task id another generation holds (same-key twins share theirs on purpose)."""
-        r = conn.execute(
-            "SELECT other.id FROM jobs AS other, jobs AS me WHERE me.id=? AND other.task_id=? "
-            "AND other.id<>me.id AND other.key<>me.key LIMIT 1",
-            (job_id, task_id),
-        ).fetchone()
-        if r is not None:
-            raise DuplicateTaskError(
-                f"job {job_id}: task id {task_id} already belongs to job {r[0]}, another "
-                "generation",
-                holder=str(r[0]),
-            )
-
-    def _event(
-        self,
-        conn: sqlite3.Connection,
-        job_id: str,
-        at: str,
-        from_state: State | None,
-        to_state: State,
-        detail: Mapping[str, Any],
-    ) -> None:
-        conn.execute(
-            "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
-            (
-                job_id,
-                at,
-                None if from_state is None else from_state.value,
-                to_state.value,
-                _dumps(detail),
-            ),
-        )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_fields(fields: Mapping[str, Any]) -> None:
-    unknown = sorted(set(fields) - FIELDS)
-    if unknown:
-        raise StateError(f"unknown job field(s): {', '.join(unknown)}")
-
-
-def _changes(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {"set": dict(fields)} if fields else {}
