@@ -44,6 +44,12 @@ from pathlib import Path
 
 import httpx
 
+# The names live in names.py (status reads them without httpx); kept importable from here.
+from pipeline.dataset.names import CONFLICTS_DIR as CONFLICTS_DIR
+from pipeline.dataset.names import METADATA_FILE as METADATA_FILE
+from pipeline.dataset.names import PART_PREFIX as PART_PREFIX
+from pipeline.dataset.names import REPLACED_DIR as REPLACED_DIR
+from pipeline.dataset.names import VIDEOS_DIR as VIDEOS_DIR
 from pipeline.errors import (
     MediaError,
     OutputConflictError,
@@ -60,11 +66,6 @@ from pipeline.run.crashpoints import crash_point
 from pipeline.storage.fetch import Limits, disk_error, download, fsync_dir
 from pipeline.storage.urls import display_url
 
-VIDEOS_DIR = "videos"
-REPLACED_DIR = "replaced"
-CONFLICTS_DIR = "conflicts"
-METADATA_FILE = "metadata.jsonl"
-PART_PREFIX = ".part-"
 #: A result may be this much longer than the seconds billed (container rounding, last GOP).
 #: Shorter is fine: the model may use only part of a hard motion.
 DURATION_SLACK = 1.5
