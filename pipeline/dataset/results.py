@@ -101,6 +101,8 @@ class ResultFile:
     """The same bytes were already at ``path``; nothing was written."""
     replaced: Path | None = None
     """Where an earlier, different video at ``path`` was moved (``replace=True`` only)."""
+    mtime_ns: int | None = None
+    """The published file's time stamp (the output check's), when it was read with it."""
 
 
 # --------------------------------------------------------------------------- verification
@@ -214,11 +216,12 @@ async def download_result(
         sha256, size = await _fetch(
             client, url, tmp, job_id=job_id, chunk=chunk, limits=limits or Limits(max_bytes)
         )
-        info = await asyncio.to_thread(
-            _verify, tmp, tools=tools, expect_seconds=expect_seconds, job_id=job_id
-        )
-        fresh = _result(tmp, info, sha256, size)
-        return await asyncio.to_thread(_publish, tmp, target, fresh, replace=replace, job_id=job_id)
+        # One worker-thread hop for verify, rename and stat: under load each hop waits a turn
+        # of a busy event loop, and a download holds one of the few download slots meanwhile.
+        return await asyncio.to_thread(
+            _verify_and_publish, tmp, target, sha256, size, tools=tools,
+            expect_seconds=expect_seconds, job_id=job_id, replace=replace,
+        )  # fmt: skip
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -244,6 +247,19 @@ async def _fetch(
         on_block=lambda: crash_point("mid-download"),
     )  # fmt: skip
     return fetched.sha256, fetched.size
+
+
+def _verify_and_publish(
+    tmp: Path, target: Path, sha256: str, size: int, *, tools: MediaTools,
+    expect_seconds: float | None, job_id: str, replace: bool,
+) -> ResultFile:  # fmt: skip
+    info = _verify(tmp, tools=tools, expect_seconds=expect_seconds, job_id=job_id)
+    published = _publish(tmp, target, _result(tmp, info, sha256, size), replace=replace,
+                         job_id=job_id)  # fmt: skip
+    try:
+        return dataclasses.replace(published, mtime_ns=target.stat().st_mtime_ns)
+    except OSError:
+        return published
 
 
 def _publish(
