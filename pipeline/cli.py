@@ -303,7 +303,7 @@ def _cmd_sandbox(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     protocols = (
         tuple(args.protocol) if args.protocol else ("kie", "acedata", "kling", "fal", "replicate")
     )
-    serve(args.host, args.port, protocols, args.faults, out=out)
+    serve(args.host, args.port, protocols, args.faults, out=out, instant=args.instant)
     return EXIT_OK
 
 

@@ -331,4 +331,10 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
     p.add_argument(
         "--faults", metavar="FILE", help="latency and fault profile (YAML or JSON); default: none"
     )
+    p.add_argument(
+        "--instant",
+        action="store_true",
+        help="benchmarks: no media checks or renders; every task succeeds on its first poll "
+        "with one canned clip (same as 'instant: true' in the profile)",
+    )
     return parser

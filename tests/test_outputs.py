@@ -22,6 +22,7 @@ import pytest
 from mediagen import make_image, make_video
 from waiting import wait_until_async
 
+from pipeline.dataset.names import PART_PREFIX
 from pipeline.dataset.records import (
     RESERVED_KEYS,
     ResultMetadata,
@@ -30,7 +31,6 @@ from pipeline.dataset.records import (
     write_metadata,
 )
 from pipeline.dataset.results import (
-    PART_PREFIX,
     ResultFile,
     classify_status,
     download_result,

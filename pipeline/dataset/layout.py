@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.dataset.results import METADATA_FILE, REPLACED_DIR, VIDEOS_DIR
+from pipeline.dataset.names import METADATA_FILE, REPLACED_DIR, VIDEOS_DIR
 from pipeline.errors import ConfigError, StateError
 from pipeline.jobs import State
 from pipeline.media.hashing import sha256_file

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.dataset.results import METADATA_FILE, dataset_file_name
+from pipeline.dataset.names import METADATA_FILE
+from pipeline.dataset.results import dataset_file_name
 from pipeline.storage.atomic import write_atomic
 
 #: VideoFolder names its own columns ``video`` (from ``file_name``) and ``image``; a metadata key

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.jobs import State
-from pipeline.manifest.model import Budget
-from pipeline.state.rows import BriefRow
+
+if TYPE_CHECKING:  # status imports this module: it must not pull in the manifest or httpx
+    from pipeline.manifest.model import Budget
+    from pipeline.state.rows import BriefRow
 
 
 @dataclass(frozen=True)

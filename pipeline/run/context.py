@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.dataset.metadata import job_from_spec
-from pipeline.dataset.results import REPLACED_DIR
+from pipeline.dataset.names import REPLACED_DIR
 from pipeline.jobs import Job
 from pipeline.manifest.model import Manifest
 from pipeline.media.hashing import sha256_text

@@ -117,7 +117,9 @@ class DownloadStage:
         """Record a verified result: ``done``, with the facts metadata.jsonl and the output
         check need (sizes, time stamp); an orphan's metadata goes beside its video."""
         ctx = self.ctx
-        mtime = await asyncio.to_thread(_mtime_ns, result.path)
+        mtime = result.mtime_ns
+        if mtime is None:  # a result adopted on resume: not stat-ed yet
+            mtime = await asyncio.to_thread(_mtime_ns, result.path)
         facts = {"width": result.width, "height": result.height, "fps": result.fps,
                  "codec": result.codec, "size": result.size, "mtime_ns": mtime}  # fmt: skip
         await ctx.journal.move(

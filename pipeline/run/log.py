@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.settings import printable, redact
 
 RUN_LOG = "run.log"
+_DONE = "_pipeline_redacted_by"
 
 
 class RedactFilter(logging.Filter):
@@ -35,6 +36,8 @@ class RedactFilter(logging.Filter):
         self._formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _DONE, None) is self:
+            return True  # the logger's filter already rewrote it; the handler's need not again
         try:
             message = record.getMessage()
         except Exception:  # a bad format string must not crash the logging call itself
@@ -48,6 +51,7 @@ class RedactFilter(logging.Filter):
             record.exc_text = self._multiline(record.exc_text)
         if record.stack_info:
             record.stack_info = self._multiline(record.stack_info)
+        setattr(record, _DONE, self)
         return True
 
     def _multiline(self, text: str) -> str:

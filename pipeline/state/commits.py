@@ -52,22 +52,28 @@ class GroupCommitter:
         self.writes = 0
 
     async def __aenter__(self) -> GroupCommitter:
+        # While commits run in a thread holding the store's lock, the loop's reads are served
+        # from committed rows in memory instead of waiting (the runner owns the file meanwhile).
+        self.store.cache_rows(True)
         self._task = asyncio.create_task(self._loop(), name="group-commit")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._queue:  # writes queued after the loop stopped still land
-            batch, self._queue = self._queue, []
-            try:
-                self._commit_or_retry(batch)
-            except _Partial as partial:
-                _fail_all(partial.rest, partial.error)
-            except PipelineError as exc:
-                _fail_all(batch, exc)
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            if self._queue:  # writes queued after the loop stopped still land
+                batch, self._queue = self._queue, []
+                try:
+                    self._commit_or_retry(batch)
+                except _Partial as partial:
+                    _fail_all(partial.rest, partial.error)
+                except PipelineError as exc:
+                    _fail_all(batch, exc)
+        finally:
+            self.store.cache_rows(False)
 
     async def transition(
         self,

@@ -136,6 +136,10 @@ class Database:
 
     # ----------------------------------------------------------------------- transactions
 
+    @property
+    def in_batch(self) -> bool:
+        return self._in_batch
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Many writes, one commit (one fsync). Rolled back (to the last task-id flush) on error.

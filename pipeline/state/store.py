@@ -30,6 +30,7 @@ from pipeline.errors import StateError
 from pipeline.jobs import TRANSITIONS, State
 from pipeline.state import sql
 from pipeline.state.database import Database
+from pipeline.state.rowcache import RowCache
 from pipeline.state.rows import (
     SELECT_JOBS,
     STATE_BY_VALUE,
@@ -71,6 +72,7 @@ class StateStore:
         self.readonly = db.readonly
         self._clock = clock
         self.uploads = UploadTable(db)
+        self._cache = RowCache()
 
     @classmethod
     def open(
@@ -105,9 +107,18 @@ class StateStore:
 
     # The connection's own facts and transactions, for callers that hold only the store.
 
-    def batch(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
         """Many writes, one commit (see :meth:`Database.batch`)."""
-        return self.db.batch()
+        with self._cache.transaction(self.db), self.db.batch():
+            yield
+
+    def cache_rows(self, on: bool) -> None:
+        """Serve committed rows from memory (:mod:`.rowcache`): only while this store is the
+        file's one writer (a run holds the output directory's lock)."""
+        with self.db.locked():
+            self._cache.clear()
+            self._cache.enabled = on
 
     def pragma(self, name: str) -> object:
         return self.db.pragma(name)
@@ -206,7 +217,7 @@ class StateStore:
 
         The old key, task id and output are kept in the event, so nothing paid for is forgotten.
         """
-        with self.db.write() as conn:
+        with self._cache.transaction(self.db), self.db.write() as conn:
             old = sql.get(conn, record.id, self.path)
             now = _stamp(self._clock())
             conn.execute(
@@ -224,11 +235,19 @@ class StateStore:
                 "key": record.key,
             }
             sql.event(conn, record.id, now, old.state, State.PENDING, detail)
-            return sql.get(conn, record.id, self.path)
+            row = sql.get(conn, record.id, self.path)
+            self._cache.stage(row)
+        return row
 
     def get(self, job_id: str) -> JobRow:
+        row = self._cache.get(job_id)
+        if row is not None:
+            return row
         with self.db.locked():
-            return sql.get(self.db.conn, job_id, self.path)
+            row = sql.get(self.db.conn, job_id, self.path)
+            if not self.db.in_batch:  # inside one, the row may not be committed yet
+                self._cache.offer(row)
+        return row
 
     def rows(self, states: Iterable[State] | None = None) -> Iterator[JobRow]:
         """Jobs in id order, optionally only those in ``states`` (served by the state index)."""
@@ -311,7 +330,7 @@ class StateStore:
         """
         to = State(to)
         sql.check_fields(fields)
-        with self.db.write() as conn:
+        with self._cache.transaction(self.db), self.db.write() as conn:
             old = sql.get(conn, job_id, self.path)
             if expect is not None:
                 allowed = {State(expect)} if isinstance(expect, str) else set(map(State, expect))
@@ -339,6 +358,7 @@ class StateStore:
                 {"op": "transition", **sql.changes(fields), **(detail or {})},
             )
             row = sql.get(conn, job_id, self.path)
+            self._cache.stage(row)
         if "task_id" in fields:
             self.db.flush()
         return row
@@ -350,7 +370,7 @@ class StateStore:
         sql.check_fields(fields)
         if not fields:
             return self.get(job_id)
-        with self.db.write() as conn:
+        with self._cache.transaction(self.db), self.db.write() as conn:
             old = sql.get(conn, job_id, self.path)
             now = _stamp(self._clock())
             sql.update(conn, job_id, now, None, fields)
@@ -363,6 +383,7 @@ class StateStore:
                 {"op": "set", **sql.changes(fields), **(detail or {})},
             )
             row = sql.get(conn, job_id, self.path)
+            self._cache.stage(row)
         if "task_id" in fields:
             self.db.flush()
         return row
