@@ -248,7 +248,6 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 
 def _status_target(target: str) -> tuple[Path, str]:
     """The output directory to read, and a sentence instead when nothing has run there yet."""
-    from pipeline.manifest.load import load_manifest
     from pipeline.state.database import state_path
     from pipeline.state.lock import lock_path
 
@@ -262,6 +261,8 @@ def _status_target(target: str) -> tuple[Path, str]:
             f"{path} is not an output directory of motion-pipeline (it holds no state.sqlite); "
             "give the manifest or its output directory"
         )
+    from pipeline.manifest.load import load_manifest  # a manifest was named: now, not before
+
     output_dir = load_manifest(path, check_files=False).output_dir
     if _probe(state_path(output_dir), Path.exists):
         return output_dir, ""

@@ -31,16 +31,16 @@ def done_keys(output_dir: Path) -> list[str]:
         return [row.key for row in store.rows([State.DONE])]
 
 
-def status_target(target: str) -> tuple[Path, str, Budget]:
-    """``status`` of a manifest or an output directory: where, and the money's terms."""
-    # The manifest machinery (YAML, the schema) only when a manifest is named: `status DIR`
-    # of a 100,000-job batch must stay under a second.
-    from pipeline.manifest.load import load_manifest
-    from pipeline.manifest.model import Budget
-
+def status_target(target: str) -> tuple[Path, str, Budget | None]:
+    """``status`` of a manifest or an output directory: where, and the money's terms (no
+    budget for a directory: its money is counted in seconds, unpriced)."""
     path = Path(target)
     if path.is_dir():
-        return path, "USD", Budget()
+        return path, "USD", None
+    # The manifest machinery (YAML, the schema, the providers) only when a manifest is named:
+    # `status DIR` of a 100,000-job batch must stay under a second.
+    from pipeline.manifest.load import load_manifest
+
     manifest = load_manifest(path, check_files=False)
     return manifest.output_dir, manifest.budget.currency, manifest.budget
 
