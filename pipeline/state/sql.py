@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.errors import StateError
 from pipeline.jobs import State
-from pipeline.state.rows import SELECT_JOBS, DuplicateTaskError, JobRow, job_row
+from pipeline.state.rows import SELECT_JOBS, DuplicateTaskError, Event, JobRow, job_row
 
 #: Columns a caller may set through ``StateStore.transition`` / ``StateStore.set_fields``.
 FIELDS = frozenset(
@@ -119,3 +119,17 @@ def check_fields(fields: Mapping[str, Any]) -> None:
 
 def changes(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"set": dict(fields)} if fields else {}
+
+
+def events(conn: sqlite3.Connection, job_id: str) -> list[Event]:
+    found = conn.execute(
+        "SELECT id, job_id, at, from_state, to_state, detail FROM events WHERE job_id=? "
+        "ORDER BY id",
+        (job_id,),
+    ).fetchall()
+    return [
+        Event(
+            r[0], r[1], r[2], None if r[3] is None else State(r[3]), State(r[4]), json.loads(r[5])
+        )
+        for r in found
+    ]

@@ -19,7 +19,6 @@ JobRow, Event, ...) live in :mod:`pipeline.state.rows`.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,20 +388,6 @@ class StateStore:
         return row
 
     def events(self, job_id: str) -> list[Event]:
+        """The job's history, oldest first."""
         with self.db.locked():
-            found = self.db.conn.execute(
-                "SELECT id, job_id, at, from_state, to_state, detail FROM events "
-                "WHERE job_id=? ORDER BY id",
-                (job_id,),
-            ).fetchall()
-        return [
-            Event(
-                r[0],
-                r[1],
-                r[2],
-                None if r[3] is None else State(r[3]),
-                State(r[4]),
-                json.loads(r[5]),
-            )
-            for r in found
-        ]
+            return sql.events(self.db.conn, job_id)
