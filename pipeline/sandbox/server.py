@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from pipeline.errors import ConfigError
 from pipeline.media.tools import MediaTools, find_tools
@@ -44,6 +44,13 @@ class _HTTPServer(ThreadingHTTPServer):
     connections_lock: threading.Lock
     stopping: threading.Event
     """Set by stop(): a trickling answer gives up instead of outliving the server."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request (a Ctrl-C'd run) is normal, not a traceback on
+        # the sandbox's terminal; anything else is still printed.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
