@@ -17,9 +17,7 @@ from pipeline.media.probe import MediaInfo, probe_file
 from pipeline.media.recipes import MediaPlan, plan_media
 from pipeline.media.tools import MediaTools, find_tools
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "media"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/media")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "media"  # ../shared beside the repo
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared media at {SHARED}")
 
 KIE = "kling-2.6/motion-control"
