@@ -23,10 +23,8 @@ from pipeline.storage.atomic import write_atomic
 
 
 def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> records.ResultMetadata:
-    facts = json.loads(row.result) if row.result else {}
     job = pj.job
     sent = _sent_doc(row, pj)
-    video = sent.get("video_recipe") or {}
     return records.ResultMetadata(
         job_id=row.id,
         job_key=row.key,
@@ -37,22 +35,32 @@ def metadata_for(row: JobRow, pj: PlannedJob, config: ProviderConfig) -> records
         settings=job.settings.as_dict(),
         provider=config.name,
         model=config.model,
-        task_id=row.task_id or "",
-        output_sha256=row.output_sha256 or "",
-        duration=row.duration,
-        width=facts.get("width"),
-        height=facts.get("height"),
-        fps=facts.get("fps"),
-        codec=facts.get("codec"),
-        output_size=facts.get("size"),
-        billed_seconds=row.billed_seconds,
-        submitted_at=row.submitted_at,
-        finished_at=row.finished_at,
-        trim=video.get("trim"),
-        sent={"image": sent.get("image"), "video": sent.get("video")},
-        preparation={"video": video or None, "image": sent.get("image_recipe")},
+        **_result_fields(row, sent),
         media_recipe=pj.media.key_recipe if pj.media else "",
     )
+
+
+def _result_fields(row: JobRow, sent: Mapping[str, Any]) -> dict[str, Any]:
+    """What a metadata line takes from the job's row (its task and result) and from what its
+    create sent: the same for a manifest job and for an orphan."""
+    facts = json.loads(row.result) if row.result else {}
+    video = sent.get("video_recipe") or {}
+    return {
+        "task_id": row.task_id or "",
+        "output_sha256": row.output_sha256 or "",
+        "duration": row.duration,
+        "width": facts.get("width"),
+        "height": facts.get("height"),
+        "fps": facts.get("fps"),
+        "codec": facts.get("codec"),
+        "output_size": facts.get("size"),
+        "billed_seconds": row.billed_seconds,
+        "submitted_at": row.submitted_at,
+        "finished_at": row.finished_at,
+        "trim": video.get("trim"),
+        "sent": {"image": sent.get("image"), "video": sent.get("video")},
+        "preparation": {"video": video or None, "image": sent.get("image_recipe")},
+    }
 
 
 def _sent_doc(row: JobRow, pj: PlannedJob) -> dict[str, Any]:
@@ -94,13 +102,11 @@ def job_from_spec(row: JobRow, config: ProviderConfig) -> Job:
 
 def record_from_row(row: JobRow, output_dir: Path) -> dict[str, object]:
     """A metadata line for a result from the state alone (orphans: no manifest job to ask)."""
-    facts = json.loads(row.result) if row.result else {}
     spec = row.spec
     sent: dict[str, Any] = {}
     if row.inputs:
         with contextlib.suppress(ValueError):
             sent = json.loads(row.inputs)
-    video = sent.get("video_recipe") or {}
     meta = records.ResultMetadata(
         job_id=row.id,
         job_key=row.key,
@@ -111,20 +117,7 @@ def record_from_row(row: JobRow, output_dir: Path) -> dict[str, object]:
         settings=spec.get("settings") or {},
         provider=str(spec.get("provider") or ""),
         model=str(spec.get("model") or ""),
-        task_id=row.task_id or "",
-        output_sha256=row.output_sha256 or "",
-        duration=row.duration,
-        width=facts.get("width"),
-        height=facts.get("height"),
-        fps=facts.get("fps"),
-        codec=facts.get("codec"),
-        output_size=facts.get("size"),
-        billed_seconds=row.billed_seconds,
-        submitted_at=row.submitted_at,
-        finished_at=row.finished_at,
-        trim=video.get("trim"),
-        sent={"image": sent.get("image"), "video": sent.get("video")},
-        preparation={"video": video or None, "image": sent.get("image_recipe")},
+        **_result_fields(row, sent),
     )
     record = records.metadata_record(meta)
     if row.output:  # relative to the sidecar: the video sits right beside it
