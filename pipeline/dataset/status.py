@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.dataset import layout as outdir
 from pipeline.errors import StateError
 from pipeline.jobs import State
-from pipeline.plan.money import Money, reached_submission
+from pipeline.plan.money import Money, paid_columns
 from pipeline.settings import Settings
 from pipeline.state.database import state_path
 from pipeline.state.rows import STATE_BY_VALUE
@@ -78,21 +78,11 @@ def batch_status(output_dir: Path, budget: Budget | None = None) -> StatusReport
     problems = {d.job_id: d.why for d in check.damaged}
     counts = dict.fromkeys(State, 0)
     jobs: list[dict[str, Any]] = []
-    seconds_paid, cost, creates = 0.0, 0.0, 0
-    priced = True
+    money: list[tuple[State, str | None, float | None, str | None]] = []
     for job_id, value, task_id, error, output, _kind, billed, mode in rows:
         state = STATE_BY_VALUE[value]
         counts[state] += 1
         jobs.append({"id": job_id, "state": value, "task_id": task_id, "error": error,
                      "output": output, "output_problem": problems.get(job_id)})  # fmt: skip
-        if reached_submission(state, task_id, billed):
-            seconds = billed or 0.0
-            creates += 1
-            seconds_paid += seconds
-            price = None if budget is None else budget.cost(mode or "std", seconds)
-            if price is None:
-                priced = False
-            else:
-                cost += price
-    paid = Money(creates, seconds_paid, cost if priced else None)
-    return StatusReport(counts, jobs, paid)
+        money.append((state, task_id, billed, mode))
+    return StatusReport(counts, jobs, paid_columns(money, budget))
