@@ -14,7 +14,7 @@ import pytest
 from pipeline.errors import BadReplyError, TransientError
 from pipeline.jobs import Handle, TaskStatus
 from pipeline.run.poller import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
-from pipeline.run.retry import CircuitBreaker, RealSleeper
+from pipeline.run.retry import CircuitBreaker, RealSleeper, RecordingSleeper
 
 DEADLINE = 20.0  # bound on each test's waits, not a timing assertion
 
@@ -117,6 +117,29 @@ def test_transport_errors_are_ridden_out_until_task_timeout() -> None:
         (result,) = await serving(p, p.wait(Handle("fake", "t")))
         assert isinstance(result, TaskTimeout)
         assert len(fake.asked) >= 2  # asked again, not failed on the first transport error
+
+    asyncio.run(main())
+
+
+def test_recorded_waits_do_not_age_a_task_the_world_is_still_running() -> None:
+    # MOTION_PIPELINE_NO_SLEEP makes every wait instant and moves a fake clock; the provider
+    # still renders in real time. The fake clock passes an hour of backed-off polls in well
+    # under a second, so a task_timeout read on it failed tasks that were merely still running
+    # (CI, on a loaded machine). A task's age is the world's: read on the real clock.
+    async def main() -> None:
+        fake = FakeProvider({"t": ["running"] * 300 + ["succeeded"]})
+        sleeper = RecordingSleeper()
+        p = Poller(
+            fake,
+            interval=0.1,
+            task_timeout=3600.0,
+            sleeper=sleeper,
+            rng=random.Random(1),
+            breaker=CircuitBreaker(threshold=1000, cooldown=1.0, clock=sleeper.monotonic),
+        )
+        (result,) = await serving(p, p.wait(Handle("fake", "t")))
+        assert sleeper.monotonic() > 3600.0  # the recorded waits did pass the timeout
+        assert isinstance(result, TaskStatus) and result.phase == "succeeded", result
 
     asyncio.run(main())
 

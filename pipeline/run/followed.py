@@ -18,6 +18,8 @@ class Followed:
     started: float
     future: asyncio.Future[TaskStatus] = field(repr=False)
     kind: Kind
+    born: float
+    """When it started to be followed, on the poller's ``age_clock``: what its timeout counts."""
     label: str = ""
     """Whose task this is, for the log (``job a``)."""
     due: float = 0.0

@@ -23,8 +23,9 @@ import heapq
 import itertools
 import logging
 import random
+import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pipeline.errors import BadReplyError, ProviderError, TransientError
@@ -78,6 +79,7 @@ class Poller:
         max_gap: float = DEFAULTS.poll_max_gap,
         fallback: float | None = None,
         rhythm: bool = False,
+        age_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
         self.log = log or logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class Poller:
         planned = max(interval, fallback or 0.0)
         self.policy = Policy(interval=planned, max_gap=max(max_gap, planned), timeout=task_timeout)
         self.rhythm = rhythm
+        self.age_clock = age_clock
+        """What ``task_timeout`` is read on: the provider's world, so real time even when the
+        sleeper only records its waits (a test provider that is itself fake may pass its clock)."""
         self.durations = Durations()
         self.sleeper = sleeper
         self.rng = rng
@@ -122,7 +127,8 @@ class Poller:
         it is like (mode, billed seconds): what its schedule is estimated from."""
         now = self.sleeper.monotonic()
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        entry = Followed(handle, now if started is None else started, future, kind or Kind("", 0))
+        entry = Followed(handle, now if started is None else started, future, kind or Kind("", 0),
+                         born=self.age_clock())  # fmt: skip
         entry.label = label
         self._waiting[id(entry)] = entry
         self._by_task.setdefault(handle.task_id, []).append(entry)
@@ -325,7 +331,7 @@ class Poller:
         entry.bad = 0
         entry.last_running = entry.asked_at
         entry.progress = fraction(status.progress)
-        if self._timed_out(entry, now):
+        if self._timed_out(entry):
             return
         if entry.hinted:  # a callback came while this poll was out: it may be stale already
             self._push(entry, now + self.interval)
@@ -348,7 +354,7 @@ class Poller:
     def _retry_later(self, entry: Followed, exc: BaseException | None) -> None:
         entry.errors += 1
         now = self.sleeper.monotonic()
-        if self._timed_out(entry, now):
+        if self._timed_out(entry):
             return
         jittered = backoff(entry.errors, base=self.interval, cap=self.backoff_cap, rng=self.rng)
         wait = max(self.interval, jittered)
@@ -358,8 +364,8 @@ class Poller:
                          why)  # fmt: skip
         self._push(entry, now + wait)
 
-    def _timed_out(self, entry: Followed, now: float) -> bool:
-        if now - entry.started < self.task_timeout:
+    def _timed_out(self, entry: Followed) -> bool:
+        if self.age_clock() - entry.born < self.task_timeout:
             return False
         _fail(entry, TaskTimeout(f"task ran past task_timeout ({self.task_timeout:g} s)"))
         return True
