@@ -91,7 +91,12 @@ def run_client(
     """The run's one HTTP client: a bounded pool, the default timeouts, and a transport that
     tells ``outage`` whether the provider's hosts answer (storage hosts are not the provider)."""
     hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
-    limits = httpx.Limits(max_connections=DEFAULTS.connections)
+    # Every connection the pool may open may also stay open: httpx keeps only 20 alive by
+    # default, so a run with more calls in flight closed and re-opened connections (a TCP and
+    # TLS handshake each) all the time. Idle ones still close after httpx's keep-alive expiry.
+    limits = httpx.Limits(
+        max_connections=DEFAULTS.connections, max_keepalive_connections=DEFAULTS.connections
+    )
     transport = WatchingTransport(httpx.AsyncHTTPTransport(limits=limits), outage, hosts)
     timeout = httpx.Timeout(DEFAULTS.read_timeout, connect=DEFAULTS.connect_timeout)
     return httpx.AsyncClient(
