@@ -144,6 +144,9 @@ class TaskStatus:
     provider_state: str = ""
     duration: float | None = None
     progress: float | None = None
+    ran_seconds: float | None = None
+    """How long the provider says the task ran, creation to end, where it says so: what the
+    poller learns the batch's task durations from (kept inside what its own polls saw)."""
 
     @property
     def is_terminal(self) -> bool:

@@ -180,6 +180,22 @@ def test_ended_after_takes_the_middle_of_the_bracket() -> None:
     assert ended_after(submitted_at=0.0, last_running=2.0, done_at=30.0, resolution=1.0) == 16.0
 
 
+def test_the_providers_own_run_time_wins_inside_the_bracket_the_polls_saw() -> None:
+    # Kie said 10.2 s: better than the middle (10.5) of the 10..11 bracket.
+    assert ended_after(submitted_at=100.0, last_running=110.0, done_at=111.0, resolution=1.0,
+                       reported=10.2) == pytest.approx(10.2)  # fmt: skip
+    # Seen ended at the first poll: no need to guess within a resolution.
+    assert ended_after(submitted_at=0.0, last_running=None, done_at=12.0, resolution=1.0,
+                       reported=7.0) == 7.0  # fmt: skip
+    # A figure the polls contradict (clock skew, a hostile reply) is held to what they saw.
+    assert ended_after(submitted_at=0.0, last_running=10.0, done_at=11.0, resolution=1.0,
+                       reported=3.0) == 10.0  # fmt: skip
+    assert ended_after(submitted_at=0.0, last_running=10.0, done_at=11.0, resolution=1.0,
+                       reported=1e12) == 11.0  # fmt: skip
+    assert ended_after(submitted_at=0.0, last_running=None, done_at=11.0, resolution=1.0,
+                       reported=-5.0) == 0.0  # fmt: skip
+
+
 def test_durations_by_kind_and_borrowed_scaled_by_billed_seconds() -> None:
     learned = Durations()
     assert learned.estimate(Kind("std", 5)) is None

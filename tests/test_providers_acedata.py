@@ -177,6 +177,10 @@ def test_documented_succeeded_record() -> None:
     assert status.phase == "succeeded"  # type: ignore[attr-defined]
     assert status.result_url == "https://cdn.acedata.cloud/out.mp4"  # type: ignore[attr-defined]
     assert status.duration == pytest.approx(5.066)  # type: ignore[attr-defined]
+    assert status.ran_seconds == pytest.approx(317.07)  # type: ignore[attr-defined]
+    # Without ``elapsed``, from the time stamps (seconds).
+    body = record(created_at=1740969535.333, finished_at=1740969852.463, response=SUCCEEDED)
+    assert query(body).ran_seconds == pytest.approx(317.13)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -226,6 +226,25 @@ def test_success_takes_the_first_result_url() -> None:
     status = query(body)
     assert status.phase == "succeeded"  # type: ignore[attr-defined]
     assert status.result_url == "https://tempfile.redpandaai.co/out.mp4"  # type: ignore[attr-defined]
+    assert status.ran_seconds == 95.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("fields", "seconds"),
+    [
+        ({"costTime": None, "completeTime": 1767694069000}, 95.062),  # today's docs: time stamps
+        ({"costTime": "oops", "completeTime": None}, None),
+        ({"costTime": True, "completeTime": None}, None),  # a JSON boolean is not a figure
+        ({"costTime": "NaN", "completeTime": "inf"}, None),
+    ],
+)
+def test_how_long_the_task_ran_comes_from_cost_time_or_the_time_stamps(
+    fields: dict[str, object], seconds: float | None
+) -> None:
+    body = record("success", resultJson='{"resultUrls":["https://x/o.mp4"]}', **fields)
+    assert query(body).ran_seconds == (  # type: ignore[attr-defined]
+        None if seconds is None else pytest.approx(seconds)
+    )
 
 
 @pytest.mark.parametrize(

@@ -239,6 +239,9 @@ def test_succeed_takes_the_first_video() -> None:
     assert status.phase == "succeeded"  # type: ignore[attr-defined]
     assert status.result_url == "https://cdn.klingai.com/o.mp4"  # type: ignore[attr-defined]
     assert status.duration == pytest.approx(5.1)  # type: ignore[attr-defined]
+    assert status.ran_seconds == 0.0  # type: ignore[attr-defined]  # the fixture's two stamps agree
+    body["data"]["updated_at"] = 1774805171166  # type: ignore[index]
+    assert query(body).ran_seconds == pytest.approx(95.0)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("result", [None, {}, {"videos": []}, {"videos": [{"url": ""}]}])

@@ -31,6 +31,7 @@ from pipeline.providers.common import (
     float_or_none,
     no_client_id,
     no_upload_api,
+    ran_seconds,
     requery_result_url,
     require_object,
 )
@@ -179,6 +180,9 @@ def parse_record(
             result_url=url,
             provider_state=state or "succeed",
             duration=float_or_none(response.get("duration")),
+            ran_seconds=ran_seconds(
+                record.get("elapsed"), start=record.get("created_at"), end=record.get("finished_at")
+            ),
         )
     return TaskStatus(tid, "running", provider_state=state)
 

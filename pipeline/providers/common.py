@@ -1,6 +1,6 @@
 """What the provider clients do the same way: reading a reply that is no JSON object, checking
-the task id a provider hands out, asking again for a task's result URL, polling one task at a
-time, and saying what a provider lacks.
+the task id a provider hands out, reading how long it says a task ran, asking again for a task's
+result URL, polling one task at a time, and saying what a provider lacks.
 
 Each protocol module keeps its own envelope, codes and wording; only logic that is the same for
 every provider that needs it lives here.
@@ -8,6 +8,7 @@ every provider that needs it lives here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -111,6 +112,24 @@ def float_or_none(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def ran_seconds(
+    measured: Any = None, *, start: Any = None, end: Any = None, unit: float = 1.0
+) -> float | None:
+    """How long a provider says a task ran, in seconds: its own figure (``measured``) or the
+    difference of its creation and end time stamps, all in ``unit`` seconds (1000: ms). None
+    when it gives neither as finite numbers."""
+    figure = _finite(measured)
+    if figure is None:
+        began, ended = _finite(start), _finite(end)
+        figure = None if began is None or ended is None else ended - began
+    return None if figure is None else figure / unit
+
+
+def _finite(value: Any) -> float | None:
+    number = None if isinstance(value, bool) else float_or_none(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 async def poll_each(poll: Poll, handles: Sequence[Handle]) -> dict[str, TaskStatus]:

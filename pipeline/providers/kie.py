@@ -38,6 +38,7 @@ from pipeline.providers.common import (
     checked_task_id,
     no_client_id,
     poll_each,
+    ran_seconds,
     requery_result_url,
     require_object,
 )
@@ -187,7 +188,11 @@ def parse_record(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] =
         if not urls:
             why = "provider reported success without a result URL"
             return TaskStatus(tid, "failed", reason=why, provider_state=state)
-        return TaskStatus(tid, "succeeded", result_url=urls[0], provider_state=state)
+        # costTime only in older copies of the docs; the time stamps in every one (ms).
+        ran = ran_seconds(data.get("costTime"), start=data.get("createTime"),
+                          end=data.get("completeTime"), unit=1000.0)  # fmt: skip
+        return TaskStatus(tid, "succeeded", result_url=urls[0], provider_state=state,
+                          ran_seconds=ran)  # fmt: skip
     if state in _FAIL_STATES:
         return TaskStatus(tid, "failed", reason=_fail_reason(data, secrets), provider_state=state)
     progress = data.get("progress")

@@ -39,6 +39,7 @@ from pipeline.providers.common import (
     float_or_none,
     no_upload_api,
     poll_each,
+    ran_seconds,
     requery_result_url,
     require_object,
 )
@@ -250,9 +251,9 @@ def parse_task(data: Mapping[str, Any], task_id: str, secrets: Iterable[str] = (
                 provider_state=state,
             )
         duration = first.get("duration") if isinstance(first, dict) else None
-        return TaskStatus(
-            tid, "succeeded", result_url=url, provider_state=state, duration=float_or_none(duration)
-        )
+        ran = ran_seconds(start=data.get("created_at"), end=data.get("updated_at"), unit=1000.0)
+        return TaskStatus(tid, "succeeded", result_url=url, provider_state=state,
+                          duration=float_or_none(duration), ran_seconds=ran)  # fmt: skip
     return TaskStatus(tid, "running", provider_state=state)
 
 

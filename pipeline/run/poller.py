@@ -184,14 +184,16 @@ class Poller:
         return next_poll(self.policy, now=now, submitted_at=entry.started, polls=polls,
                          estimate=estimate, progress=entry.progress)  # fmt: skip
 
-    def _learn(self, entry: Followed, now: float) -> None:
-        """A task succeeded: its end teaches the schedule; tasks planned blind are re-planned."""
+    def _learn(self, entry: Followed, now: float, reported: float | None) -> None:
+        """A task succeeded: its end teaches the schedule (``reported``: how long the provider
+        says it ran); tasks planned blind are re-planned."""
         if self.rhythm or entry.asked_at is None:
             return
         age = entry.asked_at - entry.started
         resolution = 0.0 if entry.by_hint else self.policy.resolution(age, self.interval)
         seconds = ended_after(submitted_at=entry.started, last_running=entry.last_running,
-                              done_at=entry.asked_at, resolution=resolution)  # fmt: skip
+                              done_at=entry.asked_at, resolution=resolution,
+                              reported=reported)  # fmt: skip
         self.durations.learn(entry.kind, seconds)
         for other in list(self._waiting.values()):
             if other.cold and other.queued:
@@ -324,7 +326,7 @@ class Poller:
             if not entry.future.done():
                 entry.future.set_result(status)
             if status.phase == "succeeded":
-                self._learn(entry, now)
+                self._learn(entry, now, status.ran_seconds)
             return
         entry.polls += 1
         entry.errors = 0

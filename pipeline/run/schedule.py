@@ -131,17 +131,29 @@ def fraction(progress: float | None) -> float | None:
 
 
 def ended_after(
-    *, submitted_at: float, last_running: float | None, done_at: float, resolution: float
+    *,
+    submitted_at: float,
+    last_running: float | None,
+    done_at: float,
+    resolution: float,
+    reported: float | None = None,
 ) -> float:
     """Seconds from submission to a task's end, from the polls that bracket it.
 
     The end lies between the last poll that saw the task running (``last_running``) and the
-    poll that saw it ended (``done_at``): the middle is taken. A task seen ended at its first
-    poll has no lower bound but its submission (the policy aimed that poll at its expected end),
-    so the end is taken within ``resolution`` before that poll (:meth:`Policy.resolution`): if
-    tasks are in fact shorter, each such end pulls the estimate earlier, until first polls find
-    tasks running again. A poll a callback asked for comes right at the end (``resolution`` 0).
+    poll that saw it ended (``done_at``). Where the provider says how long the task ran
+    (``reported``: Kie's ``costTime``, AceData's ``elapsed``, Kling's time stamps) that is
+    the end, kept inside the bracket: the polls are what we saw ourselves, so a wrong or hostile
+    figure can move the estimate no further than they allow. Otherwise the middle is taken. A
+    task seen ended at its first poll has no lower bound but its submission (the policy aimed
+    that poll at its expected end), so the end is taken within ``resolution`` before that poll
+    (:meth:`Policy.resolution`): if tasks are in fact shorter, each such end pulls the estimate
+    earlier, until first polls find tasks running again. A poll a callback asked for comes
+    right at the end (``resolution`` 0).
     """
+    if reported is not None:
+        floor = submitted_at if last_running is None else last_running
+        return min(max(submitted_at + reported, floor), done_at) - submitted_at
     if resolution <= 0:
         lower = done_at
     elif last_running is None:
