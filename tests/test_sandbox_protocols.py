@@ -94,6 +94,31 @@ def test_kie_upload_create_poll_download(tmp_path: Path, media: Media) -> None:
     assert (info.width, info.height) == (256 + 320, 320)
 
 
+def test_a_task_s_reported_end_is_when_it_ended_for_its_service(
+    tmp_path: Path, media: Media
+) -> None:
+    # The render takes well under a second; the task is still "generating" until its latency
+    # is over. A costTime of the render alone told the poller (which learns from it) that
+    # tasks end long before they do, and it polled early twice per task.
+    profile = FaultProfile(latency=Latency(seconds=1.5))
+    with SandboxServer(keys=KEYS, faults=profile, data_dir=tmp_path / "sb") as srv:
+        with kie_client(srv.base_url) as client:
+            task_id = kie_create(client, srv.file_url(media.image), srv.file_url(media.video))
+            data = kie_wait(client, task_id)
+        assert data["costTime"] >= 1500, data
+        assert data["completeTime"] - data["createTime"] == data["costTime"]
+        body = {"image_url": srv.file_url(media.image), "video_url": srv.file_url(media.video),
+                "character_orientation": "video", "mode": "std", "async": True}  # fmt: skip
+        with ace_client(srv.base_url) as client:
+            ace_id = client.post("/kling/motion", json=body).json()["task_id"]
+            record = until(
+                lambda: client.post("/kling/tasks", json={"id": ace_id, "action": "retrieve"}),
+                lambda r: "response" in r.json(),
+            ).json()
+        assert record["elapsed"] >= 1.5, record
+        assert record["finished_at"] - record["created_at"] == pytest.approx(record["elapsed"])
+
+
 def test_kie_credit_and_download_url(srv: SandboxServer, media: Media) -> None:
     with kie_client(srv.base_url) as client:
         credit = client.get("/api/v1/chat/credit").json()

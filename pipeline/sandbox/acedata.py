@@ -239,8 +239,9 @@ def record(app: Service, task: Task, base_url: str) -> dict[str, Any]:
         "user_id": "sandbox-user",
         "job_id": task.extra["video_id"],
     }
-    if phase in ("succeeded", "failed") and task.finished is not None:
-        doc["finished_at"] = round(task.finished, 3)
-        doc["elapsed"] = round(task.finished - task.created, 3)
+    ended = app.store.ended_at(task, app.latency("acedata"))  # the latency too, not the render
+    if phase in ("succeeded", "failed") and ended is not None:
+        doc["finished_at"] = round(ended, 3)
+        doc["elapsed"] = round(ended - task.created, 3)
         doc["response"] = result(app, task, base_url)
     return doc

@@ -220,8 +220,9 @@ def record(app: Service, task: Task, phase: Phase, base_url: str) -> dict[str, A
         "createTime": created,
         "updateTime": created,
     }
-    if phase in ("succeeded", "failed") and task.finished is not None:
-        finished = int(task.finished * 1000)
+    ended = app.store.ended_at(task, app.latency("kie"))  # the work and the latency, not the render
+    if phase in ("succeeded", "failed") and ended is not None:
+        finished = int(ended * 1000)
         data.update(updateTime=finished, completeTime=finished, costTime=finished - created)
     if phase == "succeeded":
         url = app.store.result_url(task, base_url)

@@ -241,7 +241,8 @@ def query(app: Service, req: Request) -> Reply:
 def task_data(app: Service, task: Task, phase: Phase, base_url: str) -> dict[str, Any]:
     """The task object: a query's ``data``, and the callback body (a flat task, §3.4)."""
     status = {"queued": "submitted", "running": "processing", "succeeded": "succeed"}
-    data = _task_doc(task, status.get(phase, "failed"))
+    ended = app.store.ended_at(task, app.latency("kling"))  # the latency too, not the render
+    data = _task_doc(task, status.get(phase, "failed"), ended)
     if phase == "succeeded":
         if task.outcome is None or task.outcome.rendered is None:
             raise RuntimeError(f"sandbox bug: task {task.task_id} succeeded without a video")
@@ -269,11 +270,9 @@ def callback(app: Service, task: Task, phase: Phase, base_url: str) -> Callback 
     return None if url is None else Callback(url, task_data(app, task, phase, base_url))
 
 
-def _task_doc(task: Task, status: str) -> dict[str, Any]:
+def _task_doc(task: Task, status: str, ended: float | None = None) -> dict[str, Any]:
     created = int(task.created * 1000)
-    updated = (
-        int(task.finished * 1000) if task.finished and status in ("succeed", "failed") else created
-    )
+    updated = int(ended * 1000) if ended and status in ("succeed", "failed") else created
     watermark = task.body.get("watermark_info") or {}
     return {
         "task_id": task.task_id,
