@@ -254,12 +254,13 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 def _status_target(target: str) -> tuple[Path, str]:
     """The output directory to read, and a sentence instead when nothing has run there yet."""
     from pipeline.state.database import state_path
-    from pipeline.state.lock import lock_path
 
     path = Path(target)
     if _probe(path, Path.is_dir):
         if _probe(state_path(path), Path.exists):
             return path, ""
+        from pipeline.state.lock import lock_path  # only now: the usual case has a state
+
         if _probe(lock_path(path), Path.exists):  # a run began here and stopped before any job
             return path, f"nothing has run in {path} yet"
         raise ConfigError(

@@ -108,31 +108,24 @@ def _job_json(lines: Iterable[JobLine], problems: Mapping[str, str]) -> list[str
     """Each job's object as ``json.dumps`` writes it (ensure_ascii, ``", "`` and ``": "``).
 
     ``encode_basestring_ascii`` is the C function json.dumps itself quotes strings with, so the
-    bytes are its bytes; most of 100,000 jobs are pending, with nothing but an id and a state.
+    bytes are its bytes. Inline, without a call per job: 100,000 of them. A job with no task,
+    error or output (most, in a batch that has barely started; never one with a damaged video,
+    which has an output) takes the shortest way.
     """
     q = encode_basestring_ascii
     state = _STATE_JSON
-    if problems:
-        return [_full(job_id, state[s], task_id, error, output, problems.get(job_id))
-                for job_id, s, task_id, error, output in lines]  # fmt: skip
+    problem = problems.get
     return [
         f'{{"id": {q(job_id)}, "state": {state[s]}, "task_id": null, "error": null, '
         '"output": null, "output_problem": null}'
         if task_id is None and error is None and output is None
-        else _full(job_id, state[s], task_id, error, output, None)
+        else f'{{"id": {q(job_id)}, "state": {state[s]}, '
+        f'"task_id": {"null" if task_id is None else q(task_id)}, '
+        f'"error": {"null" if error is None else q(error)}, '
+        f'"output": {"null" if output is None else q(output)}, '
+        f'"output_problem": {"null" if (why := problem(job_id)) is None else q(why)}}}'
         for job_id, s, task_id, error, output in lines
     ]
-
-
-def _full(job_id: str, state: str, task_id: str | None, error: str | None, output: str | None,
-          problem: str | None) -> str:  # fmt: skip
-    return (f'{{"id": {encode_basestring_ascii(job_id)}, "state": {state}, '
-            f'"task_id": {_text(task_id)}, "error": {_text(error)}, "output": {_text(output)}, '
-            f'"output_problem": {_text(problem)}}}')  # fmt: skip
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
 
 
 def batch_status(output_dir: Path, budget: Budget | None = None) -> StatusReport:
