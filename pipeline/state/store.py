@@ -27,8 +27,9 @@ from typing import Any
 
 from pipeline.errors import StateError
 from pipeline.jobs import TRANSITIONS, State
-from pipeline.state import sql
+from pipeline.state import overview, sql
 from pipeline.state.database import Database
+from pipeline.state.overview import Overview
 from pipeline.state.rowcache import RowCache
 from pipeline.state.rows import (
     SELECT_JOBS,
@@ -268,14 +269,11 @@ class StateStore:
             found = self.db.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [JobSummary(r[0], STATE_BY_VALUE[r[1]], r[2], r[3], r[4], r[5]) for r in found]
 
-    def status_rows(self) -> list[tuple[Any, ...]]:
-        """``(id, state, task_id, error, output, fail_kind, billed_seconds, mode)`` of every
-        job in id order, as plain tuples: ``status`` reads 100,000 jobs in this one pass."""
-        with self.db.locked():
-            return self.db.conn.execute(
-                "SELECT id, state, task_id, error, output, fail_kind, billed_seconds, "
-                "json_extract(spec, '$.settings.mode') FROM jobs ORDER BY id"
-            ).fetchall()
+    def status_rows(self, *, modes: bool = False) -> tuple[Overview, list[OutputRow]]:
+        """What ``status`` shows (:mod:`.overview`; ``modes``: each paid job's mode, for a
+        budget's prices) and the done jobs' results, from one snapshot of the file."""
+        with self.db.locked(), overview.snapshot(self.db.conn):
+            return overview.read(self.db.conn, modes=modes), self.outputs()
 
     def brief(self) -> list[BriefRow]:
         """Every job's key, state, task, why it failed, seconds and mode, in id order."""
