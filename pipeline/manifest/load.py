@@ -297,9 +297,15 @@ class _Checker:
             if k == "trim":
                 for j, trim in enumerate(matrix["trim"]):
                     self._check_trim(trim, ("matrix", "trim", j))
-        for image, video, *combo in itertools.product(images, videos, *(matrix[k] for k in axes)):
-            values = {**defaults, **dict(zip(axes, combo, strict=True))}
-            yield Spec(("matrix",), None, image, video, settings_of(values), line)
+        # Settings per combination of the setting axes, not per cell: the cells of a 100 x 1,000
+        # matrix share one. The order is the product's (image, video, then the axes).
+        combos = [
+            settings_of({**defaults, **dict(zip(axes, combo, strict=True))})
+            for combo in itertools.product(*(matrix[k] for k in axes))
+        ]
+        cell: PathKey = ("matrix",)
+        for image, video, settings in itertools.product(images, videos, combos):
+            yield Spec(cell, None, image, video, settings, line)
 
     def _expand_inputs(self, entries: list[str], where: PathKey, role: str) -> list[InputRef]:
         refs: list[InputRef] = []

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline import providers
 from pipeline.errors import MediaError
@@ -20,7 +20,7 @@ from pipeline.manifest.model import Manifest
 from pipeline.media.hashing import FileHasher, sha256_text
 from pipeline.media.limits import limits_for
 from pipeline.media.probe import MediaInfo
-from pipeline.media.recipes import MediaPlan, plan_media
+from pipeline.media.recipes import ImageRecipe, MediaPlan, VideoRecipe, plan_media
 from pipeline.media.tools import MediaTools, find_tools
 from pipeline.plan import probing, sending
 from pipeline.plan.cache import CacheFolder
@@ -86,14 +86,20 @@ class Plan:
     def inputs(self) -> dict[str, dict[str, Any] | None]:
         """Probe facts per input (as jobs name them), listed once however many jobs share it."""
         out: dict[str, dict[str, Any] | None] = {}
+        known: set[int] = set()  # ids of refs already listed with facts: the jobs share them
         for pj in self.jobs:
             media = pj.media
             for ref, info in (
                 (pj.job.image, media.image_info if media else None),
                 (pj.job.video, media.video_info if media else None),
             ):
-                if str(ref) not in out or out[str(ref)] is None:
-                    out[str(ref)] = _facts(info)
+                if id(ref) in known:
+                    continue
+                shown = str(ref)
+                if out.get(shown) is None:
+                    out[shown] = _facts(info)
+                if out[shown] is not None:
+                    known.add(id(ref))
         return out
 
 
@@ -150,114 +156,162 @@ def make_plan(
     hashes = hash_inputs(manifest, hasher, cache=cache)
     tools = tools or find_tools(settings)
     facts = probe_inputs(manifest, hashes, tools, cache=cache)
-    provider_cls = providers.get(manifest.provider.name)
-    done = set(done_keys)
-    planned = []
-    for job in manifest.jobs:
-        image_sha = input_hash(job.image, hashes)
-        video_sha = input_hash(job.video, hashes)
-        limits = limits_for(manifest.provider.name, job.model, job.settings.character_orientation)
-        media = plan_media(
-            job,
-            facts[image_sha],
-            facts[video_sha],
-            limits,
-            has_sound_field=provider_cls.has_sound_field,
-        )
-        media = _check_url_inputs(
-            job, media, can_send=can_send_files(provider_cls, manifest.storage)
-        )
-        key = job_key(job, image_sha256=image_sha, video_sha256=video_sha, recipe=media.key_recipe)
-        action = "done" if key in done and media.action != "reject" else media.action
-        billed = media.billed_seconds if action != "reject" else 0.0
-        planned.append(
-            PlannedJob(
-                job=job,
-                key=key,
-                image_sha256=image_sha,
-                video_sha256=video_sha,
-                action=action,
-                steps=media.steps,
-                billed_seconds=billed,
-                estimated_cost=manifest.budget.cost(job.settings.mode, billed),
-                error=media.error,
-                media=media,
-            )
-        )
+    identity = _IdentityMemo()
+    drafts = _drafts(manifest, hashes, facts, set(done_keys), identity)
+    made = _prepare(manifest, drafts, tools, hasher) if prepare else None
+    sends = _Sends(hasher, tools, identity)
+    planned = [_planned(manifest, draft, made, sends) for draft in drafts]
     probing.drop_unneeded_fetches(manifest, planned)
     if prepare:
-        planned = _prepared(manifest, planned, tools, hasher, cache)
         hasher.save()
     return Plan(manifest=manifest, jobs=tuple(planned), totals=totals(manifest, planned))
 
 
-def _prepared(
+class _Draft(NamedTuple):
+    """A job's media decision and key, before what it sends is known (preparation is done for
+    all jobs at once, between the two passes). A NamedTuple: a frozen dataclass's __init__
+    costs six times as much, and there is one of these per job."""
+
+    job: Job
+    image_sha256: str
+    video_sha256: str
+    media: MediaPlan
+    key: str
+    action: str
+    send_as_is: bool
+    """Nothing to prepare before the run: both inputs go unchanged, or the run fetches one."""
+
+
+def _drafts(
     manifest: Manifest,
-    planned: list[PlannedJob],
-    tools: MediaTools,
-    hasher: FileHasher,
-    cache: CacheFolder,
-) -> list[PlannedJob]:
-    """Each job with what it sends: prepared local inputs made and measured (see sending)."""
-    todo = [
-        pj.media
-        for pj in planned
-        if pj.media is not None and pj.action != "reject" and not pj.media.is_identity
-        and not _fetch_first(pj, pj.media)
-    ]  # fmt: skip
-    folder = cache_dir(manifest) / "prepared"
-    made = sending.prepare_all(todo, tools, folder, hasher) if todo else {}
+    hashes: dict[str, str],
+    facts: dict[str, MediaInfo | MediaError],
+    done: set[str],
+    identity: _IdentityMemo,
+) -> list[_Draft]:
+    provider_cls = providers.get(manifest.provider.name)
+    can_send = can_send_files(provider_cls, manifest.storage)
+    # Per input and per recipe, not per job: a 100 x 1,000 matrix has 1,100 inputs and a
+    # handful of recipes, and its jobs share those objects (keyed by id: they outlive the plan).
+    sha_of: dict[int, str] = {}
+    for job in manifest.jobs:
+        for ref in (job.image, job.video):
+            if id(ref) not in sha_of:
+                sha_of[id(ref)] = input_hash(ref, hashes)
     out = []
-    for pj in planned:
-        media = pj.media
-        if media is None or pj.action == "reject":
-            out.append(pj)
-            continue
-        result = made.get(pj.job.id)
-        if isinstance(result, MediaError):
-            out.append(replace(pj, action="reject", steps=("reject",), billed_seconds=0.0,
-                               estimated_cost=manifest.budget.cost(pj.job.settings.mode, 0.0),
-                               error=result.reason))  # fmt: skip
-            continue
-        sent = _sent(pj, media, result, hasher, tools)
-        billed = sent.billed_seconds if sent.measured and sent.billed_seconds else pj.billed_seconds
-        cost = manifest.budget.cost(pj.job.settings.mode, billed or 0.0)
-        out.append(replace(pj, sent=sent, billed_seconds=billed, estimated_cost=cost))
+    for job in manifest.jobs:
+        image_sha, video_sha = sha_of[id(job.image)], sha_of[id(job.video)]
+        limits = limits_for(manifest.provider.name, job.model, job.settings.character_orientation)
+        media = plan_media(job, facts[image_sha], facts[video_sha], limits,
+                           has_sound_field=provider_cls.has_sound_field)  # fmt: skip
+        if not can_send:
+            media = _check_url_inputs(job, media, can_send=False)
+        image_same, video_same = identity(media.image), identity(media.video)
+        recipe = "" if image_same and video_same else media.key_recipe
+        key = job_key(job, image_sha256=image_sha, video_sha256=video_sha, recipe=recipe)
+        action = "done" if key in done and media.action != "reject" else media.action
+        # An input to prepare that is a URL: the run fetches it first (planning downloads nothing).
+        fetch_first = (job.image.is_url and not image_same) or (job.video.is_url and not video_same)
+        send_as_is = (image_same and video_same) or fetch_first
+        out.append(_Draft(job, image_sha, video_sha, media, key, action, send_as_is))
     return out
 
 
-def _fetch_first(pj: PlannedJob, media: MediaPlan) -> bool:
-    """An input to prepare is a URL: the run fetches it first (planning downloads nothing)."""
-    return (pj.job.image.is_url and not media.image.is_identity) or (
-        pj.job.video.is_url and not media.video.is_identity
+class _IdentityMemo:
+    """``recipe.is_identity``, asked once per recipe object: recipes shares one per distinct
+    input half among the jobs, and VideoRecipe.is_identity formats its text on every call."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[VideoRecipe | ImageRecipe, bool]] = {}
+
+    def __call__(self, recipe: VideoRecipe | ImageRecipe) -> bool:
+        hit = self._seen.get(id(recipe))
+        if hit is None:  # the recipe is kept in the memo, so its id is not reused meanwhile
+            hit = self._seen[id(recipe)] = (recipe, recipe.is_identity)
+        return hit[1]
+
+
+def _prepare(
+    manifest: Manifest, drafts: list[_Draft], tools: MediaTools, hasher: FileHasher
+) -> dict[str, tuple[Path, Path, float | None] | MediaError]:
+    """Prepared local inputs, made (each distinct source and recipe once), by job id."""
+    todo = [d.media for d in drafts if d.action != "reject" and not d.send_as_is]
+    folder = cache_dir(manifest) / "prepared"
+    return sending.prepare_all(todo, tools, folder, hasher) if todo else {}
+
+
+def _planned(
+    manifest: Manifest,
+    draft: _Draft,
+    made: dict[str, tuple[Path, Path, float | None] | MediaError] | None,
+    sends: _Sends,
+) -> PlannedJob:
+    """The planned job, built once; with what it sends when inputs were prepared (``made``)."""
+    job, media, action = draft.job, draft.media, draft.action
+    mode = job.settings.mode
+    billed = media.billed_seconds if action != "reject" else 0.0
+    error, steps, sent = media.error, media.steps, None
+    if made is not None and action != "reject":
+        result = made.get(job.id)
+        if isinstance(result, MediaError):
+            action, steps, billed, error = "reject", ("reject",), 0.0, result.reason
+        else:
+            sent = sends(draft, result)
+            if sent.measured and sent.billed_seconds:
+                billed = sent.billed_seconds
+    return PlannedJob(
+        job=job,
+        key=draft.key,
+        image_sha256=draft.image_sha256,
+        video_sha256=draft.video_sha256,
+        action=action,
+        steps=steps,
+        billed_seconds=billed,
+        estimated_cost=manifest.budget.cost(mode, billed),
+        error=error,
+        media=media,
+        sent=sent,
     )
 
 
-def _sent(
-    pj: PlannedJob,
-    media: MediaPlan,
-    made: tuple[Path, Path, float | None] | None,
-    hasher: FileHasher,
-    tools: MediaTools,
-) -> sending.SentMedia:
-    image_info, video_info = media.image_info, media.video_info
-    if image_info is None or video_info is None:
-        return sending.SentMedia(None, None, measured=False)
-    job = pj.job
-    image: sending.Sent | None = sending.as_is(image_info, pj.image_sha256, url=job.image.url)
-    video: sending.Sent | None = sending.as_is(video_info, pj.video_sha256, url=job.video.url)
-    if made is not None:
-        image_path, video_path, duration = made
-        if not media.image.is_identity:
-            fmt = media.image.format or image_info.format
-            image = sending.prepared(image_path, hasher, tools, duration=None, fmt=fmt)
-        if not media.video.is_identity:
-            video = sending.prepared(video_path, hasher, tools, duration=duration, fmt="mp4")
-    elif not media.is_identity:  # a URL the run fetches and prepares: not measured yet
-        image = None if not media.image.is_identity else image
-        video = None if not media.video.is_identity else video
-        return sending.SentMedia(image, video, measured=False)
-    return sending.SentMedia(image, video, measured=True)
+class _Sends:
+    """What each job sends (:class:`sending.SentMedia`). An input sent unchanged is one shared
+    value per content hash (its facts are ``facts[sha]``, so the value is the same), looked up
+    by that string rather than by hashing its MediaInfo for each of 100,000 jobs."""
+
+    def __init__(self, hasher: FileHasher, tools: MediaTools, identity: _IdentityMemo) -> None:
+        self.hasher, self.tools, self.identity = hasher, tools, identity
+        self._as_is: dict[str, sending.Sent] = {}
+
+    def as_is(self, info: MediaInfo, sha256: str, url: str | None) -> sending.Sent:
+        sent = self._as_is.get(sha256)
+        if sent is None:
+            sent = self._as_is[sha256] = sending.as_is(info, sha256, url=url)
+        return sent
+
+    def __call__(
+        self, draft: _Draft, made: tuple[Path, Path, float | None] | None
+    ) -> sending.SentMedia:
+        media, job = draft.media, draft.job
+        image_info, video_info = media.image_info, media.video_info
+        if image_info is None or video_info is None:
+            return sending.SentMedia(None, None, measured=False)
+        image: sending.Sent | None = self.as_is(image_info, draft.image_sha256, job.image.url)
+        video: sending.Sent | None = self.as_is(video_info, draft.video_sha256, job.video.url)
+        image_same, video_same = self.identity(media.image), self.identity(media.video)
+        if made is not None:
+            image_path, video_path, duration = made
+            hasher, tools = self.hasher, self.tools
+            if not image_same:
+                fmt = media.image.format or image_info.format
+                image = sending.prepared(image_path, hasher, tools, duration=None, fmt=fmt)
+            if not video_same:
+                video = sending.prepared(video_path, hasher, tools, duration=duration, fmt="mp4")
+        elif not (image_same and video_same):  # a URL the run fetches and prepares: not measured
+            image = image if image_same else None
+            video = video if video_same else None
+            return sending.SentMedia(image, video, measured=False)
+        return sending.SentMedia(image, video, measured=True)
 
 
 def _check_url_inputs(job: Job, media: MediaPlan, *, can_send: bool) -> MediaPlan:
