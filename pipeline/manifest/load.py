@@ -22,6 +22,7 @@ import jsonschema
 
 from pipeline import providers
 from pipeline.errors import Diagnostic, ManifestError
+from pipeline.gcpause import gc_paused
 from pipeline.jobs import InputRef, Job
 from pipeline.manifest.callback import callback_config
 from pipeline.manifest.diagnostics import report_schema_error
@@ -69,7 +70,8 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     except YamlProblem as exc:
         diag = Diagnostic(shown, exc.line, exc.column, format_path(exc.path), exc.message)
         raise ManifestError([diag]) from None
-    return _Checker(shown, path.resolve(), loaded, check_files).run()
+    with gc_paused():  # a matrix makes one job per cell (see pipeline.gcpause)
+        return _Checker(shown, path.resolve(), loaded, check_files).run()
 
 
 class _Checker:
