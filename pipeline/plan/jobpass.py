@@ -116,7 +116,9 @@ class JobPass:
 
     def _draft(self, job: Job) -> _Draft:
         image_sha, video_sha = self._sha_of[id(job.image)], self._sha_of[id(job.video)]
-        limits = limits_for(self.provider_cls.name, job.model, job.settings.character_orientation)
+        limits = limits_for(
+            self.manifest.provider.name, job.model, job.settings.character_orientation
+        )
         media = plan_media(job, self.facts[image_sha], self.facts[video_sha], limits,
                            has_sound_field=self.provider_cls.has_sound_field)  # fmt: skip
         if not self.can_send:
