@@ -1,8 +1,8 @@
 """Scale figures at 100,000 jobs (issue 12, part 4), each command a process of its own.
 
 1. `status --json` on a 100,000-job state. Target < 1 s.
-2. `plan` of a 100,000-job matrix (100 images x 1,000 videos) with warm caches (a cold `plan`
-   first fills them). Target < 5 s and < 300 MB peak RSS.
+2. `plan` and `plan --json` of a 100,000-job matrix (100 images x 1,000 videos) with warm
+   caches (a cold `plan` first fills them). Target < 5 s and < 300 MB peak RSS, each.
 3. `run` of that matrix against the instant sandbox in its own process (`sandbox --instant`),
    stopped with Ctrl-C (SIGINT) after --seconds: peak RSS while it submits (sampled from /proc
    every 0.5 s, and the kernel's high-water mark), and the rate of verified results.
@@ -112,9 +112,11 @@ def make_matrix(folder: Path, base: str, concurrency: int) -> Path:
 def part_plan(path: Path, rounds: int, env: dict[str, str]) -> str:
     cold, cold_rss, _ = best_of([PY, "-m", "pipeline", "plan", str(path)], 1, env)
     wall, rss, _ = best_of([PY, "-m", "pipeline", "plan", str(path)], rounds, env)
-    verdict = "PASS" if wall < 5 and rss < 300 else "FAIL"
-    return (f"2. plan of 100,000 jobs: warm {wall:.2f} s, peak {rss:.0f} MB (cold first: "
-            f"{cold:.2f} s, {cold_rss:.0f} MB) (target < 5 s, < 300 MB): {verdict}")  # fmt: skip
+    jwall, jrss, jsize = best_of([PY, "-m", "pipeline", "plan", "--json", str(path)], rounds, env)
+    verdict = "PASS" if max(wall, jwall) < 5 and max(rss, jrss) < 300 else "FAIL"
+    return (f"2. plan of 100,000 jobs: warm {wall:.2f} s, peak {rss:.0f} MB; --json {jwall:.2f} s, "
+            f"peak {jrss:.0f} MB, {jsize / 1e6:.0f} MB of JSON (cold first: {cold:.2f} s, "
+            f"{cold_rss:.0f} MB) (target < 5 s, < 300 MB, both): {verdict}")  # fmt: skip
 
 
 def vm(pid: int) -> tuple[float, float]:

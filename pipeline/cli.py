@@ -92,16 +92,8 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return EXIT_OK if summary.estimate.runnable else EXIT_INVALID
 
 
-_BUCKET_WORDS = {
-    "to_pay": "pay",
-    "already_paid": "collect",
-    "free": "free",
-    "skipped": "skip",
-    "refused": "REFUSED",
-}
-
-
 def _print_plan(summary: PlanSummary, out: TextIO) -> None:
+    from pipeline.plan.listing import job_lines
     from pipeline.plan.selection import problems
 
     plan, est = summary.plan, summary.estimate
@@ -109,27 +101,8 @@ def _print_plan(summary: PlanSummary, out: TextIO) -> None:
     currency = m.budget.currency
     print(f"{m.name}: {len(plan.jobs)} jobs, {m.provider.name} {m.provider.model}", file=out)
     print(f"output: {m.output_dir}", file=out)
-    width = max((len(pj.job.id) for pj in plan.jobs), default=2)
-    for pj in plan.jobs:
-        s = pj.job.settings
-        billed = "-" if pj.billed_seconds is None else f"{pj.billed_seconds:.2f}s"
-        cost = "" if pj.estimated_cost is None else f" ~{pj.estimated_cost:.2f}"
-        verdict = est.verdicts[pj.job.id]
-        print(
-            f"  {pj.job.id:<{width}}  {pj.action:<11} {s.mode:<3} "
-            f"{s.character_orientation:<5} {billed:>8}{cost:<8} "
-            f"{_BUCKET_WORDS[verdict.bucket]}: {verdict.why}",
-            file=out,
-        )
-        media = pj.media
-        pad = " " * (width + 4)
-        if media is not None and media.image_info is not None:
-            print(f"{pad}image {printable(media.image_info.summary())}", file=out)
-        if media is not None and media.video_info is not None:
-            steps = f" -> {', '.join(pj.steps)}" if pj.steps else ""
-            print(f"{pad}video {printable(media.video_info.summary())}{steps}", file=out)
-        if pj.error:
-            print(f"{pad}! {printable(pj.error)}", file=out)
+    for piece in job_lines(summary):  # 100,000 jobs: their lines in pieces, input facts once
+        out.write(piece)
     for problem in problems(plan):
         print(f"rejected: {printable(problem.describe())}", file=out)
     print(f"this run would pay: {summary.to_pay.describe(currency)}", file=out)

@@ -9,10 +9,10 @@ import json
 import os
 import re
 import stat as stat_mod
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.jobs import InputRef, Job, JobSettings, Trim
 from pipeline.manifest.yamlsafe import PathKey
@@ -47,43 +47,49 @@ def assign_ids(specs: list[Spec], config: ProviderConfig, error: ErrorAt) -> lis
                 f"first used at {first}; ids must be unique ignoring case",
             )
         taken.setdefault(low, (*spec.where, "id"))
-    cleaned: dict[str, str] = {}  # per input: a 100 x 1,000 matrix has 1,100 stems, not 200,000
+    # Per input and per entry, not per job: a 100 x 1,000 matrix has 1,100 stems and one entry.
+    cleaned: dict[str, tuple[str, str]] = {}
     derived = [_derived_id(spec, cleaned) for spec in specs]
-    counts: dict[str, int] = {}
-    for spec, base in zip(specs, derived, strict=True):
-        if spec.id is None:
-            counts[base.lower()] = counts.get(base.lower(), 0) + 1
+    counts = Counter(low for spec, (_, low) in zip(specs, derived, strict=True) if spec.id is None)
+    paths: dict[PathKey, str] = {}
+    name, model = config.name, config.model
     jobs: list[Job] = []
-    for spec, base in zip(specs, derived, strict=True):
+    for spec, (base, low) in zip(specs, derived, strict=True):
         job_id = spec.id
         if job_id is None:
             job_id = base
-            if counts[base.lower()] > 1 or base.lower() in taken:
+            if counts[low] > 1 or low in taken:
                 job_id = _with_hash(base, spec)
-            if job_id.lower() in taken:
+                low = job_id.lower()
+            if low in taken:
                 error(
                     spec.where,
                     f"derived job id {job_id!r} is not unique",
                     "give the job an explicit id",
                 )
-            taken.setdefault(job_id.lower(), spec.where)
+            taken.setdefault(low, spec.where)
+        where = paths.get(spec.where)
+        if where is None:
+            where = paths[spec.where] = format_path(spec.where)
         jobs.append(
             Job(
                 id=job_id,
                 image=spec.image,
                 video=spec.video,
                 settings=spec.settings,
-                provider=config.name,
-                model=config.model,
+                provider=name,
+                model=model,
                 line=spec.line,
-                where=format_path(spec.where),
+                where=where,
             )
         )
     return jobs
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(NamedTuple):
+    """One job as the manifest states it, before its id is decided. A NamedTuple, not a frozen
+    dataclass: a matrix makes one per cell, and a dataclass's __init__ costs several times more."""
+
     where: PathKey
     id: str | None
     image: InputRef
@@ -122,14 +128,17 @@ def _clean(stem: str) -> str:
     return _ID_CHARS.sub("_", stem).lstrip(".") or "x"
 
 
-def _derived_id(spec: Spec, cleaned: dict[str, str]) -> str:
+def _derived_id(spec: Spec, cleaned: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """The id derived from the stems, and its lower case (ids are unique ignoring case)."""
     image = cleaned.get(spec.image.raw)
     if image is None:
-        image = cleaned[spec.image.raw] = _clean(spec.image.stem)[:45]
+        stem = _clean(spec.image.stem)[:45]
+        image = cleaned[spec.image.raw] = (stem, stem.lower())
     video = cleaned.get(spec.video.raw)
     if video is None:
-        video = cleaned[spec.video.raw] = _clean(spec.video.stem)[:45]
-    return f"{image}-{video}"
+        stem = _clean(spec.video.stem)[:45]
+        video = cleaned[spec.video.raw] = (stem, stem.lower())
+    return f"{image[0]}-{video[0]}", f"{image[1]}-{video[1]}"
 
 
 def _with_hash(base: str, spec: Spec) -> str:

@@ -22,6 +22,7 @@ import jsonschema
 
 from pipeline import providers
 from pipeline.errors import Diagnostic, ManifestError
+from pipeline.gcpause import gc_paused
 from pipeline.jobs import InputRef, Job
 from pipeline.manifest.callback import callback_config
 from pipeline.manifest.diagnostics import report_schema_error
@@ -69,7 +70,8 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     except YamlProblem as exc:
         diag = Diagnostic(shown, exc.line, exc.column, format_path(exc.path), exc.message)
         raise ManifestError([diag]) from None
-    return _Checker(shown, path.resolve(), loaded, check_files).run()
+    with gc_paused():  # a matrix makes one job per cell (see pipeline.gcpause)
+        return _Checker(shown, path.resolve(), loaded, check_files).run()
 
 
 class _Checker:
@@ -297,9 +299,15 @@ class _Checker:
             if k == "trim":
                 for j, trim in enumerate(matrix["trim"]):
                     self._check_trim(trim, ("matrix", "trim", j))
-        for image, video, *combo in itertools.product(images, videos, *(matrix[k] for k in axes)):
-            values = {**defaults, **dict(zip(axes, combo, strict=True))}
-            yield Spec(("matrix",), None, image, video, settings_of(values), line)
+        # Settings per combination of the setting axes, not per cell: the cells of a 100 x 1,000
+        # matrix share one. The order is the product's (image, video, then the axes).
+        combos = [
+            settings_of({**defaults, **dict(zip(axes, combo, strict=True))})
+            for combo in itertools.product(*(matrix[k] for k in axes))
+        ]
+        cell: PathKey = ("matrix",)
+        for image, video, settings in itertools.product(images, videos, combos):
+            yield Spec(cell, None, image, video, settings, line)
 
     def _expand_inputs(self, entries: list[str], where: PathKey, role: str) -> list[InputRef]:
         refs: list[InputRef] = []

@@ -48,6 +48,12 @@ class Limits:
     image: ImageLimits
     video: VideoLimits
 
+    def __hash__(self) -> int:
+        # recipes caches each input's half of a plan by its Limits: the generated hash would
+        # walk both nested tables (13 fields) on every one of a 100,000-job matrix's lookups.
+        # Equal Limits have equal names, so this hash keeps the contract; eq still compares all.
+        return hash((self.provider, self.model, self.orientation))
+
 
 @functools.cache
 def _limits_doc() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pipeline.jobs import RECHECK, State
 from pipeline.manifest.model import Budget
@@ -42,9 +42,9 @@ class Known:
     fail_kind: str | None = None
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One planned job, as the estimate needs it."""
+class Candidate(NamedTuple):
+    """One planned job, as the estimate needs it (a NamedTuple: there is one per job, and a
+    frozen dataclass's __init__ costs several times more)."""
 
     id: str
     key: str
@@ -176,30 +176,45 @@ def estimate(
     return Estimate(verdicts, sums, fit, not blockers, tuple(blockers))
 
 
+# The verdicts whose reason is fixed, made once: a 100,000-job plan shares them.
+_REJECTED = Verdict("skipped", "inputs rejected")
+_NEW = Verdict("to_pay", "new")
+_PENDING = Verdict("to_pay", "pending")
+_CHANGED = Verdict("to_pay", "inputs or settings changed")
+_CHANGED_REPLACED = Verdict("to_pay", "inputs or settings changed (--replace)")
+_DONE = Verdict("free", "done")
+_STUCK = Verdict("skipped", "needs attention (resolve it first)")
+_FAILED = Verdict("skipped", "failed (--retry-failed to try again)")
+_RECHECKED = Verdict("already_paid", "its task is asked about again before paying again")
+_RETRIED = Verdict("to_pay", "failed, retried (--retry-failed)")
+
+
 def _one(job: Candidate, row: Known | None, *, retry_failed: bool, replaced: bool) -> Verdict:
     if job.rejected:
-        return Verdict("skipped", "inputs rejected")
-    if row is None or row.state is State.PENDING:
-        return Verdict("to_pay", "new" if row is None else "pending")
+        return _REJECTED
+    if row is None:
+        return _NEW
+    if row.state is State.PENDING:
+        return _PENDING
     changed = row.key != job.key
     if changed:
         unpaid = row.state is State.FAILED and not row.task_id
         if unpaid or replaced:
-            return Verdict("to_pay", "inputs or settings changed" + (" (--replace)" * replaced))
+            return _CHANGED_REPLACED if replaced else _CHANGED
         return Verdict("refused", f"changed after it was paid (state {row.state.value}); "
                                   "rename it or pass --replace")  # fmt: skip
     if row.state is State.DONE:
-        return Verdict("free", "done")
+        return _DONE
     if row.state in _IN_FLIGHT:
         return Verdict("already_paid", f"{row.state.value}: collected, not paid again")
     if row.state is State.NEEDS_ATTENTION:
-        return Verdict("skipped", "needs attention (resolve it first)")
+        return _STUCK
     # failed
     if not retry_failed:
-        return Verdict("skipped", "failed (--retry-failed to try again)")
+        return _FAILED
     if row.task_id and row.fail_kind in RECHECK:
-        return Verdict("already_paid", "its task is asked about again before paying again")
-    return Verdict("to_pay", "failed, retried (--retry-failed)")
+        return _RECHECKED
+    return _RETRIED
 
 
 def _left(budget: Budget, committed: tuple[float, float]) -> tuple[float, float]:

@@ -150,10 +150,13 @@ def drop_unneeded_fetches(manifest: Manifest, planned: Sequence[_Planned]) -> No
     needed: set[str] = set()
     seen: set[str] = set()
     for pj in planned:
+        job = pj.job
+        if job.image.url is None and job.video.url is None:
+            continue  # the common case, decided without building a recipe's text
         media = pj.media
         for ref, identity in (
-            (pj.job.image, media.image.is_identity if media else True),
-            (pj.job.video, media.video.is_identity if media else True),
+            (job.image, media.image.is_identity if media else True),
+            (job.video, media.video.is_identity if media else True),
         ):
             if ref.url is None:
                 continue

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.plan.build import Plan, PlannedJob
+from pipeline.plan.document import JobEncoder
 from pipeline.plan.estimate import Candidate, Estimate, Known, estimate
 from pipeline.plan.money import Money, paid
 from pipeline.plan.selection import expand_replace
@@ -47,8 +48,9 @@ class PlanSummary:
         doc["totals"] = self._totals()
         head, _, tail = json.dumps(doc).partition('"jobs": []')
         yield head + '"jobs": ['
+        encode, verdicts = JobEncoder().encode, self.estimate.verdicts
         for i, pj in enumerate(self.plan.jobs):
-            yield (", " if i else "") + json.dumps(self._job(pj))
+            yield (", " if i else "") + encode(pj, verdicts[pj.job.id])
         yield "]" + tail
 
     def _job(self, pj: PlannedJob) -> dict[str, Any]:
