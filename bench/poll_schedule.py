@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchkit import free_port, kie_manifest
 
 from pipeline.sandbox import FaultProfile, SandboxKeys, SandboxServer
 
@@ -39,37 +40,13 @@ KEY = "bench-key"
 VARIANTS = ("rhythm", "learned", "callbacks")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def manifest(folder: Path, name: str, base: str, jobs: int, concurrency: int, hook: bool) -> Path:
-    lines = [
-        "version: 1",
-        f"name: {name}",
-        "provider:",
-        "  name: kie",
-        f"  base_url: {base}",
-        f"  upload_url: {base}",
-        f"  concurrency: {concurrency}",
-        "  poll_interval: 1",
-        "  rate_limit: {requests: 100000, per_seconds: 1}",
-    ]
+    extra: list[str] = []
     if hook:
         port = free_port()
-        lines += [
-            "callback:",
-            f"  url: http://127.0.0.1:{port}/hook",
-            f"  listen: 127.0.0.1:{port}",
-        ]
-    lines.append("jobs:")
-    for n in range(jobs):  # distinct prompts: distinct keys, so no job is adopted from another
-        lines.append(f"  - {{id: j{n:05d}, image: a.png, video: clip.mp4, prompt: 'take {n}'}}")
-    path = folder / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+        extra = ["callback:", f"  url: http://127.0.0.1:{port}/hook", f"  listen: 127.0.0.1:{port}"]
+    return kie_manifest(folder, name, base, jobs, concurrency=concurrency, poll_interval=1,
+                        extra=extra)  # fmt: skip
 
 
 def measure(server: SandboxServer) -> dict[str, float]:

@@ -18,12 +18,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchkit import free_port, kie_manifest
 
 from pipeline.jobs import State
 from pipeline.state.rows import JobRecord
@@ -36,12 +37,6 @@ from mediagen import make_image, make_video  # noqa: E402 - needs the sys.path e
 
 PY = sys.executable
 ENV = {**os.environ, "KIE_API_KEY": "bench-key"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sandbox:
@@ -86,23 +81,7 @@ def timed(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, str
 
 
 def manifest(folder: Path, name: str, base: str, jobs: int, concurrency: int) -> Path:
-    lines = [
-        "version: 1",
-        f"name: {name}",
-        "provider:",
-        "  name: kie",
-        f"  base_url: {base}",
-        f"  upload_url: {base}",
-        f"  concurrency: {concurrency}",
-        "  poll_interval: 0.1",
-        "  rate_limit: {requests: 100000, per_seconds: 1}",
-        "jobs:",
-    ]
-    for n in range(jobs):  # distinct prompts: distinct keys, so no job is adopted from another
-        lines.append(f"  - {{id: j{n:05d}, image: a.png, video: clip.mp4, prompt: 'take {n}'}}")
-    path = folder / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return kie_manifest(folder, name, base, jobs, concurrency=concurrency, poll_interval=0.1)
 
 
 def parse_requests(stdout: str) -> tuple[int, float, float | None]:

@@ -21,13 +21,14 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchkit import free_port, kie_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -37,12 +38,6 @@ from mediagen import make_image, make_video  # noqa: E402 - needs the sys.path e
 PY = sys.executable
 ENV = {**os.environ, "KIE_API_KEY": "bench-key", "PYTHONUNBUFFERED": "1"}
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -122,24 +117,8 @@ def requests_in(stdout: str) -> int:
 
 
 def manifest(folder: Path, name: str, base: str, jobs: int, concurrency: int, poll: float) -> Path:
-    lines = [
-        "version: 1",
-        f"name: {name}",
-        "provider:",
-        "  name: kie",
-        f"  base_url: {base}",
-        f"  upload_url: {base}",
-        f"  concurrency: {concurrency}",
-        f"  poll_interval: {poll}",
-        "  rate_limit: {requests: 100000, per_seconds: 1}",
-        f"output_dir: out-{name}",
-        "jobs:",
-    ]
-    for n in range(jobs):  # distinct prompts: distinct keys, so no job is adopted from another
-        lines.append(f"  - {{id: j{n:05d}, image: a.png, video: clip.mp4, prompt: 'take {n}'}}")
-    path = folder / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return kie_manifest(folder, name, base, jobs, concurrency=concurrency, poll_interval=poll,
+                        extra=[f"output_dir: out-{name}"])  # fmt: skip
 
 
 def plain_cmd(folder: Path, base: str, jobs: int, conc: int, poll: float, tag: str) -> list[str]:
