@@ -113,22 +113,17 @@ class Poller:
         """Hints that brought a poll forward."""
 
     async def wait(
-        self,
-        handle: Handle,
-        *,
-        started: float | None = None,
-        label: str = "",
-        kind: Kind | None = None,
+        self, handle: Handle, *, label: str = "", kind: Kind | None = None
     ) -> TaskStatus:
         """The task's terminal status. Raises TaskTimeout, UnreadableTask, PollerCrashed, or a
         ProviderError the provider answered about this task (e.g. an unknown task id).
 
-        ``started`` is when the task was submitted (sleeper clock; default now), ``kind`` what
-        it is like (mode, billed seconds): what its schedule is estimated from."""
+        The task is followed from now: its schedule on the sleeper's clock, its timeout on
+        ``age_clock``. ``kind`` is what it is like (mode, billed seconds): what its schedule is
+        estimated from."""
         now = self.sleeper.monotonic()
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        entry = Followed(handle, now if started is None else started, future, kind or Kind("", 0),
-                         born=self.age_clock())  # fmt: skip
+        entry = Followed(handle, now, future, kind or Kind("", 0), born=self.age_clock())
         entry.label = label
         self._waiting[id(entry)] = entry
         self._by_task.setdefault(handle.task_id, []).append(entry)
