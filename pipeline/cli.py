@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ EXIT_OK = 0
 EXIT_INVALID = 2
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool that SIGPIPE ended: `cat`, `grep`, `git`
 
 
 def _cmd_validate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -309,7 +311,9 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     settings = settings or Settings.from_env()
     func: Command = args.func
     try:
-        return func(args, settings, sys.stdout)
+        code = func(args, settings, sys.stdout)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could no longer be handled
+        return code
     except ManifestError as exc:
         for diag in exc.diagnostics:
             print(printable(str(diag)), file=sys.stderr)
@@ -317,6 +321,11 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     except PipelineError as exc:
         _say(str(exc), settings)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader left (`| head`): stop quietly, as the tools beside us in the pipe do. Later
+        # writes (the interpreter's own flush at exit included) go nowhere instead of raising.
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         # What the core did not turn into one of our errors: the system refused a file (a
         # permission, a read-only or full disk, a port taken). Named, without a traceback; a
@@ -333,6 +342,15 @@ def _say(message: str, settings: Settings) -> None:
     """An error for the user on stderr: redacted, controls escaped, our own newlines kept."""
     text = printable(redact(message, settings.secrets()), keep_newlines=True)
     print(f"motion-pipeline: {text}", file=sys.stderr)
+
+
+def _drop_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (an embedding caller's stream)
+        pass
 
 
 def run_main() -> Any:  # pragma: no cover - console-script shim

@@ -25,6 +25,7 @@ EXIT_CODES = {
     3: "stopped by a batch-wide condition (key rejected, out of credits, budget, disk full)",
     4: "another run holds the lock of the output directory",
     130: "interrupted (the state is consistent: run again to continue)",
+    141: "the reader of the output went away (a closed pipe, as in `| head`)",
 }
 
 Handler = Callable[..., int]

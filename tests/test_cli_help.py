@@ -76,7 +76,7 @@ def test_top_level_help_lists_commands_and_exit_codes() -> None:
     assert proc.returncode == 0
     for name in COMMANDS:
         assert re.search(rf"^    {name} +\S", proc.stdout, flags=re.MULTILINE), name
-    assert listed_exit_codes(proc.stdout) == set(EXIT_CODES) == {0, 1, 2, 3, 4, 130}
+    assert listed_exit_codes(proc.stdout) == set(EXIT_CODES) == {0, 1, 2, 3, 4, 130, 141}
     assert "--version" in proc.stdout
 
 

@@ -198,3 +198,29 @@ def test_run_into_an_output_dir_it_may_not_create(media: Media, tmp_path: Path) 
     # whether it had sent anything before the disk refused).
     assert proc.returncode == 3
     assert proc.stderr == f"motion-pipeline: {out_dir(manifest)}: Permission denied\n"
+
+
+@pytest.mark.parametrize("args", [["plan"], ["plan", "--json"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    args: list[str], media: Media, tmp_path: Path
+) -> None:
+    # `| head`: the reader takes a few bytes and closes the pipe. 2,000 jobs print more than a
+    # pipe holds (64 KiB), so the command is still writing when the pipe closes, every time.
+    ids = [f"job-{n:05d}" for n in range(2000)]
+    manifest = write_manifest(
+        tmp_path / "m", provider_block("sandbox", None), job_entries("sandbox", None, media, ids)
+    )
+    proc = subprocess.Popen(
+        command(*args[:1], manifest, *args[1:]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.read(10)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert first  # it did print
+    assert stderr == ""  # no "Broken pipe", no "Exception ignored", no traceback
+    assert code == 141
