@@ -5,16 +5,20 @@ are driven by the test through events (no HTTP: the scheduling is what is tested
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
 
 from pipeline.errors import BadReplyError, TransientError
 from pipeline.jobs import Handle, TaskStatus
+from pipeline.run.poll import task_age
 from pipeline.run.poller import MAX_BAD_REPLIES, Poller, PollerCrashed, TaskTimeout, UnreadableTask
 from pipeline.run.retry import CircuitBreaker, RealSleeper, RecordingSleeper
+from pipeline.run.schedule import Kind
 
 DEADLINE = 20.0  # bound on each test's waits, not a timing assertion
 
@@ -195,3 +199,60 @@ def test_a_callback_that_comes_before_its_job_waits_is_not_lost() -> None:
             runner.cancel()
 
     asyncio.run(main())
+
+
+def test_a_resumed_task_is_asked_at_once_and_teaches_only_what_was_seen() -> None:
+    # Resumed an hour after its create (age 3600): it may have ended in the gap between the
+    # runs, so it is asked at once, not on a schedule; when it did end unseen, its end teaches
+    # the batch nothing (an hour is not how long it took). The provider's own run time does.
+    async def main() -> None:
+        kind = Kind("std", 5)
+        seen = FakeProvider({"t": ["succeeded"]})
+        p = poller(seen)
+        (result,) = await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=3600.0))
+        assert result.phase == "succeeded" and seen.asked == ["t"]
+        assert p.durations.estimate(kind) is None
+
+        class Reporting(FakeProvider):
+            async def poll(self, handle: Handle) -> TaskStatus:
+                status = await super().poll(handle)
+                return dataclasses.replace(status, ran_seconds=42.0)
+
+        p = poller(Reporting({"t": ["succeeded"]}))
+        await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=3600.0))
+        estimate = p.durations.estimate(kind)
+        assert estimate is not None and estimate.ends == (42.0,)
+
+    asyncio.run(main())
+
+
+def test_a_resumed_task_times_out_counting_from_its_create() -> None:
+    async def main() -> None:
+        fake = FakeProvider({"old": ["running"], "new": ["running", "succeeded"]})
+        p = poller(fake, task_timeout=600.0)
+        old, new = await serving(
+            p,
+            p.wait(Handle("fake", "old"), age=601.0),
+            p.wait(Handle("fake", "new"), age=0.0),
+        )
+        assert isinstance(old, TaskTimeout) and fake.asked.count("old") == 1
+        assert isinstance(new, TaskStatus) and new.phase == "succeeded"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("stored", "age"),
+    [
+        (None, 0.0),
+        ("", 0.0),
+        ("not a time", 0.0),
+        ("2026-12-02T10:00:00.000+00:00", 90.0),
+        ("2026-12-02T11:00:00.000+01:00", 90.0),  # the same instant, another offset
+        ("2026-12-02T10:00:00", 90.0),  # no offset: the state's times are UTC
+        ("2026-12-02T10:05:00.000+00:00", 0.0),  # in the future (a clock set back)
+    ],
+)
+def test_a_task_age_from_the_state(stored: str | None, age: float) -> None:
+    now = datetime(2026, 12, 2, 10, 1, 30, tzinfo=UTC)
+    assert task_age(stored, now) == pytest.approx(age)

@@ -9,6 +9,7 @@ import http.server
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,5 +149,51 @@ def test_resume_from_each_stored_state(
         assert len(FakeProvider.calls("submit")) == submits
         assert bool(FakeProvider.calls("poll")) == polled
         assert summary.exit_code == (0 if final == "done" else 1)
+    finally:
+        providers.unregister("fake")
+
+
+@pytest.mark.parametrize(
+    ("stored", "options", "final", "polls"),
+    [
+        # Interrupted two hours after its create, with task_timeout 1 h: one last look, then
+        # timed out (kept for --retry-failed), not a fresh hour of polling.
+        ("running", {}, "failed", 1),
+        # --retry-failed asks to wait for a timed-out task again: a whole task_timeout more.
+        ("failed", {"retry_failed": True}, "done", 3),
+    ],
+)
+def test_a_resumed_task_is_as_old_as_its_submission(
+    stored: str, options: dict[str, Any], final: str, polls: int,
+    results: str, stage_media: Media, tmp_path: Path,
+) -> None:  # fmt: skip
+    task = Handle("fake", "task-a", "mp-a-1")
+    script = Script(polls={"task-a": ["running", "running", "succeeded"]}, creates=[task])
+    providers.register(FakeProvider)
+    FakeProvider.reset(script)
+    FakeProvider.result_base = results
+    try:
+        pj = planned_job("a", stage_media)
+        config = ProviderConfig("fake", "fake-model", results, poll_interval=0.01,
+                                task_timeout=3600.0)  # fmt: skip
+        output = tmp_path / "out"
+        manifest = Manifest(tmp_path / "m.yaml", "resume", output, config, Budget(), (pj.job,))
+        with StateStore.open(output) as store:
+            store.sync_jobs([JobRecord("a", pj.key, {"settings": {"mode": "std"}})])
+            _to(store, "a", stored, kind="timeout")
+            two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+            store.set_fields("a", submitted_at=two_hours_ago.isoformat(timespec="milliseconds"))
+            engine = Engine(
+                manifest, Plan(manifest, (pj,)), store, Settings.from_env({}),
+                RunOptions(**options), RecordingReporter(), Credentials(), find_tools(),
+                logging.getLogger(f"resume.{tmp_path.name}"), DiskGuard(output, floor=0, reserve=0),
+            )  # fmt: skip
+            asyncio.run(engine.run())
+            row = store.get("a")
+            assert row.state.value == final, row.error
+            if final == "failed":
+                assert row.fail_kind == "timeout" and "task_timeout (3600 s)" in str(row.error)
+        assert len(FakeProvider.calls("poll")) == polls
+        assert not FakeProvider.calls("submit")
     finally:
         providers.unregister("fake")

@@ -248,9 +248,12 @@ class Engine:
         finally:
             await lease.release()
 
-    async def _collect(self, job_id: str, handle: Handle, lease: Lease | None) -> None:
-        """A job with a task: poll to its end (the slot is given back then), then download."""
-        status = await self.poll.follow(job_id, handle, lease)
+    async def _collect(
+        self, job_id: str, handle: Handle, lease: Lease | None, since: str | None = None
+    ) -> None:
+        """A job with a task: poll to its end (the slot is given back then), then download.
+        ``since``: when an earlier run submitted it (its age counts from then)."""
+        status = await self.poll.follow(job_id, handle, lease, since=since)
         if status is None:
             return
         await self.ctx.journal.move(job_id, State.DOWNLOADING, result_url=status.result_url)
@@ -262,7 +265,7 @@ class Engine:
         if row.state is State.SUBMITTING:
             found = await self.submit.resume(row)
             if found is not None:
-                await self._collect(row.id, found, self.slots.take())
+                await self._collect(row.id, found, self.slots.take(), row.submitted_at)
             elif self._may_submit(row.id):  # the create never happened: submit it, once
                 await self._fresh_line(row.id)
             return
@@ -272,12 +275,14 @@ class Engine:
                 await self.download.finish(row.id, existing)
                 return
             await journal.move(row.id, State.RUNNING, expect=State.DOWNLOADING)
-        elif row.state is State.FAILED:  # --retry-failed on a task that may still be alive
+        since = row.submitted_at
+        if row.state is State.FAILED:  # --retry-failed on a task that may still be alive
             await journal.move(row.id, State.RUNNING, expect=State.FAILED, error=None)
+            since = None  # asked to wait for it again: a whole task_timeout more
         if row.task_id is None:  # cannot happen for a collecting row; say so rather than guess
             raise RuntimeError(f"job {row.id} is {row.state.value} without a task id")
         handle = Handle(self.manifest.provider.name, row.task_id, row.client_id)
-        await self._collect(row.id, handle, self.slots.take())
+        await self._collect(row.id, handle, self.slots.take(), since)
 
     def _may_submit(self, job_id: str) -> bool:
         return (

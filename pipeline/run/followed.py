@@ -41,3 +41,5 @@ class Followed:
     """Its due time comes from a hint (a callback), or a hint came while its poll was out."""
     by_hint: bool = False
     """The poll on the wire was asked for by a hint."""
+    resumed: bool = False
+    """Submitted before this run (a resumed batch): it may have ended while nobody watched."""

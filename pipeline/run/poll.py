@@ -3,6 +3,8 @@ and decide what that end means for the job."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pipeline.errors import ProviderError
 from pipeline.jobs import FailKind, Handle, State, TaskStatus
 from pipeline.run.context import RunContext
@@ -21,11 +23,19 @@ class PollStage:
         self.ctx = ctx
         self.poller = poller
 
-    async def follow(self, job_id: str, handle: Handle, lease: Lease | None) -> TaskStatus | None:
-        """The succeeded task's status, or None with the job moved (or left for the next run)."""
+    async def follow(
+        self, job_id: str, handle: Handle, lease: Lease | None, *, since: str | None = None
+    ) -> TaskStatus | None:
+        """The succeeded task's status, or None with the job moved (or left for the next run).
+
+        ``since``: when an earlier run submitted the task (the state's ``submitted_at``); its
+        timeout and schedule count from then, not from this run's start."""
         journal = self.ctx.journal
+        age = task_age(since, datetime.now(UTC))
         try:
-            status = await self.poller.wait(handle, label=f"job {job_id}", kind=self._kind(job_id))
+            status = await self.poller.wait(
+                handle, label=f"job {job_id}", kind=self._kind(job_id), age=age
+            )
         except (TaskTimeout, UnreadableTask) as exc:
             kind = FailKind.TIMEOUT if isinstance(exc, TaskTimeout) else FailKind.UNREADABLE
             kept = f"task {handle.task_id} kept: `run --retry-failed` asks about it again"
@@ -51,3 +61,17 @@ class PollStage:
         """What the job's task is like, for its schedule (an orphan: like any other task)."""
         pj = self.ctx.planned.get(job_id)
         return Kind("", 0) if pj is None else Kind.of(pj.job.settings.mode, pj.billed_seconds)
+
+
+def task_age(submitted_at: str | None, now: datetime) -> float:
+    """Seconds since ``submitted_at`` (an ISO time from the state), 0 when unknown, unreadable
+    or in the future (a clock set back): a task is never older than the state says."""
+    if not submitted_at:
+        return 0.0
+    try:
+        then = datetime.fromisoformat(submitted_at)
+    except ValueError:
+        return 0.0
+    if then.tzinfo is None:  # the state writes UTC offsets; an older or hand-made one may not
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (now - then).total_seconds())

@@ -113,17 +113,19 @@ class Poller:
         """Hints that brought a poll forward."""
 
     async def wait(
-        self, handle: Handle, *, label: str = "", kind: Kind | None = None
+        self, handle: Handle, *, label: str = "", kind: Kind | None = None, age: float = 0.0
     ) -> TaskStatus:
         """The task's terminal status. Raises TaskTimeout, UnreadableTask, PollerCrashed, or a
         ProviderError the provider answered about this task (e.g. an unknown task id).
 
-        The task is followed from now: its schedule on the sleeper's clock, its timeout on
-        ``age_clock``. ``kind`` is what it is like (mode, billed seconds): what its schedule is
-        estimated from."""
+        The task is ``age`` seconds old (0: just created; a resumed batch's task: since it was
+        submitted), its schedule on the sleeper's clock, its timeout on ``age_clock``. ``kind``
+        is what it is like (mode, billed seconds): what its schedule is estimated from."""
+        age = max(0.0, age)
         now = self.sleeper.monotonic()
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        entry = Followed(handle, now, future, kind or Kind("", 0), born=self.age_clock())
+        entry = Followed(handle, now - age, future, kind or Kind("", 0),
+                         born=self.age_clock() - age, resumed=age > 0)  # fmt: skip
         entry.label = label
         self._waiting[id(entry)] = entry
         self._by_task.setdefault(handle.task_id, []).append(entry)
@@ -131,6 +133,8 @@ class Poller:
         if self._early.pop(handle.task_id, False) is None:  # its callback came first: ask now
             entry.hinted = True
             self.hints += 1
+            self._push(entry, now)
+        elif entry.resumed:  # nobody watched it since its create: where it stands, ask now
             self._push(entry, now)
         else:
             self._push(entry, self._plan(entry, now))
@@ -184,6 +188,8 @@ class Poller:
         says it ran); tasks planned blind are re-planned."""
         if self.rhythm or entry.asked_at is None:
             return
+        if entry.resumed and entry.last_running is None and reported is None:
+            return  # it ended in the gap between the runs: when, nobody saw
         age = entry.asked_at - entry.started
         resolution = 0.0 if entry.by_hint else self.policy.resolution(age, self.interval)
         seconds = ended_after(submitted_at=entry.started, last_running=entry.last_running,
