@@ -233,7 +233,7 @@ def test_a_resumed_task_times_out_counting_from_its_create() -> None:
         old, new = await serving(
             p,
             p.wait(Handle("fake", "old"), age=601.0),
-            p.wait(Handle("fake", "new"), age=0.0),
+            p.wait(Handle("fake", "new")),
         )
         assert isinstance(old, TaskTimeout) and fake.asked.count("old") == 1
         assert isinstance(new, TaskStatus) and new.phase == "succeeded"
@@ -256,3 +256,17 @@ def test_a_resumed_task_times_out_counting_from_its_create() -> None:
 def test_a_task_age_from_the_state(stored: str | None, age: float) -> None:
     now = datetime(2026, 12, 2, 10, 1, 30, tzinfo=UTC)
     assert task_age(stored, now) == pytest.approx(age)
+
+
+def test_a_resumed_task_of_unknown_age_is_still_a_resumed_one() -> None:
+    # The state's submission time was unreadable or in the future (age 0): the task is still
+    # one nobody watched, asked at once, and its end teaches nothing.
+    async def main() -> None:
+        kind = Kind("std", 5)
+        fake = FakeProvider({"t": ["succeeded"]})
+        p = poller(fake)
+        (result,) = await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=0.0))
+        assert result.phase == "succeeded" and fake.asked == ["t"]
+        assert p.durations.estimate(kind) is None
+
+    asyncio.run(main())

@@ -31,7 +31,7 @@ class PollStage:
         ``since``: when an earlier run submitted the task (the state's ``submitted_at``); its
         timeout and schedule count from then, not from this run's start."""
         journal = self.ctx.journal
-        age = task_age(since, datetime.now(UTC))
+        age = None if since is None else task_age(since, datetime.now(UTC))
         try:
             status = await self.poller.wait(
                 handle, label=f"job {job_id}", kind=self._kind(job_id), age=age

@@ -113,19 +113,21 @@ class Poller:
         """Hints that brought a poll forward."""
 
     async def wait(
-        self, handle: Handle, *, label: str = "", kind: Kind | None = None, age: float = 0.0
+        self, handle: Handle, *, label: str = "", kind: Kind | None = None, age: float | None = None
     ) -> TaskStatus:
         """The task's terminal status. Raises TaskTimeout, UnreadableTask, PollerCrashed, or a
         ProviderError the provider answered about this task (e.g. an unknown task id).
 
-        The task is ``age`` seconds old (0: just created; a resumed batch's task: since it was
-        submitted), its schedule on the sleeper's clock, its timeout on ``age_clock``. ``kind``
-        is what it is like (mode, billed seconds): what its schedule is estimated from."""
-        age = max(0.0, age)
+        ``age``: None for a task just created; for one an earlier run left (a resumed batch),
+        the seconds since it was submitted. Its schedule runs on the sleeper's clock, its
+        timeout on ``age_clock``. ``kind`` is what it is like (mode, billed seconds): what its
+        schedule is estimated from."""
+        resumed = age is not None
+        age = max(0.0, age or 0.0)
         now = self.sleeper.monotonic()
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
         entry = Followed(handle, now - age, future, kind or Kind("", 0),
-                         born=self.age_clock() - age, resumed=age > 0)  # fmt: skip
+                         born=self.age_clock() - age, resumed=resumed)  # fmt: skip
         entry.label = label
         self._waiting[id(entry)] = entry
         self._by_task.setdefault(handle.task_id, []).append(entry)
