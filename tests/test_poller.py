@@ -201,23 +201,31 @@ def test_a_callback_that_comes_before_its_job_waits_is_not_lost() -> None:
     asyncio.run(main())
 
 
-def test_a_resumed_task_is_asked_at_once_and_teaches_only_what_was_seen() -> None:
-    # Resumed an hour after its create (age 3600): it may have ended in the gap between the
-    # runs, so it is asked at once, not on a schedule; when it did end unseen, its end teaches
-    # the batch nothing (an hour is not how long it took). The provider's own run time does.
+@pytest.mark.parametrize("age", [3600.0, 0.0])
+def test_a_resumed_task_is_asked_at_once_and_teaches_only_what_was_seen(age: float) -> None:
+    # Resumed an hour after its create: it may have ended in the gap between the runs, so it
+    # is asked at once, not on a schedule; when it did end unseen, its end teaches the batch
+    # nothing (an hour is not how long it took). Age 0 (the state's submission time unreadable,
+    # or in the future after a clock was set back) is still a task nobody watched.
     async def main() -> None:
         kind = Kind("std", 5)
         seen = FakeProvider({"t": ["succeeded"]})
         p = poller(seen)
-        (result,) = await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=3600.0))
+        (result,) = await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=age))
         assert result.phase == "succeeded" and seen.asked == ["t"]
         assert p.durations.estimate(kind) is None
 
-        class Reporting(FakeProvider):
-            async def poll(self, handle: Handle) -> TaskStatus:
-                status = await super().poll(handle)
-                return dataclasses.replace(status, ran_seconds=42.0)
+    asyncio.run(main())
 
+
+def test_a_resumed_task_teaches_the_run_time_its_provider_reports() -> None:
+    class Reporting(FakeProvider):
+        async def poll(self, handle: Handle) -> TaskStatus:
+            status = await super().poll(handle)
+            return dataclasses.replace(status, ran_seconds=42.0)
+
+    async def main() -> None:
+        kind = Kind("std", 5)
         p = poller(Reporting({"t": ["succeeded"]}))
         await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=3600.0))
         estimate = p.durations.estimate(kind)
@@ -256,17 +264,3 @@ def test_a_resumed_task_times_out_counting_from_its_create() -> None:
 def test_a_task_age_from_the_state(stored: str | None, age: float) -> None:
     now = datetime(2026, 12, 2, 10, 1, 30, tzinfo=UTC)
     assert task_age(stored, now) == pytest.approx(age)
-
-
-def test_a_resumed_task_of_unknown_age_is_still_a_resumed_one() -> None:
-    # The state's submission time was unreadable or in the future (age 0): the task is still
-    # one nobody watched, asked at once, and its end teaches nothing.
-    async def main() -> None:
-        kind = Kind("std", 5)
-        fake = FakeProvider({"t": ["succeeded"]})
-        p = poller(fake)
-        (result,) = await serving(p, p.wait(Handle("fake", "t"), kind=kind, age=0.0))
-        assert result.phase == "succeeded" and fake.asked == ["t"]
-        assert p.durations.estimate(kind) is None
-
-    asyncio.run(main())
