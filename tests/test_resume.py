@@ -5,10 +5,11 @@ and what the fake was asked shows that no resume ever creates twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pipeline.providers.base import Credentials, ProviderConfig
 from pipeline.run.disk import DiskGuard
 from pipeline.run.engine import RESUME, Engine
 from pipeline.run.options import RunOptions
+from pipeline.run.summary import RunSummary
 from pipeline.settings import Settings
 from pipeline.state.rows import JobRecord
 from pipeline.state.store import StateStore
@@ -117,6 +119,39 @@ def test_every_stored_state_has_a_way_back_in() -> None:
     }
 
 
+@contextlib.contextmanager
+def stored_batch(
+    tmp_path: Path, results: str, media: Media, script: Script, *, client_id: bool = False,
+    **config: Any,
+) -> Iterator[tuple[StateStore, Callable[[dict[str, Any]], RunSummary]]]:  # fmt: skip
+    """Job ``a`` in a state of its own, the fake provider registered with ``script``; yields
+    the store (to walk the job to where an earlier run left it) and a function that runs the
+    engine over it with those run options."""
+    providers.register(FakeProvider)
+    FakeProvider.reset(script, client_id=client_id)
+    FakeProvider.result_base = results
+    try:
+        pj = planned_job("a", media)
+        provider = ProviderConfig("fake", "fake-model", results, poll_interval=0.01, **config)
+        output = tmp_path / "out"
+        manifest = Manifest(tmp_path / "m.yaml", "resume", output, provider, Budget(), (pj.job,))
+        with StateStore.open(output) as store:
+            store.sync_jobs([JobRecord("a", pj.key, {"settings": {"mode": "std"}})])
+
+            def run(options: dict[str, Any]) -> RunSummary:
+                engine = Engine(
+                    manifest, Plan(manifest, (pj,)), store, Settings.from_env({}),
+                    RunOptions(**options), RecordingReporter(), Credentials(), find_tools(),
+                    logging.getLogger(f"resume.{tmp_path.name}"),
+                    DiskGuard(output, floor=0, reserve=0),
+                )  # fmt: skip
+                return asyncio.run(engine.run())
+
+            yield store, run
+    finally:
+        providers.unregister("fake")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_resume_from_each_stored_state(
     case: str, results: str, stage_media: Media, tmp_path: Path
@@ -128,29 +163,13 @@ def test_resume_from_each_stored_state(
         lookups=[task if lookup else None],
         creates=[task],
     )
-    providers.register(FakeProvider)
-    FakeProvider.reset(script, client_id=client_id)
-    FakeProvider.result_base = results
-    try:
-        pj = planned_job("a", stage_media)
-        config = ProviderConfig("fake", "fake-model", results, poll_interval=0.01)
-        output = tmp_path / "out"
-        manifest = Manifest(tmp_path / "m.yaml", "resume", output, config, Budget(), (pj.job,))
-        with StateStore.open(output) as store:
-            store.sync_jobs([JobRecord("a", pj.key, {"settings": {"mode": "std"}})])
-            _to(store, "a", stored, kind=kind)
-            engine = Engine(
-                manifest, Plan(manifest, (pj,)), store, Settings.from_env({}),
-                RunOptions(**options), RecordingReporter(), Credentials(), find_tools(),
-                logging.getLogger(f"resume.{tmp_path.name}"), DiskGuard(output, floor=0, reserve=0),
-            )  # fmt: skip
-            summary = asyncio.run(engine.run())
-            assert store.get("a").state.value == final, store.get("a").error
-        assert len(FakeProvider.calls("submit")) == submits
-        assert bool(FakeProvider.calls("poll")) == polled
-        assert summary.exit_code == (0 if final == "done" else 1)
-    finally:
-        providers.unregister("fake")
+    with stored_batch(tmp_path, results, stage_media, script, client_id=client_id) as (store, run):
+        _to(store, "a", stored, kind=kind)
+        summary = run(options)
+        assert store.get("a").state.value == final, store.get("a").error
+    assert len(FakeProvider.calls("submit")) == submits
+    assert bool(FakeProvider.calls("poll")) == polled
+    assert summary.exit_code == (0 if final == "done" else 1)
 
 
 @pytest.mark.parametrize(
@@ -169,31 +188,14 @@ def test_a_resumed_task_is_as_old_as_its_submission(
 ) -> None:  # fmt: skip
     task = Handle("fake", "task-a", "mp-a-1")
     script = Script(polls={"task-a": ["running", "running", "succeeded"]}, creates=[task])
-    providers.register(FakeProvider)
-    FakeProvider.reset(script)
-    FakeProvider.result_base = results
-    try:
-        pj = planned_job("a", stage_media)
-        config = ProviderConfig("fake", "fake-model", results, poll_interval=0.01,
-                                task_timeout=3600.0)  # fmt: skip
-        output = tmp_path / "out"
-        manifest = Manifest(tmp_path / "m.yaml", "resume", output, config, Budget(), (pj.job,))
-        with StateStore.open(output) as store:
-            store.sync_jobs([JobRecord("a", pj.key, {"settings": {"mode": "std"}})])
-            _to(store, "a", stored, kind="timeout")
-            two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
-            store.set_fields("a", submitted_at=two_hours_ago.isoformat(timespec="milliseconds"))
-            engine = Engine(
-                manifest, Plan(manifest, (pj,)), store, Settings.from_env({}),
-                RunOptions(**options), RecordingReporter(), Credentials(), find_tools(),
-                logging.getLogger(f"resume.{tmp_path.name}"), DiskGuard(output, floor=0, reserve=0),
-            )  # fmt: skip
-            asyncio.run(engine.run())
-            row = store.get("a")
-            assert row.state.value == final, row.error
-            if final == "failed":
-                assert row.fail_kind == "timeout" and "task_timeout (3600 s)" in str(row.error)
-        assert len(FakeProvider.calls("poll")) == polls
-        assert not FakeProvider.calls("submit")
-    finally:
-        providers.unregister("fake")
+    with stored_batch(tmp_path, results, stage_media, script, task_timeout=3600.0) as (store, run):
+        _to(store, "a", stored, kind="timeout")
+        two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+        store.set_fields("a", submitted_at=two_hours_ago.isoformat(timespec="milliseconds"))
+        run(options)
+        row = store.get("a")
+        assert row.state.value == final, row.error
+        if final == "failed":
+            assert row.fail_kind == "timeout" and "task_timeout (3600 s)" in str(row.error)
+    assert len(FakeProvider.calls("poll")) == polls
+    assert not FakeProvider.calls("submit")
