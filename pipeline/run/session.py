@@ -21,6 +21,7 @@ from pipeline.providers.base import Credentials, Provider, ProviderConfig
 from pipeline.run.outage import Outage, WatchingTransport
 from pipeline.settings import DEFAULTS, Settings, url_secrets
 from pipeline.storage.aws import storage_secrets
+from pipeline.transport import Http11Transport
 
 EMBEDDED = "embedded"
 """``base_url`` of a provider served by the in-process sandbox."""
@@ -79,7 +80,8 @@ async def provider_client(
     config: ProviderConfig, credentials: Credentials
 ) -> AsyncIterator[Provider]:
     """A provider client on a short-lived HTTP client (for ``resolve``'s one question)."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=15.0)) as client:
+    timeout = httpx.Timeout(60.0, connect=15.0)
+    async with httpx.AsyncClient(transport=Http11Transport(), timeout=timeout) as client:
         yield providers.get(config.name)(config, credentials, client)
 
 
@@ -91,13 +93,10 @@ def run_client(
     """The run's one HTTP client: a bounded pool, the default timeouts, and a transport that
     tells ``outage`` whether the provider's hosts answer (storage hosts are not the provider)."""
     hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
-    # Every connection the pool may open may also stay open: httpx keeps only 20 alive by
-    # default, so a run with more calls in flight closed and re-opened connections (a TCP and
-    # TLS handshake each) all the time. Idle ones still close after httpx's keep-alive expiry.
-    limits = httpx.Limits(
-        max_connections=DEFAULTS.connections, max_keepalive_connections=DEFAULTS.connections
-    )
-    transport = WatchingTransport(httpx.AsyncHTTPTransport(limits=limits), outage, hosts)
+    # Every connection the pool may open may also stay open (httpx's own pool kept only 20,
+    # so a run with more calls in flight re-opened connections, a TCP and TLS handshake each).
+    pool = Http11Transport(max_connections=DEFAULTS.connections)
+    transport = WatchingTransport(pool, outage, hosts)
     timeout = httpx.Timeout(DEFAULTS.read_timeout, connect=DEFAULTS.connect_timeout)
     return httpx.AsyncClient(
         transport=transport, timeout=timeout, event_hooks={"request": [on_request]}
