@@ -18,6 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
+from pipeline.transport import Http11Transport
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -221,3 +225,10 @@ def trickle(
 
 def redirect(location: str, status: int = 302) -> Answer:
     return Answer(status, b"", {"Location": location})
+
+
+def http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client on the transport every run uses (:class:`pipeline.transport.Http11Transport`),
+    so a hostile-server test exercises the product's own HTTP stack; no proxy from the
+    environment."""
+    return httpx.AsyncClient(transport=Http11Transport(), trust_env=False, **kwargs)

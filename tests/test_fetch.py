@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from loopback import Answer, Loopback, Script, head, raw, redirect, trickle
+from loopback import Answer, Loopback, Script, head, http_client, raw, redirect, trickle
 from waiting import wait_until_async
 
 from pipeline.dataset.results import download_result
@@ -45,7 +44,7 @@ FAST = Limits(max_bytes=1024 * 1024)
 
 def fetch_input(url: str, folder: Path, limits: Limits = FAST) -> Path:
     async def go() -> Path:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with http_client(timeout=10) as client:
             return await download_input(client, url, folder, job_id="j1", limits=limits)
 
     return asyncio.run(go())
@@ -53,7 +52,7 @@ def fetch_input(url: str, folder: Path, limits: Limits = FAST) -> Path:
 
 def fetch_result(url: str, folder: Path, limits: Limits = FAST) -> Any:
     async def go() -> Any:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with http_client(timeout=10) as client:
             return await download_result(
                 client, url, folder / "j1.mp4", tools=find_tools(), expect_seconds=None,
                 job_id="j1", limits=limits,
@@ -233,7 +232,7 @@ def test_overall_deadline(tmp_path: Path, stop: threading.Event) -> None:
 
 def test_cancelled_input_download_leaves_nothing(tmp_path: Path, stop: threading.Event) -> None:
     async def go(url: str) -> None:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with http_client(timeout=10) as client:
             task = asyncio.create_task(download_input(client, url, tmp_path, job_id="j1"))
 
             async def temp_file_exists() -> bool:

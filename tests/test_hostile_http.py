@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from loopback import Loopback, endless, head, raw, redirect, refused_url, trickle
+from loopback import Loopback, endless, head, http_client, raw, redirect, refused_url, trickle
 
 from pipeline.errors import (
     AmbiguousError,
@@ -73,7 +73,7 @@ def make(kind: str, base_url: str, client: httpx.AsyncClient, **kw: Any) -> Prov
 def run(fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     async def main() -> T:
         # A generous per-read timeout: only the overall deadline may end a trickle.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False) as client:
+        async with http_client(timeout=httpx.Timeout(10.0)) as client:
             return await fn(client)
 
     return asyncio.run(main())

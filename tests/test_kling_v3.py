@@ -8,10 +8,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from batchkit import make_media, sandbox
+from loopback import http_client
 from waiting import wait_until_async
 
 import pipeline
@@ -146,7 +146,7 @@ def test_every_v3_model_runs_against_the_sandbox(name: str, tmp_path: Path) -> N
         urls = InputURLs(srv.file_url(media.image), srv.file_url(media.video))
 
         async def main() -> TaskStatus:
-            async with httpx.AsyncClient(timeout=60) as client:
+            async with http_client(timeout=60) as client:
                 cls = providers.get(name)
                 provider = cls(config, Credentials(CREDENTIALS[name]), client)
                 handle = await provider.submit(job, urls, client_id="mp-v3-1")

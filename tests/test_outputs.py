@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from loopback import http_client
 from mediagen import make_image, make_video
 from waiting import wait_until_async
 
@@ -160,7 +160,7 @@ def fetch(
     job_id: str = "job1",
 ) -> ResultFile:
     async def go() -> ResultFile:
-        async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
+        async with http_client(timeout=20) as client:
             return await download_result(
                 client,
                 url,
@@ -274,7 +274,7 @@ def test_cancelled_download_removes_its_temp_file(
     server: Server, tools: MediaTools, tmp_path: Path
 ) -> None:
     async def go() -> None:
-        async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        async with http_client(timeout=30) as client:
             task = asyncio.create_task(
                 download_result(
                     client,

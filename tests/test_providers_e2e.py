@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from loopback import http_client
 from mediagen import make_image, make_video
 from waiting import wait_until_async
 
@@ -96,7 +97,7 @@ def provider(
 
 def run(fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as client:
+        async with http_client(timeout=httpx.Timeout(60.0)) as client:
             return await fn(client)
 
     return asyncio.run(main())

@@ -8,7 +8,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from batchkit import (
     Media,
@@ -19,6 +18,7 @@ from batchkit import (
     state_rows,
     write_manifest,
 )
+from loopback import http_client
 from waiting import wait_until_async
 
 from pipeline.errors import RefusedError
@@ -145,7 +145,7 @@ def test_a_new_process_follows_the_request_by_its_id_alone(media: Media, tmp_pat
         urls = InputURLs(srv.file_url(media.image), srv.file_url(media.video))
 
         async def main() -> tuple[TaskStatus, Exception | None]:
-            async with httpx.AsyncClient() as client:
+            async with http_client() as client:
                 first = FalProvider(config, Credentials({"api_key": FAL_KEY}), client)
                 handle = await first.submit(job(mode="pro"), urls, client_id=None)
                 later = FalProvider(config, Credentials({"api_key": FAL_KEY}), client)
@@ -170,7 +170,7 @@ def test_a_new_process_follows_the_request_by_its_id_alone(media: Media, tmp_pat
 def test_request_urls_pointing_elsewhere_are_not_followed() -> None:
     """The key goes wherever the status URL points: only our queue host is trusted."""
     config = ProviderConfig("fal", "fal-ai/kling-video/v2.6", "https://queue.fal.run")
-    provider = FalProvider(config, Credentials({"api_key": FAL_KEY}), httpx.AsyncClient())
+    provider = FalProvider(config, Credentials({"api_key": FAL_KEY}), http_client())
     provider._keep({"request_id": "r", "status_url": "https://evil.example/s",
                     "response_url": "https://evil.example/r"})  # fmt: skip
     assert provider._urls("r")[0] == "https://queue.fal.run/fal-ai/kling-video/requests/r/status"

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from loopback import CLOSE, HANG, PARTIAL, RESET, Answer, Loopback, ok, refused_url
+from loopback import CLOSE, HANG, PARTIAL, RESET, Answer, Loopback, http_client, ok, refused_url
 
 from pipeline.errors import (
     AmbiguousError,
@@ -83,7 +83,7 @@ def read_for(fault: Any) -> float:
 def run(fn: Callable[[httpx.AsyncClient], Awaitable[T]], *, read: float = READ) -> T:
     async def main() -> T:
         timeout = httpx.Timeout(30.0, read=read)
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with http_client(timeout=timeout) as client:
             return await fn(client)
 
     return asyncio.run(main())

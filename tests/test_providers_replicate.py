@@ -21,6 +21,7 @@ from batchkit import (
     state_rows,
     write_manifest,
 )
+from loopback import http_client
 from waiting import wait_until
 
 from pipeline.errors import RateLimitedError, RefusedError
@@ -84,7 +85,7 @@ def test_a_429_is_waited_out_with_its_retry_hint(media: Media, tmp_path: Path) -
         urls = InputURLs(srv.file_url(media.image), srv.file_url(media.video))
 
         async def first() -> RateLimitedError:
-            async with httpx.AsyncClient() as client:
+            async with http_client() as client:
                 provider = ReplicateProvider(config, Credentials({"api_key": TOKEN}), client)
                 with pytest.raises(RateLimitedError) as caught:
                     await provider.submit(job(), urls, client_id=None)
@@ -136,7 +137,7 @@ def test_an_unknown_prediction_is_explained(tmp_path: Path) -> None:
         config = ProviderConfig("replicate", ReplicateProvider.default_model, srv.base_url)
 
         async def main() -> None:
-            async with httpx.AsyncClient() as client:
+            async with http_client() as client:
                 provider = ReplicateProvider(config, Credentials({"api_key": TOKEN}), client)
                 with pytest.raises(RefusedError, match="deletes API predictions about an hour"):
                     await provider.poll(Handle("replicate", "gone0000000000000000000000"))

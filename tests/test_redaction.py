@@ -13,9 +13,8 @@ import logging
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-import httpx
 import pytest
-from loopback import Answer, Loopback
+from loopback import Answer, Loopback, http_client
 
 from pipeline.errors import AuthError
 from pipeline.jobs import InputRef, Job, JobSettings
@@ -133,7 +132,7 @@ def test_a_provider_error_echoing_the_key_encoded_and_cut_is_redacted() -> None:
     )
 
     async def submit(base_url: str) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with http_client(timeout=10) as client:
             cfg = ProviderConfig("kie", KieProvider.default_model, base_url)
             provider = KieProvider(cfg, Credentials({"api_key": key}), client)
             await provider.submit(job, urls, client_id="c1")

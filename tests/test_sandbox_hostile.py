@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+from loopback import http_client
 from test_sandbox_helpers import (
     ACE_KEY,
     KIE_KEY,
@@ -79,7 +80,7 @@ def provider(kind: str, base_url: str, client: httpx.AsyncClient, **kw: Any) -> 
 
 def run(fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        async with http_client(timeout=30) as client:
             return await fn(client)
 
     return asyncio.run(main())

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from loopback import Loopback, ok
+from loopback import Loopback, http_client, ok
 
 from pipeline.errors import InputError, TransientError
 from pipeline.jobs import Handle, InputRef, Job, TaskStatus
@@ -261,7 +261,7 @@ def test_real_kie_upload_through_storage(image: LocalFile) -> None:
         config = ProviderConfig("kie", KieProvider.default_model, srv.base_url, srv.base_url)
 
         async def go() -> tuple[str, str]:
-            async with httpx.AsyncClient() as client:
+            async with http_client() as client:
                 kie = KieProvider(config, Credentials({"api_key": "k" * 16}), client)
                 store = Storage(kie, config, MemoryUploadCache())
                 return (
@@ -281,7 +281,7 @@ def test_failed_upload_is_not_cached(image: LocalFile) -> None:
         cache = MemoryUploadCache()
 
         async def go() -> str:
-            async with httpx.AsyncClient() as client:
+            async with http_client() as client:
                 kie = KieProvider(config, Credentials({"api_key": "k" * 16}), client)
                 return (await Storage(kie, config, cache).url_for(image, job_id="j1")).url
 

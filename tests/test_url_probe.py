@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-import httpx
 import pytest
 from batchkit import cli_env
+from loopback import http_client
 from mediagen import make_image, make_video
 
 from pipeline.errors import MediaError
@@ -189,7 +189,7 @@ def test_what_the_plan_fetched_to_probe_the_run_prepares_from(
         before = requests_seen()
 
         async def fetch() -> Path:
-            async with httpx.AsyncClient() as client:
+            async with http_client() as client:
                 return await download_input(client, url, inputs_dir(m), job_id="a")
 
         assert asyncio.run(fetch()) == kept

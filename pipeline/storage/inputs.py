@@ -22,6 +22,7 @@ from pipeline.errors import InputError, PipelineError, TransientError
 from pipeline.media.hashing import sha256_text
 from pipeline.storage.fetch import Limits, disk_error, download, move_into
 from pipeline.storage.urls import display_url
+from pipeline.transport import Http11Transport
 
 #: Largest input fetched for preparation: the providers' own video limit.
 MAX_INPUT_BYTES = 100 * 1024 * 1024
@@ -118,7 +119,8 @@ def fetch_reason(exc: PipelineError) -> str:
 def probe_client() -> httpx.AsyncClient:
     """The HTTP client planning fetches URL inputs with: the run's timeouts, no implicit
     redirects (:func:`~pipeline.storage.fetch.download` follows them by its own rules)."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=15.0))
+    timeout = httpx.Timeout(60.0, connect=15.0)
+    return httpx.AsyncClient(transport=Http11Transport(), timeout=timeout)
 
 
 async def fetch_all(
