@@ -18,7 +18,7 @@ from pipeline.jobs import TRANSITIONS, State
 from pipeline.state.database import state_path
 from pipeline.state.rows import JobRecord, StaleStateError
 from pipeline.state.schema import MIGRATIONS, SCHEMA_VERSION
-from pipeline.state.store import StateStore
+from pipeline.state.store import SELECT_DONE_BY_KEY, StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"image": "/in/alice.png", "video": "/in/salsa.mp4", "settings": {"mode": "std"}}
@@ -139,6 +139,16 @@ def test_transition_records_fields_and_event_in_one_step(tmp_path: Path) -> None
         assert events[2].detail["set"] == {"task_id": "T1"}
         assert store.find_done_by_key("k0") == row
         assert store.find_done_by_key("nope") is None
+
+
+def test_the_twin_lookup_walks_the_key_index_not_every_done_job(tmp_path: Path) -> None:
+    # Every submit asks it; through the state index it read each done row, so a batch went
+    # quadratic (12% of a 2,000-job run's loop, bench/RESULTS.md). The plan is SQLite's own.
+    with open_store(tmp_path / "out", 50) as store:
+        conn = store.db.conn
+        plan = conn.execute("EXPLAIN QUERY PLAN " + SELECT_DONE_BY_KEY, ("k1", "done")).fetchall()
+        details = " ".join(str(row[-1]) for row in plan)
+        assert "INDEX jobs_key" in details and "jobs_state" not in details, details
 
 
 @pytest.mark.parametrize("old", list(State))
