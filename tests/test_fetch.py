@@ -34,6 +34,7 @@ from pipeline.errors import (
     UnreachableError,
 )
 from pipeline.media.tools import find_tools
+from pipeline.storage import fetch
 from pipeline.storage.fetch import Limits
 from pipeline.storage.uploads import download_input
 
@@ -246,6 +247,47 @@ def test_cancelled_input_download_leaves_nothing(tmp_path: Path, stop: threading
     tmp_path.mkdir(exist_ok=True)
     with Loopback() as srv:
         srv.push(trickle(BODY * 4, 0.01, stop, step=1024))
+        asyncio.run(go(f"{srv.base_url}/x.mp4"))
+    assert leftovers(tmp_path) == []
+
+
+def test_download_cancelled_while_its_file_is_being_created_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temp file is created from a worker thread; a cancel that lands meanwhile must still
+    close and remove it once the thread finishes (no stray .part, no leaked descriptor)."""
+    entered, release = threading.Event(), threading.Event()
+    real_create = fetch._create
+
+    def slow_create(path: Path) -> tuple[int, Path]:
+        entered.set()
+        release.wait(60)
+        return real_create(path)
+
+    monkeypatch.setattr(fetch, "_create", slow_create)
+
+    async def go(url: str) -> None:
+        async with http_client(timeout=10) as client:
+            task = asyncio.create_task(download_input(client, url, tmp_path, job_id="j1"))
+
+            async def creating() -> bool:
+                return entered.is_set()
+
+            await wait_until_async(creating, what="the temp file being created")
+            fds = len(os.listdir("/proc/self/fd"))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            release.set()
+
+            async def undone() -> bool:
+                return leftovers(tmp_path) == [] and len(os.listdir("/proc/self/fd")) <= fds
+
+            await wait_until_async(undone, what="the created file closed and removed")
+
+    tmp_path.mkdir(exist_ok=True)
+    with Loopback() as srv:
+        srv.push(Answer(200, BODY))
         asyncio.run(go(f"{srv.base_url}/x.mp4"))
     assert leftovers(tmp_path) == []
 
