@@ -5,8 +5,10 @@ Terminals and pipes (a real pty, sized 0x0, and a real pipe) are in test_progres
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,7 @@ from pipeline.progress.events import (
     format_waiting,
 )
 from pipeline.progress.lines import LineReporter
+from pipeline.run.log import RUN_LOG, close_run_log, open_run_log
 
 KEY = "kie-SECRET-0123456789abcdef"
 
@@ -51,6 +54,76 @@ def play(reporter: Reporter, events: list[Event] = SCRIPT) -> None:
     for event in events:
         reporter.emit(event)
     reporter.close()
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its flushes: each is a write system call on a real file."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_of_one_loop_iteration_share_one_flush() -> None:
+    out = CountingStream()
+    reporter = LineReporter(out)
+
+    async def burst() -> tuple[int, int]:
+        for event in SCRIPT[:5]:
+            reporter.emit(event)
+        during = out.flushes
+        await asyncio.sleep(0)  # the loop's turn: the queued flush runs
+        return during, out.flushes
+
+    assert asyncio.run(burst()) == (0, 1)
+    reporter.emit(SCRIPT[5])  # outside a loop: at once
+    assert out.flushes == 2 and out.getvalue().count("\n") == 6
+
+
+class ClosedPipe(io.StringIO):
+    """stderr piped into a reader that has gone: every flush fails."""
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reporter_whose_stream_broke_falls_silent_without_a_traceback() -> None:
+    out = ClosedPipe()
+    reporter = LineReporter(out)
+    unhandled: list[object] = []
+
+    async def burst() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+        reporter.emit(SCRIPT[0])
+        await asyncio.sleep(0)  # the queued flush fails here
+        reporter.emit(SCRIPT[1])
+        await asyncio.sleep(0)
+
+    asyncio.run(burst())
+    reporter.close()
+    assert unhandled == [] and out.getvalue().count("\n") == 1  # the second line was not written
+
+
+def test_run_log_lines_of_one_iteration_reach_the_file_by_its_end(tmp_path: Path) -> None:
+    logger = open_run_log(tmp_path, [KEY])
+    log = tmp_path / RUN_LOG
+
+    async def burst() -> tuple[str, str]:
+        for n in range(3):
+            logger.info("line %d", n)
+        during = log.read_text()
+        await asyncio.sleep(0)
+        return during, log.read_text()
+
+    try:
+        during, after = asyncio.run(burst())
+        assert during == "" and after.count("\n") == 3 and after.endswith("line 2\n")
+        logger.info("from outside the loop")
+        assert log.read_text().endswith("from outside the loop\n")
+    finally:
+        close_run_log(logger)
 
 
 def test_line_reporter_prints_one_clean_line_per_event() -> None:

@@ -10,6 +10,7 @@ log that it is alive, and what it waits for.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -28,6 +29,7 @@ from pipeline.progress.events import (
     format_duration,
     format_waiting,
 )
+from pipeline.progress.flushing import FlushSoon
 
 
 class LineReporter:
@@ -49,6 +51,8 @@ class LineReporter:
         self._started: float | None = None
         self._last_status = 0.0
         self._finished = False
+        self._flush = FlushSoon(stream.flush, self._broken)
+        self._silent = False
 
     def emit(self, event: Event) -> None:
         tally = self._tally
@@ -111,8 +115,21 @@ class LineReporter:
         return line
 
     def _write(self, line: str) -> None:
-        self._stream.write(clean(line, self._secrets) + "\n")
-        self._stream.flush()  # `tail -f` on a log should see each line as it happens
+        if self._silent:
+            return
+        try:
+            self._stream.write(clean(line, self._secrets) + "\n")
+        except OSError as exc:
+            self._broken(exc)
+            return
+        self._flush.request()  # `tail -f` sees each line within the loop iteration it was made
+
+    def _broken(self, exc: OSError) -> None:
+        # Nobody can read these lines any more (a closed pipe, a full disk under a redirect):
+        # the run goes on, and its state and run.log still record every step.
+        self._silent = True
 
     def close(self) -> None:
-        self._stream.flush()
+        if not self._silent:
+            with contextlib.suppress(OSError):
+                self._stream.flush()

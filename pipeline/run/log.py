@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.progress.flushing import FlushSoon
 from pipeline.settings import printable, redact
 
 RUN_LOG = "run.log"
@@ -64,10 +65,21 @@ class _QuietFileHandler(logging.FileHandler):
 
     _complained = False
 
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+        self._soon = FlushSoon(super().flush, self._complain)
+
+    def flush(self) -> None:
+        # Called after every record; the lines of one loop iteration share one write. close()
+        # closes the file, which writes whatever is buffered.
+        self._soon.request()
+
     def handleError(self, record: logging.LogRecord) -> None:
+        self._complain(sys.exc_info()[1])
+
+    def _complain(self, exc: BaseException | None) -> None:
         if not self._complained:
             self._complained = True
-            exc = sys.exc_info()[1]
             reason = getattr(exc, "strerror", None) or type(exc).__name__
             sys.stderr.write(f"motion-pipeline: cannot write {self.baseFilename}: {reason}\n")
 
@@ -88,7 +100,7 @@ def open_run_log(output_dir: Path, secrets: Sequence[str]) -> logging.Logger:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     redactor = RedactFilter(secrets)
-    handler = _QuietFileHandler(path, mode="a", encoding="utf-8")
+    handler = _QuietFileHandler(path)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     formatter.converter = time.gmtime
     formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
