@@ -230,6 +230,41 @@ def test_head_204_304_have_no_body_whatever_their_headers_say(raw: bytes) -> Non
     run(go())
 
 
+def test_no_body_answers_claiming_chunked_bodies_have_none_either() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s: Server
+    ) -> None:
+        for status in ("200 OK", "304 Not Modified"):  # the first answers a HEAD
+            await s.read_request(reader)
+            writer.write(f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        await s.read_request(reader)
+        writer.write(b"\r\n" + response(b"after"))  # a stray CRLF before a status line is allowed
+
+    async def go() -> None:
+        async with Server(handler) as s:
+            pool = Http11Transport()
+            async with client(pool) as c:
+                assert (await c.head(s.url)).content == b""
+                assert (await c.get(s.url)).status_code == 304
+                assert (await c.get(s.url)).content == b"after"
+            assert pool.opened == 1
+
+    run(go())
+
+
+def test_switching_protocols_is_final_and_never_reused() -> None:
+    async def go() -> None:
+        raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        async with Server(once(raw, close=False)) as s:
+            pool = Http11Transport()
+            async with client(pool) as c:
+                assert (await c.get(s.url)).status_code == 101
+                assert pool.idle() == 0
+            s.release.set()
+
+    run(go())
+
+
 def test_informational_answers_are_skipped() -> None:
     raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
 
@@ -287,6 +322,8 @@ def test_bytes_after_a_complete_answer_make_the_connection_unusable() -> None:
         (b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", "malformed header line"),
         (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n", "malformed header line"),
         (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", "mid-head"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "unsupported"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b", "unsupported"),
         (b"", "without sending a response"),
     ],
 )

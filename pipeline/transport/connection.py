@@ -59,7 +59,7 @@ class Head:
     __slots__ = ("chunked", "headers", "keep_alive", "length", "reason", "status")
 
     def __init__(self, raw: bytes, method: str) -> None:
-        lines = re.split(rb"\r?\n", raw)
+        lines = re.split(rb"\r?\n", raw.lstrip(b"\r\n"))  # a stray CRLF before it is allowed
         match = _STATUS.fullmatch(lines[0])
         if match is None:
             raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}")
@@ -83,21 +83,27 @@ class Head:
                 codings += [c.strip().lower() for c in value.split(b",")]
             elif lower == b"connection":
                 connection += b"," + value.lower()
-        self.chunked = bool(codings) and codings[-1] == b"chunked"
+        self.chunked = False
         self.length: int | None = None
         if method == "HEAD" or self.status < 200 or self.status in _NO_BODY:
-            self.length = 0
+            self.length = 0  # whatever the headers say: they describe a body not sent
         elif codings:
-            pass  # chunked, or (any other coding last) delimited by the end of the connection
+            if codings != [b"chunked"]:  # gzip as a transfer coding: nothing decodes it
+                raise httpx.RemoteProtocolError(f"unsupported Transfer-Encoding {codings!r}")
+            self.chunked = True
         elif lengths:
             if len(lengths) != 1 or not next(iter(lengths)).isdigit():
                 raise httpx.RemoteProtocolError("invalid Content-Length")
             self.length = int(next(iter(lengths)))
         tokens = {t.strip() for t in connection.split(b",")}
         delimited = self.length is None and not self.chunked
-        self.keep_alive = minor == b"1" and b"close" not in tokens and not delimited
-        if codings and lengths:  # a request-smuggling shape: answer it, never reuse it
-            self.keep_alive = False
+        self.keep_alive = (
+            minor == b"1"
+            and b"close" not in tokens
+            and not delimited
+            and self.status != 101  # the connection now speaks another protocol
+            and not (codings and lengths)  # a request-smuggling shape: answer it, never reuse
+        )
 
 
 class Connection(asyncio.Protocol):
