@@ -135,6 +135,23 @@ def test_missing_key(kind: str, unset: list[str], media: Media, tmp_path: Path) 
         assert all(path.startswith("/files/") for _m, path in log.snapshot())
 
 
+def test_a_key_with_its_line_break_is_refused_before_anything_is_sent(
+    media: Media, tmp_path: Path
+) -> None:
+    keys = {**KEY_ENV, "KIE_API_KEY": KEY_ENV["KIE_API_KEY"] + "\n"}  # $(cat key.txt) keeps none
+    with sandbox(tmp_path / "sandbox") as (srv, log):
+        manifest = write_manifest(
+            tmp_path / "m", provider_block("kie", srv), job_entries("kie", srv, media, ["a"])
+        )
+        seen = len(log)
+        proc = cli("run", manifest, env=cli_env(keys=keys))
+        assert proc.returncode == 2, proc.stderr
+        assert "KIE_API_KEY holds a control character" in proc.stderr
+        assert KEY_ENV["KIE_API_KEY"] not in proc.stderr + proc.stdout
+        assert "Traceback" not in proc.stderr
+        assert len(log) == seen and len(srv.ledger) == 0  # nothing was sent
+
+
 def sweep(root: Path, texts: list[str]) -> list[str]:
     """Every place under ``root`` (bytes, every file) and in ``texts`` holding a key or a JWT."""
     found = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 from batchkit import (
     Media,
@@ -18,7 +20,7 @@ from batchkit import (
 )
 
 from pipeline.errors import UnreachableError
-from pipeline.run.outage import Outage
+from pipeline.run.outage import Outage, WatchingTransport
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,33 @@ def test_a_streak_without_answers_becomes_an_outage() -> None:
     assert verdict is not None and "api.example" in verdict and "timed out" in verdict
     outage.answered()  # any answer ends the streak
     assert outage.verdict() is None
+
+
+def test_only_the_providers_silence_opens_a_streak() -> None:
+    """Refused counts; our own pool being full or our own request being unsendable does not,
+    and neither does a host that is not the provider's."""
+    faults: dict[str, Exception] = {
+        "/refused": httpx.ConnectError("refused"),
+        "/pool": httpx.PoolTimeout("pool busy"),
+        "/header": httpx.LocalProtocolError("illegal header"),
+    }
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise faults[request.url.path]
+
+    async def go() -> list[object]:
+        outage = Outage(lambda: 0.0)
+        watching = WatchingTransport(httpx.MockTransport(fail), outage, {"api.example"})
+        seen = []
+        async with httpx.AsyncClient(transport=watching) as client:
+            for url in ("https://api.example/pool", "https://api.example/header",
+                        "https://cdn.example/refused", "https://api.example/refused"):  # fmt: skip
+                with pytest.raises(httpx.TransportError):
+                    await client.get(url)
+                seen.append(outage.streak and outage.streak.failures)
+        return seen
+
+    assert asyncio.run(go()) == [None, None, None, 1]
 
 
 def test_unreachable_provider_stops_the_batch_naming_the_host(media: Media, tmp_path: Path) -> None:

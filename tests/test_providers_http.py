@@ -203,6 +203,25 @@ def test_kie_rate_limit_inside_http_200_keeps_the_header() -> None:
     assert info.value.retry_after == 4.0
 
 
+def test_a_header_no_request_can_carry_is_a_config_error_and_nothing_is_sent() -> None:
+    """A key with its line break (pasted from a file) makes an unsendable Authorization header:
+    refused before a byte leaves, as the user's to fix, never retried as an outage."""
+    creds = Credentials({"api_key": KIE_KEY + "\r\nX-Injected: 1"})
+    with Loopback() as srv:
+        cfg = ProviderConfig("kie", KieProvider.default_model, srv.base_url)
+
+        async def submit_it(client: httpx.AsyncClient) -> Handle:
+            provider = KieProvider(cfg, creds, client)
+            return await provider.submit(
+                job("kie", "kling-2.6/motion-control"), URLS, client_id="c"
+            )
+
+        with pytest.raises(ConfigError, match="cannot encode the request") as info:
+            run(submit_it)
+        assert srv.requests == []
+    assert KIE_KEY not in str(info.value)
+
+
 # --------------------------------------------------------------------------- poll faults
 
 

@@ -9,6 +9,7 @@ to different errors by *purpose*:
 fault                                   create            query / upload
 ======================================  ================  =====================
 bad base_url, request not encodable     ConfigError       ConfigError
+(a header with CR/LF/NUL included)
 never sent: refused, DNS, TLS, connect  UnreachableError  UnreachableError
 or pool timeout, deadline before send
 sent, no answer: write/read timeout,    AmbiguousError    UnreachableError
@@ -180,6 +181,12 @@ async def exchange(
                         progress) from None  # fmt: skip
     except BodyError as exc:
         raise _unusable(f"answer cannot be decoded: {exc}", what, purpose, progress) from None
+    except httpx.LocalProtocolError as exc:
+        if not progress.sent:  # refused before a byte left: a header no request can carry
+            raise ConfigError(
+                f"{what}: cannot encode the request: {_describe(exc, secrets)}"
+            ) from None
+        raise _fault(_describe(exc, secrets), what, url, purpose, progress) from None
     except httpx.HTTPError as exc:
         raise _fault(_describe(exc, secrets), what, url, purpose, progress) from None
     except Exception as exc:  # the transport stack's own surprises

@@ -73,8 +73,8 @@ class WatchingTransport(httpx.AsyncBaseTransport):
         host = request.url.host.lower()
         try:
             response = await self._inner.handle_async_request(request)
-        except httpx.PoolTimeout:
-            raise  # our own pool was busy: says nothing about the provider
+        except (httpx.PoolTimeout, httpx.LocalProtocolError):
+            raise  # our own pool was busy, our own request unsendable: nothing about the provider
         except httpx.TransportError as exc:
             if host in self._hosts:
                 detail = str(exc) or type(exc).__name__

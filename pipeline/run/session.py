@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import httpx
 
 from pipeline import providers
-from pipeline.errors import MissingKeyError
+from pipeline.errors import ConfigError, MissingKeyError
 from pipeline.manifest.model import Manifest
 from pipeline.media.tools import MediaTools
 from pipeline.plan.build import cache_dir
@@ -35,6 +35,12 @@ def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
         value = settings.secret(var)
         if value is None:
             missing.append(var)
+        elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+            # A key pasted from a file with its line break: no HTTP header can carry it, and
+            # every call would fail the same way. The value is never shown.
+            raise ConfigError(
+                f"{var} holds a control character (a line break or tab?): set it to the key alone"
+            )
         else:
             values[role] = value
     if missing:
