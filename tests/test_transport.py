@@ -325,6 +325,7 @@ def test_bytes_after_a_complete_answer_make_the_connection_unusable() -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "unsupported"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b", "unsupported"),
         (b"", "without sending a response"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + response(b"late"), "informational"),
     ],
 )
 def test_broken_answers_are_protocol_errors_and_free_their_slot(raw: bytes, message: str) -> None:

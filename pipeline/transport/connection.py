@@ -28,6 +28,8 @@ import httpx
 MAX_HEAD = 64 * 1024
 #: Largest chunk-size line (with extensions) or trailer section of a chunked body.
 MAX_LINE = 8 * 1024
+#: Informational (1xx) answers accepted before the real one: an endless stream is an attack.
+MAX_INFORMATIONAL = 8
 #: Unread bytes held before the socket stops being read (a download faster than the disk).
 HIGH_WATER = 1 << 20
 
@@ -186,7 +188,7 @@ class Connection(asyncio.Protocol):
             # if it came, is what the caller needs; only without one is the write error raised.
             write_error = exc
         read_timeout = timeouts.get("read")
-        while True:
+        for _ in range(MAX_INFORMATIONAL + 1):
             try:
                 raw = await self._read_head(read_timeout)
             except httpx.TransportError:
@@ -197,6 +199,7 @@ class Connection(asyncio.Protocol):
             if parsed.status >= 200 or parsed.status == 101:
                 return parsed
             # 100 Continue, 103 Early Hints: informational, the real answer follows.
+        raise httpx.RemoteProtocolError(f"more than {MAX_INFORMATIONAL} informational answers")
 
     async def _write_body(self, request: httpx.Request, head: bytes, stall: float | None) -> None:
         chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
