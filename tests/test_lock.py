@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import LockedError
+from pipeline.media.tools import find_tools, run_tool
 from pipeline.state.lock import RunLock, lock_path, read_holder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +50,30 @@ def test_second_acquirer_in_same_process_is_refused(tmp_path: Path) -> None:
     # Released: the next run gets it.
     with RunLock.acquire(tmp_path):
         pass
+
+
+def test_a_released_lock_is_not_refused_for_a_forking_childs_brief_copy(tmp_path: Path) -> None:
+    """Threads spawning subprocesses (the sandbox rendering, ffprobe) give each child a copy of
+    every descriptor for the instant before it execs; the lock held only by such a copy must
+    not refuse the next run of this process (it did, on CI: test_providers_fal)."""
+    tools = find_tools()
+    stop = threading.Event()
+
+    def spawn() -> None:
+        while not stop.is_set():
+            run_tool([str(tools.ffprobe), "-version"], timeout=30)
+
+    spawners = [threading.Thread(target=spawn) for _ in range(2)]
+    for thread in spawners:
+        thread.start()
+    try:
+        for _ in range(200):  # a refusal raises LockedError and fails the test
+            with RunLock.acquire(tmp_path):
+                pass
+    finally:
+        stop.set()
+        for thread in spawners:
+            thread.join()
 
 
 def test_holder_is_written_into_the_lock_file(tmp_path: Path) -> None:

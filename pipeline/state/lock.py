@@ -5,6 +5,12 @@ process dies, however it dies (SIGKILL included), so a stale lock can never bloc
 The holder writes its pid, host and start time into the file so the refusal can name it.
 The file is never deleted: unlinking a locked file lets a third process lock a fresh inode
 while the second still waits on the old one.
+
+A refusal is only given after :data:`SETTLE` seconds of trying: a flock belongs to the open
+file, and every subprocess a thread of this process forks holds a copy of the descriptor for
+the instant before it closes its inherited ones and execs. A run that just released the lock
+(``run`` twice in one Python process, while a thread spawns ffmpeg) could otherwise be refused
+by its own child's brief copy. A live holder keeps the lock far longer than that.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +28,9 @@ from types import TracebackType
 from pipeline.errors import LockedError
 
 LOCK_FILE = "state.lock"
+
+SETTLE = 2.0
+"""Seconds a lock held only by a forking child's copy takes at most to come free."""
 
 
 def lock_path(output_dir: Path) -> Path:
@@ -36,14 +46,15 @@ class RunLock:
 
     @classmethod
     def acquire(cls, output_dir: Path) -> RunLock:
-        """Take the lock at once or raise :class:`LockedError` naming the holder (never waits)."""
+        """Take the lock or raise :class:`LockedError` naming the holder (after :data:`SETTLE` s
+        at most: see the module docstring)."""
         path = lock_path(output_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Python opens descriptors non-inheritable, so an ffmpeg child cannot keep the lock
         # alive after this process dies.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fd, time.monotonic() + SETTLE)
         except BlockingIOError:
             os.close(fd)
             raise LockedError(_refusal(path)) from None
@@ -100,6 +111,18 @@ def _write_holder(fd: int) -> None:
     blob = json.dumps(doc).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, blob, 0)
+
+
+def _lock(fd: int, until: float) -> None:
+    """flock ``fd`` exclusively, trying every 10 ms until ``until``; BlockingIOError after."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= until:
+                raise
+            time.sleep(0.01)
 
 
 def _refusal(path: Path) -> str:
