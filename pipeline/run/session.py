@@ -21,7 +21,8 @@ from pipeline.providers.base import Credentials, Provider, ProviderConfig
 from pipeline.run.outage import Outage, WatchingTransport
 from pipeline.settings import DEFAULTS, Settings, url_secrets
 from pipeline.storage.aws import storage_secrets
-from pipeline.transport import Http11Transport
+from pipeline.transport import new_client
+from pipeline.transport.client import environment_proxies
 
 EMBEDDED = "embedded"
 """``base_url`` of a provider served by the in-process sandbox."""
@@ -51,14 +52,15 @@ def credentials_for(config: ProviderConfig, settings: Settings) -> Credentials:
 
 def run_secrets(manifest: Manifest, credentials: Credentials, settings: Settings) -> list[str]:
     """Everything a run must never print: its keys, every key variable's value, the passwords
-    of its provider URLs (``https://user:pw@proxy``), and the storage's AWS secret key and
-    session token. Resolving the AWS credentials is also the early check that they exist
-    (MissingKeyError, exit 2, before anything is sent)."""
+    of its provider URLs and of the environment's proxies (``https://user:pw@proxy``), and the
+    storage's AWS secret key and session token. Resolving the AWS credentials is also the early
+    check that they exist (MissingKeyError, exit 2, before anything is sent)."""
     config = manifest.provider
     return [
         *credentials.secrets(),
         *settings.secrets(config.key_envs.values()),
         *url_secrets(config.base_url, config.upload_url),
+        *url_secrets(*(url for url in environment_proxies().values() if url)),
         *storage_secrets(manifest.storage, settings),
     ]
 
@@ -86,8 +88,7 @@ async def provider_client(
     config: ProviderConfig, credentials: Credentials
 ) -> AsyncIterator[Provider]:
     """A provider client on a short-lived HTTP client (for ``resolve``'s one question)."""
-    timeout = httpx.Timeout(60.0, connect=15.0)
-    async with httpx.AsyncClient(transport=Http11Transport(), timeout=timeout) as client:
+    async with new_client(timeout=httpx.Timeout(60.0, connect=15.0)) as client:
         yield providers.get(config.name)(config, credentials, client)
 
 
@@ -96,14 +97,14 @@ def run_client(
     outage: Outage,
     on_request: Callable[[httpx.Request], Awaitable[None]],
 ) -> httpx.AsyncClient:
-    """The run's one HTTP client: a bounded pool, the default timeouts, and a transport that
-    tells ``outage`` whether the provider's hosts answer (storage hosts are not the provider)."""
+    """The run's one HTTP client: a bounded pool, the default timeouts, the environment's
+    proxies, and transports that tell ``outage`` whether the provider's hosts answer (storage
+    hosts are not the provider)."""
     hosts = {httpx.URL(u).host for u in (config.base_url, config.upload_url) if u}
-    # Every connection the pool may open may also stay open (httpx's own pool kept only 20,
-    # so a run with more calls in flight re-opened connections, a TCP and TLS handshake each).
-    pool = Http11Transport(max_connections=DEFAULTS.connections)
-    transport = WatchingTransport(pool, outage, hosts)
     timeout = httpx.Timeout(DEFAULTS.read_timeout, connect=DEFAULTS.connect_timeout)
-    return httpx.AsyncClient(
-        transport=transport, timeout=timeout, event_hooks={"request": [on_request]}
+    return new_client(
+        max_connections=DEFAULTS.connections,
+        wrap=lambda inner: WatchingTransport(inner, outage, hosts),
+        timeout=timeout,
+        event_hooks={"request": [on_request]},
     )

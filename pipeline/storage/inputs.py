@@ -22,7 +22,7 @@ from pipeline.errors import InputError, PipelineError, TransientError
 from pipeline.media.hashing import sha256_text
 from pipeline.storage.fetch import Limits, disk_error, download, move_into
 from pipeline.storage.urls import display_url
-from pipeline.transport import Http11Transport
+from pipeline.transport import new_client
 
 #: Largest input fetched for preparation: the providers' own video limit.
 MAX_INPUT_BYTES = 100 * 1024 * 1024
@@ -119,8 +119,7 @@ def fetch_reason(exc: PipelineError) -> str:
 def probe_client() -> httpx.AsyncClient:
     """The HTTP client planning fetches URL inputs with: the run's timeouts, no implicit
     redirects (:func:`~pipeline.storage.fetch.download` follows them by its own rules)."""
-    timeout = httpx.Timeout(60.0, connect=15.0)
-    return httpx.AsyncClient(transport=Http11Transport(), timeout=timeout)
+    return new_client(timeout=httpx.Timeout(60.0, connect=15.0))
 
 
 async def fetch_all(
