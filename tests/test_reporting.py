@@ -57,29 +57,33 @@ def play(reporter: Reporter, events: list[Event] = SCRIPT) -> None:
 
 
 class CountingStream(io.StringIO):
-    """A stream that counts its flushes: each is a write system call on a real file."""
+    """A stream that counts its writes and flushes: on stderr each is a system call."""
 
-    flushes = 0
+    flushes = writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushes += 1
         super().flush()
 
 
-def test_lines_of_one_loop_iteration_share_one_flush() -> None:
+def test_lines_of_one_loop_iteration_share_one_write() -> None:
     out = CountingStream()
     reporter = LineReporter(out)
 
     async def burst() -> tuple[int, int]:
         for event in SCRIPT[:5]:
             reporter.emit(event)
-        during = out.flushes
-        await asyncio.sleep(0)  # the loop's turn: the queued flush runs
-        return during, out.flushes
+        during = (out.writes, out.flushes)
+        await asyncio.sleep(0)  # the loop's turn: the queued write and flush run
+        return during, (out.writes, out.flushes)
 
-    assert asyncio.run(burst()) == (0, 1)
+    assert asyncio.run(burst()) == ((0, 0), (1, 1))  # five lines, one write
     reporter.emit(SCRIPT[5])  # outside a loop: at once
-    assert out.flushes == 2 and out.getvalue().count("\n") == 6
+    assert (out.writes, out.flushes) == (2, 2) and out.getvalue().count("\n") == 6
 
 
 class ClosedPipe(io.StringIO):

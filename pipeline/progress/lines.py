@@ -51,7 +51,10 @@ class LineReporter:
         self._started: float | None = None
         self._last_status = 0.0
         self._finished = False
-        self._flush = FlushSoon(stream.flush, self._broken)
+        # Lines wait here until the end of the loop iteration, then go out in one write: stderr
+        # is line-buffered (or unbuffered), so handing it each line was a system call a line.
+        self._pending: list[str] = []
+        self._flush = FlushSoon(self._drain, self._broken)
         self._silent = False
 
     def emit(self, event: Event) -> None:
@@ -117,19 +120,22 @@ class LineReporter:
     def _write(self, line: str) -> None:
         if self._silent:
             return
-        try:
-            self._stream.write(clean(line, self._secrets) + "\n")
-        except OSError as exc:
-            self._broken(exc)
-            return
+        self._pending.append(clean(line, self._secrets) + "\n")
         self._flush.request()  # `tail -f` sees each line within the loop iteration it was made
+
+    def _drain(self) -> None:
+        if self._silent or not self._pending:
+            return
+        text, self._pending = "".join(self._pending), []
+        self._stream.write(text)
+        self._stream.flush()
 
     def _broken(self, exc: OSError) -> None:
         # Nobody can read these lines any more (a closed pipe, a full disk under a redirect):
         # the run goes on, and its state and run.log still record every step.
         self._silent = True
+        self._pending.clear()
 
     def close(self) -> None:
-        if not self._silent:
-            with contextlib.suppress(OSError):
-                self._stream.flush()
+        with contextlib.suppress(OSError):
+            self._drain()
