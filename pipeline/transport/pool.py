@@ -123,7 +123,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             if connection.reusable and now - connection.idle_since < self.keepalive_expiry:
                 self._in_use.add(connection)
                 return connection
-            self._close_idle(connection)
+            self._retire(connection)
         return None
 
     def _evict_one(self) -> None:
@@ -133,9 +133,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
             if connections and (oldest is None or connections[0].idle_since < oldest[0].idle_since):
                 oldest = connections
         if oldest is not None:
-            self._close_idle(oldest.pop(0))
+            self._retire(oldest.pop(0))
 
-    def _close_idle(self, connection: Connection) -> None:
+    def _retire(self, connection: Connection) -> None:
+        """Close a connection no request uses and give its place back to the limit."""
         connection.close()
         self._open -= 1
 
@@ -165,7 +166,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 return
 
     def _release(self, connection: Connection, keep_alive: bool) -> None:
-        """A response was read to its end: the connection may serve the next request."""
+        """A request is over: read to its end and both sides allow keep-alive, the connection
+        may serve the next one; otherwise (or once aclose() closed it) it is closed."""
         if connection not in self._in_use:
             return  # closed by aclose() meanwhile
         self._in_use.discard(connection)
@@ -173,17 +175,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
             connection.idle_since = asyncio.get_running_loop().time()
             self._idle.setdefault(connection.origin, []).append(connection)
         else:
-            connection.close()
-            self._open -= 1
+            self._retire(connection)
         self._wake_one()
 
     def _discard(self, connection: Connection) -> None:
-        if connection not in self._in_use:
-            return
-        self._in_use.discard(connection)
-        connection.close()
-        self._open -= 1
-        self._wake_one()
+        self._release(connection, keep_alive=False)
 
     async def _connect(self, origin: Origin, within: float | None) -> Connection:
         scheme, host, port = origin
