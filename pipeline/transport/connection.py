@@ -251,20 +251,27 @@ class Connection(asyncio.Protocol):
     async def body(self, head: Head, stall: float | None) -> AsyncIterator[bytes]:
         """The raw body (still content-encoded), as the bytes arrive."""
         if head.chunked:
-            async for part in self._chunked(stall):
-                yield part
-            return
-        remaining = head.length
-        while remaining is None or remaining > 0:
+            parts = self._chunked(stall)
+        elif head.length is None:  # delimited by the end of the connection
+            parts = self._until_closed(stall)
+        else:
+            parts = self._counted(head.length, stall, "peer closed connection with {} body "
+                                  "bytes still to send")  # fmt: skip
+        async for part in parts:
+            yield part
+
+    async def _until_closed(self, stall: float | None) -> AsyncIterator[bytes]:
+        while self._buffer or await self._fill(stall):
+            yield self._take(len(self._buffer))
+
+    async def _counted(self, size: int, stall: float | None, cut: str) -> AsyncIterator[bytes]:
+        """Exactly ``size`` bytes; a close before them is a protocol error (``cut`` says it,
+        with the bytes missing)."""
+        while size > 0:
             if not self._buffer and not await self._fill(stall):
-                if remaining is None:
-                    return  # delimited by the end of the connection: this is the end
-                raise httpx.RemoteProtocolError(
-                    f"peer closed connection with {remaining} body bytes still to send"
-                )
-            part = self._take(len(self._buffer) if remaining is None else remaining)
-            if remaining is not None:
-                remaining -= len(part)
+                raise httpx.RemoteProtocolError(cut.format(size))
+            part = self._take(size)
+            size -= len(part)
             yield part
 
     async def _chunked(self, stall: float | None) -> AsyncIterator[bytes]:
@@ -276,11 +283,7 @@ class Connection(asyncio.Protocol):
             size = int(size_text, 16)
             if size == 0:
                 break
-            while size:
-                if not self._buffer and not await self._fill(stall):
-                    raise httpx.RemoteProtocolError("peer closed connection mid-chunk")
-                part = self._take(size)
-                size -= len(part)
+            async for part in self._counted(size, stall, "peer closed connection mid-chunk"):
                 yield part
             if await self._line(stall):
                 raise httpx.RemoteProtocolError("chunk data longer than its size")
