@@ -259,7 +259,7 @@ def test_download_cancelled_while_its_file_is_being_created_leaves_nothing(
     entered, release = threading.Event(), threading.Event()
     real_create = fetch._create
 
-    def slow_create(path: Path) -> tuple[int, Path]:
+    def slow_create(path: Path) -> int:
         entered.set()
         release.wait(60)
         return real_create(path)

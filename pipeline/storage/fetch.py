@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -314,11 +315,12 @@ class _TempFile:
         # was done inline, bench/RESULTS.md).
         opening = asyncio.get_running_loop().run_in_executor(None, _create, self.path)
         try:
-            self._fd, _ = await asyncio.shield(opening)
+            self._fd = await asyncio.shield(opening)
         except OSError as exc:
             raise disk_error(exc, self.path) from None
         except asyncio.CancelledError:
-            opening.add_done_callback(_undo_create)  # the thread may still create it
+            # The thread may still create the file: the callback closes and removes it then.
+            opening.add_done_callback(functools.partial(_undo_create, self.path))
             raise
         self._created = True
 
@@ -363,17 +365,16 @@ class _TempFile:
                 os.unlink(self.path)
 
 
-def _create(path: Path) -> tuple[int, Path]:
+def _create(path: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o644), path
+    return os.open(path, flags, 0o644)
 
 
-def _undo_create(future: asyncio.Future[tuple[int, Path]]) -> None:
+def _undo_create(path: Path, future: asyncio.Future[int]) -> None:
     """A file created for a download cancelled meanwhile: nobody else knows it, so it goes."""
     if future.cancelled() or future.exception() is not None:
         return
-    fd, path = future.result()
-    _close_quietly(fd)
+    _close_quietly(future.result())
     with contextlib.suppress(OSError):
         os.unlink(path)
 
