@@ -17,6 +17,7 @@ from typing import Any as _Any
 # functions win for good.
 from pipeline import plan as _plan_package  # noqa: F401 - see above
 from pipeline import run as _run_package  # noqa: F401 - see above
+from pipeline.__version__ import __version__
 from pipeline.api import StatusSummary, plan, report, resolve, run, status
 from pipeline.errors import (
     ConfigError,
@@ -27,9 +28,6 @@ from pipeline.errors import (
     PipelineError,
 )
 from pipeline.jobs import Job, JobSettings, State, Trim
-from pipeline.settings import installed_version as _installed_version
-
-__version__ = _installed_version()
 
 _LAZY = {
     "load_manifest": "pipeline.manifest.load",

@@ -15,7 +15,8 @@ import re
 import textwrap
 from collections.abc import Callable
 
-from pipeline.settings import installed_version, printable
+from pipeline.__version__ import __version__
+from pipeline.settings import printable
 
 #: What each exit code means, for the top-level help (commands say what it means for them).
 EXIT_CODES = {
@@ -152,7 +153,7 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"motion-pipeline {installed_version()}",
+        version=f"motion-pipeline {__version__}",
         help="print the version and exit",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")

@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote
 
@@ -337,19 +336,3 @@ def printable(text: str, *, keep_newlines: bool = False) -> str:
     """
     pattern = _UNSAFE_BUT_NEWLINES if keep_newlines else _UNSAFE
     return pattern.sub(_escape, text)
-
-
-# --------------------------------------------------------------------------- version
-
-DISTRIBUTION = "motion-pipeline"
-
-#: Shown when the package is imported from a source tree that was never installed: a valid
-#: PEP 440 version that sorts below every release and says it is not one.
-UNKNOWN = "0+unknown"
-
-
-def installed_version(distribution: str = DISTRIBUTION) -> str:
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return UNKNOWN

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.__version__ import __version__
 from pipeline.manifest.model import StorageConfig
 from pipeline.media.hashing import sha256_file
 from pipeline.plan.build import Plan, PlannedJob
-from pipeline.settings import installed_version, public_url
+from pipeline.settings import public_url
 from pipeline.state.schema import SCHEMA_VERSION
 from pipeline.storage.atomic import write_atomic
 
@@ -32,7 +33,7 @@ def write_lock(plan: Plan) -> Path:
     head: dict[str, Any] = {
         "lock_version": LOCK_VERSION,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool": {"name": "motion-pipeline", "version": installed_version()},
+        "tool": {"name": "motion-pipeline", "version": __version__},
         "schema": {"manifest": MANIFEST_VERSION, "state": SCHEMA_VERSION},
         "manifest": {"path": str(m.path), "name": m.name, "sha256": _sha(m.path)},
         "provider": {
