@@ -140,7 +140,6 @@ def _print_plan(summary: PlanSummary, out: TextIO) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from pipeline.dataset.report import report_batch
     from pipeline.manifest.load import load_manifest
     from pipeline.progress.choose import choose_reporter
     from pipeline.run.batch import run_batch
@@ -178,6 +177,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         f"state:    {out_dir / 'state.sqlite'}  (motion-pipeline status {args.manifest})", file=out
     )
     if args.report and summary.exit_code != EXIT_INTERRUPTED:
+        from pipeline.dataset.report import report_batch  # only with --report
+
         print(f"report:   {report_batch(manifest, settings)}", file=out)
     return summary.exit_code
 

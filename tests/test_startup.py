@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 HEAVY = ("httpx", "jsonschema", "yaml", "pipeline.run.engine", "pipeline.manifest.load",
-         "pipeline.providers", "sqlite3")  # fmt: skip
+         "pipeline.providers", "sqlite3", "importlib.metadata")  # fmt: skip
 
 
 def _modules_after(code: str) -> set[str]:
@@ -26,6 +26,27 @@ def test_importing_the_cli_loads_no_heavy_machinery() -> None:
     loaded = _modules_after("import pipeline.cli")
     assert "pipeline.cli" in loaded
     assert sorted(m for m in HEAVY if m in loaded) == []
+
+
+PROVIDERS = {"kie", "acedata", "kling", "fal", "replicate", "sandbox"}
+
+
+def test_a_provider_module_loads_only_when_a_manifest_names_it() -> None:
+    code = (
+        "from pipeline import providers\n"
+        "names = providers.names()\n"
+        "before = sorted(m for m in sys.modules if m.startswith('pipeline.providers.'))\n"
+        "cls = providers.get('kling')\n"
+        "print(json.dumps([names, before, cls.__module__, cls.name]))"
+    )
+    out = subprocess.run([sys.executable, "-c", f"import json, sys\n{code}"], capture_output=True,
+                         text=True, check=True, timeout=120).stdout  # fmt: skip
+    names, before, module, name = json.loads(out)
+    assert set(names) == PROVIDERS  # every built-in is listed before any is imported
+    assert before == ["pipeline.providers.base"]
+    assert (module, name) == ("pipeline.providers.kling", "kling")
+    loaded = _modules_after("from pipeline import providers\nproviders.get('kie')")
+    assert sorted(m for m in loaded if m.split(".")[-1] in PROVIDERS - {"kie"}) == []
 
 
 def test_the_api_functions_keep_their_names_after_the_subpackages_load() -> None:

@@ -6,7 +6,8 @@ recording fake in tests: simonw/llm's way), :func:`unregister` takes it back.
 
 from __future__ import annotations
 
-from pipeline.providers.acedata import AceDataProvider
+from importlib import import_module
+
 from pipeline.providers.base import (
     Credentials,
     InputURLs,
@@ -14,22 +15,16 @@ from pipeline.providers.base import (
     ProviderConfig,
     RateLimit,
 )
-from pipeline.providers.fal import FalProvider
-from pipeline.providers.kie import KieProvider
-from pipeline.providers.kling import KlingProvider
-from pipeline.providers.replicate import ReplicateProvider
-from pipeline.providers.sandbox import SandboxProvider
 
-_REGISTRY: dict[str, type[Provider]] = {
-    cls.name: cls
-    for cls in (
-        KieProvider,
-        AceDataProvider,
-        KlingProvider,
-        FalProvider,
-        ReplicateProvider,
-        SandboxProvider,
-    )
+# A built-in provider is registered by where it lives and imported when a manifest names it:
+# a Kie batch does not load the other five (every command that reads a manifest comes here).
+_REGISTRY: dict[str, type[Provider] | str] = {
+    "kie": "pipeline.providers.kie:KieProvider",
+    "acedata": "pipeline.providers.acedata:AceDataProvider",
+    "kling": "pipeline.providers.kling:KlingProvider",
+    "fal": "pipeline.providers.fal:FalProvider",
+    "replicate": "pipeline.providers.replicate:ReplicateProvider",
+    "sandbox": "pipeline.providers.sandbox:SandboxProvider",
 }
 
 
@@ -52,7 +47,11 @@ def names() -> list[str]:
 
 def get(name: str) -> type[Provider]:
     """The provider class registered under ``name``; KeyError if there is none."""
-    return _REGISTRY[name]
+    found = _REGISTRY[name]
+    if isinstance(found, str):
+        module, _, attribute = found.partition(":")
+        found = _REGISTRY[name] = getattr(import_module(module), attribute)
+    return found
 
 
 __all__ = [
